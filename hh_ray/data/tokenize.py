@@ -1,0 +1,147 @@
+"""Tokenization in HH's own chat format: an offline BPE tokenizer, prompt/response masks, left truncation.
+
+The text is never reformatted: a dialogue is the HH transcript itself ("\\n\\nHuman: ...\\n\\nAssistant: ..."),
+so what the policy reads and writes is byte for byte what the crowdworkers saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from hh_ray.data.hh import ASSISTANT, HUMAN
+
+PAD = "<|pad|>"
+EOS = "<|endoftext|>"
+END_OF_CONTEXT = "<|endofcontext|>"  # appended after a response; a decoder PM scores its hidden state
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path):
+    """Train a byte-level BPE on `texts` and save it in HF format (round-trips any text exactly)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, EOS, END_OF_CONTEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        eos_token=EOS,
+        bos_token=None,
+        additional_special_tokens=[END_OF_CONTEXT],
+        clean_up_tokenization_spaces=False,
+        padding_side="right",
+    )
+    hf.save_pretrained(str(out_dir))
+    return hf
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:  # many HF decoders ship without one; reuse eos for padding
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def end_of_context_id(tokenizer) -> int | None:
+    """The id a decoder PM appends after a response, or None for tokenizers without it (encoders)."""
+    tid = tokenizer.convert_tokens_to_ids(END_OF_CONTEXT)
+    return None if tid is None or tid == tokenizer.unk_token_id else tid
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def truncate_prompt(tokenizer, prompt: str, max_tokens: int) -> list[int]:
+    """Token ids of `prompt`, dropping whole early turns until it fits, then cutting tokens on the left.
+
+    The last turns (and the final "\\n\\nAssistant:") carry what the response must answer, so they are kept.
+    """
+    ids = _ids(tokenizer, prompt)
+    text = prompt
+    while len(ids) > max_tokens:
+        nxt = text.find(HUMAN, 1)
+        if nxt < 0:
+            return ids[-max_tokens:]
+        text = text[nxt:]
+        ids = _ids(tokenizer, text)
+    return ids
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    loss_mask: list[int]  # 1 on tokens the loss is taken on (assistant text, eos)
+
+
+def encode_dialogue(tokenizer, transcript: str, max_tokens: int) -> Encoded:
+    """A whole dialogue for SFT: loss on every assistant turn's text and a closing eos, none on the rest.
+
+    Long dialogues are cut on the left (earliest turns go first), keeping the final answer.
+    """
+    ids: list[int] = []
+    mask: list[int] = []
+    pos = 0
+    while pos < len(transcript):
+        h = transcript.find(HUMAN, pos + 1)
+        a = transcript.find(ASSISTANT, pos + 1)
+        nxt = min(x for x in (h, a, len(transcript)) if x >= 0)
+        seg = transcript[pos:nxt]
+        if seg.startswith(ASSISTANT):  # marker unmasked, the answer text masked in
+            head, body = ASSISTANT, seg[len(ASSISTANT):]
+            for part, m in ((head, 0), (body, 1)):
+                if part:
+                    t = _ids(tokenizer, part)
+                    ids += t
+                    mask += [m] * len(t)
+        else:
+            t = _ids(tokenizer, seg)
+            ids += t
+            mask += [0] * len(t)
+        pos = nxt
+    ids.append(tokenizer.eos_token_id)
+    mask.append(1)
+    if len(ids) > max_tokens:
+        ids, mask = ids[-max_tokens:], mask[-max_tokens:]
+    return Encoded(ids, mask)
+
+
+def encode_response(tokenizer, prompt_ids: list[int], response: str, max_response_tokens: int) -> Encoded:
+    """Prompt ids followed by response ids (cut on the right); the mask marks the response."""
+    r = _ids(tokenizer, response)[:max_response_tokens]
+    return Encoded(prompt_ids + r, [0] * len(prompt_ids) + [1] * len(r))
+
+
+def pm_input_ids(tokenizer, prompt: str, response: str, max_tokens: int) -> list[int]:
+    """PM input: the dialogue, then the end-of-context token for decoders (encoders add their own specials).
+
+    The response is kept whole where it fits; the prompt gives way first (left truncation).
+    """
+    eoc = end_of_context_id(tokenizer)
+    if eoc is not None:
+        r = _ids(tokenizer, response)[: max_tokens // 2]
+        p = truncate_prompt(tokenizer, prompt, max_tokens - len(r) - 1)
+        return p + r + [eoc]
+    specials = tokenizer.num_special_tokens_to_add(pair=False)
+    r = _ids(tokenizer, response)[: max_tokens // 2]
+    p = truncate_prompt(tokenizer, prompt, max_tokens - len(r) - specials)
+    return tokenizer.build_inputs_with_special_tokens(p + r)
+
+
+def pad_right(seqs: list[list[int]], pad_id: int, value_pad: int | None = None) -> list[list[int]]:
+    """Right-pad to a rectangle, so every sequence starts at position 0 as it does in the rollout engine."""
+    n = max(len(s) for s in seqs)
+    fill = pad_id if value_pad is None else value_pad
+    return [s + [fill] * (n - len(s)) for s in seqs]
