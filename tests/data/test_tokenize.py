@@ -1,0 +1,46 @@
+"""Tokenizer round trips, masks and truncation in HH's own format."""
+
+from __future__ import annotations
+
+from hh_ray.data.hh import SUBSETS, load_comparisons
+from hh_ray.data.tokenize import (
+    END_OF_CONTEXT, encode_dialogue, end_of_context_id, pm_input_ids, truncate_prompt,
+)
+
+
+def test_round_trip_on_real_hh_text(tokenizer, hh_dir):
+    items, _ = load_comparisons(str(hh_dir), SUBSETS)
+    for c in items[::7]:
+        for text in (c.chosen_dialogue, c.rejected_dialogue):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert tokenizer.decode(ids) == text
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert end_of_context_id(tokenizer) == tokenizer.convert_tokens_to_ids(END_OF_CONTEXT)
+
+
+def test_dialogue_mask_covers_assistant_text_only(tokenizer):
+    t = "\n\nHuman: where is Paris?\n\nAssistant: In France.\n\nHuman: thanks\n\nAssistant: You are welcome."
+    enc = encode_dialogue(tokenizer, t, 512)
+    assert tokenizer.decode(enc.input_ids[:-1]) == t
+    assert enc.input_ids[-1] == tokenizer.eos_token_id
+    learned = tokenizer.decode([i for i, m in zip(enc.input_ids[:-1], enc.loss_mask[:-1]) if m])
+    assert learned == " In France. You are welcome."
+    short = encode_dialogue(tokenizer, t, 8)
+    assert len(short.input_ids) == 8 and short.input_ids[-1] == tokenizer.eos_token_id
+
+
+def test_left_truncation_keeps_last_turns(tokenizer):
+    prompt = "".join(f"\n\nHuman: question number {i}\n\nAssistant: answer {i}" for i in range(20))
+    prompt += "\n\nHuman: final question\n\nAssistant:"
+    ids = truncate_prompt(tokenizer, prompt, 24)
+    text = tokenizer.decode(ids)
+    assert len(ids) <= 24
+    assert text.startswith("\n\nHuman:") and text.endswith("\n\nHuman: final question\n\nAssistant:")
+    assert prompt.endswith(text)
+    assert len(truncate_prompt(tokenizer, "\n\nHuman: " + "word " * 200 + "\n\nAssistant:", 16)) == 16
+
+
+def test_pm_input_ends_with_end_of_context(tokenizer):
+    ids = pm_input_ids(tokenizer, "\n\nHuman: hi\n\nAssistant:", " hello there", 64)
+    assert ids[-1] == end_of_context_id(tokenizer)
+    assert tokenizer.decode(ids[:-1]) == "\n\nHuman: hi\n\nAssistant: hello there"

@@ -1,0 +1,52 @@
+"""Config loading: YAML, overrides, unknown keys and wrong types rejected with named keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hh_ray.config import ConfigError, JobConfig, load_config
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["ppo.kl_coef=0.01", "sft.trainer.num_ranks=2", "data.subsets=[helpful-base]",
+                             "ppo.rollout.temperature=1"])
+    assert isinstance(cfg, JobConfig)
+    assert cfg.ppo.kl_coef == 0.01 and cfg.sft.trainer.num_ranks == 2
+    assert cfg.data.subsets == ["helpful-base"]
+    assert cfg.ppo.rollout.temperature == 1.0 and isinstance(cfg.ppo.rollout.temperature, float)
+    assert load_config(None).ppo.kl_coef == 0.001  # the paper's lambda_KL
+
+
+def test_unknown_key_names_nearest(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'ppo.kl_coeff'; did you mean 'ppo.kl_coef'\?"):
+        load_config(None, ["ppo.kl_coeff=0.1"])
+    p = tmp_path / "job.yaml"
+    p.write_text("ppo:\n  rollout:\n    temprature: 0.7\n")
+    with pytest.raises(ConfigError, match=r"'ppo.rollout.temprature'; did you mean 'ppo.rollout.temperature'"):
+        load_config(p)
+
+
+def test_wrong_types_name_key_and_expected_type(tmp_path):
+    with pytest.raises(ConfigError, match=r"ppo.steps: expected int, got str 'many'"):
+        load_config(None, ["ppo.steps=many"])
+    with pytest.raises(ConfigError, match=r"sft.trainer.lr: expected float, got bool"):
+        load_config(None, ["sft.trainer.lr=true"])
+    with pytest.raises(ConfigError, match=r"data.subsets: expected a list of str"):
+        load_config(None, ["data.subsets=helpful-base"])
+    with pytest.raises(ConfigError, match=r"ppo: expected a mapping for section PPOConfig"):
+        load_config(None, ["ppo=3"])
+    with pytest.raises(ConfigError, match=r"ppo.kl_estimator: expected 'k1' or 'k3'"):
+        load_config(None, ["ppo.kl_estimator=k2"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(JOBS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_job_config_loads(path):
+    if path.name == "runtime_env.yaml":
+        pytest.skip("not a job config")
+    load_config(path)
