@@ -1,0 +1,160 @@
+"""PPO math as small pure tensor functions (no Ray, no models, no files).
+
+Shapes: [batch, T] over response tokens, with `mask` 1 on real response tokens and 0 on padding. Sums are
+returned next to counts where a caller shards a batch across ranks and must normalize globally.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum()
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp_min(1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Normalize to unit variance over the masked entries (and zero mean unless `shift_mean` is False)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token log ratio log pi(a) - log pi_ref(a): unbiased for KL(pi || ref) under samples from pi."""
+    return logp - ref_logp
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 = r - 1 - log r with r = pi_ref / pi: unbiased, lower variance, never negative."""
+    log_r = ref_logp - logp
+    return torch.expm1(log_r) - log_r
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k3": kl_k3}
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    return KL_ESTIMATORS[estimator](logp, ref_logp)
+
+
+def token_rewards(score: torch.Tensor, kl: torch.Tensor, kl_coef: float, mask: torch.Tensor) -> torch.Tensor:
+    """r_t = -kl_coef * KL_t on every response token, plus the PM score on the last one (Bai et al. eq. 1)."""
+    rewards = -kl_coef * kl * mask
+    last = mask.sum(dim=1).long() - 1  # index of each row's final response token (responses are left-aligned)
+    rows = torch.arange(mask.shape[0])
+    has = last >= 0
+    rewards[rows[has], last[has]] += score[has]
+    return rewards
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over left-aligned response tokens.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t (V past the end = 0); A_t = delta_t + gamma * lam * A_{t+1}.
+    Returns (advantages, returns = advantages + values), zero on padding.
+    """
+    T = rewards.shape[1]
+    values = values * mask  # so that past a row's end V = 0 and the recursion stays 0 through padding
+    rewards = rewards * mask
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    for t in reversed(range(T)):
+        next_v = values[:, t + 1] if t + 1 < T else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        running = delta + gamma * lam * running
+        adv[:, t] = running
+    adv = adv * mask
+    return adv, (adv + values) * mask
+
+
+def clipped_policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate, summed over masked tokens: sum max(-A r, -A clip(r, 1-e, 1+e)).
+
+    Returns (loss_sum, stats) where stats hold sums of clipped-token counts and of the approx KL
+    0.5 * (log r)^2, so that callers normalize by the global token count.
+    """
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    loss1 = -advantages * ratio
+    loss2 = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = torch.maximum(loss1, loss2)
+    stats = {
+        "clipped_tokens": masked_sum((loss2 > loss1).float(), mask).detach(),
+        "approx_kl_sum": masked_sum(0.5 * log_ratio.detach() ** 2, mask),
+    }
+    return masked_sum(loss, mask), stats
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss summed over masked tokens: 0.5 * max((V - R)^2, (clip(V, V_old +- e) - R)^2)."""
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    l1 = (values - returns) ** 2
+    l2 = (clipped - returns) ** 2
+    loss = 0.5 * torch.maximum(l1, l2)
+    return masked_sum(loss, mask), {"value_clipped_tokens": masked_sum((l2 > l1).float(), mask).detach()}
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy of the softmax over the last dim."""
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[token] at each position."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): move kl_coef so that the measured KL tracks `target` (proportional control)."""
+
+    def __init__(self, init_coef: float, target: float, horizon: int):
+        self.coef, self.target, self.horizon = init_coef, target, horizon
+
+    def update(self, measured_kl: float, n_samples: int) -> float:
+        error = max(-0.2, min(0.2, measured_kl / self.target - 1.0))
+        self.coef *= 1.0 + error * n_samples / self.horizon
+        return self.coef
+
+    def state_dict(self) -> dict:
+        return {"coef": self.coef, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.coef, self.target, self.horizon = state["coef"], state["target"], state["horizon"]
+
+
+class FixedKLController:
+    """The paper's setting: a constant lambda_KL."""
+
+    def __init__(self, coef: float):
+        self.coef = coef
+
+    def update(self, measured_kl: float, n_samples: int) -> float:
+        return self.coef
+
+    def state_dict(self) -> dict:
+        return {"coef": self.coef}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.coef = state["coef"]
+
+
+def sqrt_kl(kl: float) -> float:
+    """The paper plots PM score against sqrt(KL); negative k1 estimates clip to 0."""
+    return math.sqrt(max(kl, 0.0))

@@ -1,0 +1,108 @@
+"""Model loading and the forward passes every role shares: collation, response logprobs, values, PM scores.
+
+One layout throughout: a sample is prompt ids followed by response ids, right-padded, so positions start at 0
+as in the rollout engine. Per-token outputs are returned left-aligned over the response, [batch, T_response].
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from hh_ray.algo.ppo import entropy_from_logits, gather_logprobs
+
+KINDS = ("causal_lm", "pm", "value")
+PM_STATS = "pm_stats.json"
+
+
+def load_model(path: str, kind: str, dtype: torch.dtype = torch.float32):
+    """`from_pretrained` for a role: causal LM (policy, reference), scalar-head PM, per-token value head."""
+    from transformers import (
+        AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification,
+    )
+
+    if kind == "causal_lm":
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    elif kind == "pm":
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+    elif kind == "value":
+        model = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+    else:
+        raise ValueError(f"unknown model kind '{kind}'; kinds: {', '.join(KINDS)}")
+    if model.config.pad_token_id is None:  # sequence-classification pooling needs it
+        from hh_ray.data.tokenize import load_tokenizer
+
+        model.config.pad_token_id = load_tokenizer(path).pad_token_id
+    if hasattr(model.config, "classifier_dropout"):
+        model.config.classifier_dropout = 0.0
+    return model
+
+
+def collate(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        att[i, : len(s)] = 1
+    return ids, att
+
+
+def response_index(prompt_lens: list[int], response_lens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row, the positions whose outputs predict response token k (p + k - 1), and the response mask."""
+    T = max(max(response_lens), 1)
+    k = torch.arange(T)[None, :]
+    p = torch.tensor(prompt_lens)[:, None]
+    mask = (k < torch.tensor(response_lens)[:, None]).float()
+    return (p + k - 1).clamp_min(0), mask
+
+
+def _pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int):
+    ids, att = collate([p + r for p, r in zip(prompts, responses)], pad_id)
+    idx, mask = response_index([len(p) for p in prompts], [len(r) for r in responses])
+    return ids, att, idx.clamp_max(ids.shape[1] - 2), mask
+
+
+def response_logprobs(
+    model, prompts: list[list[int]], responses: list[list[int]], pad_id: int, temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """log pi(response token | context) for each response token: ([B, T], mask [B, T], entropy or None).
+
+    Logits are divided by the sampling temperature, so these match the engine's processed logprobs.
+    """
+    device = next(model.parameters()).device
+    ids, att, idx, mask = _pack(prompts, responses, pad_id)
+    ids, att, idx, mask = ids.to(device), att.to(device), idx.to(device), mask.to(device)
+    logits = model(input_ids=ids, attention_mask=att).logits
+    row = torch.arange(ids.shape[0], device=device)[:, None]
+    picked = logits[row, idx].float() / temperature  # [B, T, V] at the positions that predict the response
+    targets = ids.gather(1, (idx + 1).clamp_max(ids.shape[1] - 1))
+    logp = gather_logprobs(picked, targets) * mask
+    ent = entropy_from_logits(picked) * mask if with_entropy else None
+    return logp, mask, ent
+
+
+def response_values(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int):
+    """V(state before response token k) from a per-token value head: ([B, T], mask)."""
+    device = next(model.parameters()).device
+    ids, att, idx, mask = _pack(prompts, responses, pad_id)
+    ids, att, idx, mask = ids.to(device), att.to(device), idx.to(device), mask.to(device)
+    values = model(input_ids=ids, attention_mask=att).logits.squeeze(-1).float()
+    return values.gather(1, idx) * mask, mask
+
+
+def sequence_scores(model, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
+    """One scalar per sequence from a PM (the head reads the last real token, the end-of-context token)."""
+    device = next(model.parameters()).device
+    ids, att = collate(seqs, pad_id)
+    return model(input_ids=ids.to(device), attention_mask=att.to(device)).logits[:, 0].float()
+
+
+def read_pm_stats(path: str | Path) -> dict:
+    """The PM's score mean/std on its eval set, for normalized rewards; identity when absent."""
+    f = Path(path) / PM_STATS
+    return json.loads(f.read_text()) if f.is_file() else {"mean": 0.0, "std": 1.0}
