@@ -27,13 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub.add_parser("sft", help="fine-tune the initial policy on chosen HH dialogues"))
     pm = sub.add_parser("pm", help="train a preference model (or `pm eval`)")
     pm_sub = pm.add_subparsers(dest="pm_command")
-    _add_config(pm_sub.add_parser("train", help="train a PM (the default)"))
+    _add_config(pm_sub.add_parser("train", help="train a PM (the default: `hh-ray pm --config ...`)"))
     ev = pm_sub.add_parser("eval", help="evaluate a saved PM on a folder in the HH layout")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--data-dir", required=True)
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--batch-size", type=int, default=32)
-    _add_config(pm)
     _add_config(sub.add_parser("ppo", help="PPO against the PM with a KL penalty to the initial policy"))
     _add_config(sub.add_parser("run", help="the whole pipeline: data -> tokenizer -> SFT -> PM -> PPO -> report"))
     sm = sub.add_parser("submit", help="submit a job to a Ray cluster through the Jobs API and follow it")
@@ -87,6 +86,9 @@ def _data_stats(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["pm"] and (len(argv) == 1 or argv[1] not in ("train", "eval", "-h", "--help")):
+        argv.insert(1, "train")  # `hh-ray pm --config X` trains
     args = build_parser().parse_args(argv)
     from hh_ray.config import ConfigError
     from hh_ray.data.hh import DataError

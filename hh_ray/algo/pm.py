@@ -42,3 +42,33 @@ def expected_calibration_error(p_chosen: torch.Tensor, bins: int = 10) -> tuple[
             ece += n / len(probs) * abs(conf - acc)
         table.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": n, "conf": conf, "acc": acc})
     return ece, table
+
+
+def pm_metrics(
+    r_chosen: torch.Tensor, r_rejected: torch.Tensor, subsets: list[str], len_chosen: list[int],
+    len_rejected: list[int], bins: int = 10,
+) -> dict:
+    """Accuracy overall and per subset, ECE, and the "longer response wins" baseline (ties count half)."""
+    correct = (r_chosen > r_rejected).float()
+    lc, lr = torch.tensor(len_chosen, dtype=torch.float64), torch.tensor(len_rejected, dtype=torch.float64)
+    longer = (lc > lr).double() + 0.5 * (lc == lr).double()
+    ece, table = expected_calibration_error(torch.sigmoid(r_chosen - r_rejected), bins)
+    per_subset: dict[str, dict] = {}
+    for name in sorted(set(subsets)):
+        sel = torch.tensor([s == name for s in subsets])
+        per_subset[name] = {
+            "accuracy": float(correct[sel].mean()),
+            "pairs": int(sel.sum()),
+            "length_baseline_accuracy": float(longer[sel].mean()),
+        }
+    scores = torch.cat([r_chosen, r_rejected])
+    return {
+        "accuracy": float(correct.mean()),
+        "pairs": int(len(correct)),
+        "per_subset": per_subset,
+        "ece": ece,
+        "length_baseline_accuracy": float(longer.mean()),
+        "score_mean": float(scores.mean()),
+        "score_std": float(scores.std()) if len(scores) > 1 else 1.0,
+        "calibration": table,
+    }

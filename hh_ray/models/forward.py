@@ -106,3 +106,18 @@ def read_pm_stats(path: str | Path) -> dict:
     """The PM's score mean/std on its eval set, for normalized rewards; identity when absent."""
     f = Path(path) / PM_STATS
     return json.loads(f.read_text()) if f.is_file() else {"mean": 0.0, "std": 1.0}
+
+
+@torch.no_grad()
+def score_texts(model, tokenizer, prompts: list[str], responses: list[str], max_tokens: int,
+                batch_size: int = 32) -> torch.Tensor:
+    """Raw PM scores of (prompt, response) texts, in order (the PM's own tokenizer and input format)."""
+    from hh_ray.data.tokenize import pm_input_ids
+
+    model.eval()
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        seqs = [pm_input_ids(tokenizer, p, r, max_tokens) for p, r in zip(prompts[i:i + batch_size],
+                                                                          responses[i:i + batch_size])]
+        out.append(sequence_scores(model, seqs, tokenizer.pad_token_id))
+    return torch.cat(out) if out else torch.zeros(0)

@@ -46,7 +46,7 @@ def build_preset(name: str, tokenizer, out_dir: str | Path, seed: int = 0, max_p
     return out
 
 
-def save_atomic(model, tokenizer, out_dir: str | Path) -> None:
+def save_atomic(model, tokenizer, out_dir: str | Path, state_dict: dict | None = None) -> None:
     """`save_pretrained` into a temp folder, then rename: a crash never leaves a half-written model folder."""
     import os
     import shutil
@@ -56,7 +56,7 @@ def save_atomic(model, tokenizer, out_dir: str | Path) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    model.save_pretrained(str(tmp), state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
     old = out.with_name(out.name + ".old")

