@@ -134,10 +134,13 @@ def pm_input_ids(tokenizer, prompt: str, response: str, max_tokens: int) -> list
         r = _ids(tokenizer, response)[: max_tokens // 2]
         p = truncate_prompt(tokenizer, prompt, max_tokens - len(r) - 1)
         return p + r + [eoc]
-    specials = tokenizer.num_special_tokens_to_add(pair=False)
+    # encoders: [CLS] prompt [SEP] response [SEP], the pair layout they were pretrained on
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     r = _ids(tokenizer, response)[: max_tokens // 2]
-    p = truncate_prompt(tokenizer, prompt, max_tokens - len(r) - specials)
-    return tokenizer.build_inputs_with_special_tokens(p + r)
+    p = truncate_prompt(tokenizer, prompt, max_tokens - len(r) - 3)
+    if cls is None or sep is None:
+        return p + r
+    return [cls] + p + [sep] + r + [sep]
 
 
 def pad_right(seqs: list[list[int]], pad_id: int, value_pad: int | None = None) -> list[list[int]]:

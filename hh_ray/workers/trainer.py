@@ -241,6 +241,35 @@ class TrainerWorker:
         if self.rank == 0:
             save_atomic(self.engine.module, self.tokenizer, out_dir, state_dict=state)
 
+    # ---- weight sync to rollout engines (rank 0 sends; every rank helps gather ZeRO-3 shards) -------------
+    def weight_metas(self) -> list:
+        from hh_ray.workers.weight_sync import ParamMeta
+
+        return [ParamMeta(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
+                for n, p in self.engine.module.named_parameters()]
+
+    def init_weight_sync(self, master: tuple[str, int], world: int) -> None:
+        from hh_ray.workers.weight_sync import make_group
+
+        if self.rank == 0:
+            self.sync_group = make_group(master, 0, world, "nccl" if self.on_gpu else "gloo")
+
+    def broadcast_weights(self, bucket_bytes: int) -> dict:
+        """Send every parameter in buckets; under ZeRO-3 all ranks gather each bucket's shards first."""
+        import deepspeed
+
+        from hh_ray.workers.weight_sync import buckets, send_bucket
+
+        t0 = time.perf_counter()
+        params = dict(self.engine.module.named_parameters())
+        sent = 0
+        for bucket in buckets(self.weight_metas(), bucket_bytes):
+            tensors = [params[m.name] for m in bucket]
+            with deepspeed.zero.GatheredParameters(tensors, enabled=self.cfg.zero_stage == 3):
+                if self.rank == 0:
+                    sent += send_bucket(self.sync_group, tensors)
+        return {"bytes": sent, "seconds": time.perf_counter() - t0}
+
     def param_vector(self) -> torch.Tensor:
         """All parameters flattened in order (gathered under ZeRO-3); for equivalence tests and digests."""
         import deepspeed
@@ -336,6 +365,14 @@ class TrainerGroup:
 
     def export_hf(self, out_dir: str) -> None:
         self.group.call("export_hf", out_dir)
+
+    def weight_metas(self) -> list:
+        return self.group.call("weight_metas")[0]
+
+    def address(self) -> tuple[str, int]:
+        import ray
+
+        return ray.get(self.group.actors[0].address.remote())
 
     def param_vector(self) -> torch.Tensor:
         return self.group.call("param_vector")[0]
