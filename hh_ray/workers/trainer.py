@@ -350,12 +350,16 @@ class TrainerGroup:
             out["scores"] = [pair for r in results for pair in r["scores"]]
         return out
 
+    def infer_async(self, what: str, prompts: list[list[int]], responses: list[list[int]],
+                    temperature: float = 1.0) -> list:
+        """Refs to per-token values/logprobs, sharded across ranks; concatenate the results in order."""
+        parts = [(p, r) for p, r in zip(shard(prompts, self.world), shard(responses, self.world)) if p]
+        return [a.infer.remote(what, p, r, temperature) for a, (p, r) in zip(self.group.actors, parts)]
+
     def infer(self, what: str, prompts: list[list[int]], responses: list[list[int]], temperature: float = 1.0):
         import ray
 
-        parts = [(p, r) for p, r in zip(shard(prompts, self.world), shard(responses, self.world)) if p]
-        refs = [a.infer.remote(what, p, r, temperature) for a, (p, r) in zip(self.group.actors, parts)]
-        return [row for part in ray.get(refs) for row in part]
+        return [row for part in ray.get(self.infer_async(what, prompts, responses, temperature)) for row in part]
 
     def save_checkpoint(self, root: str, tag: str, client_state: dict | None = None) -> None:
         self.group.call("save_checkpoint", root, tag, client_state or {})

@@ -1,0 +1,49 @@
+"""The frozen reference model: per-token logprobs of given responses under the initial policy."""
+
+from __future__ import annotations
+
+from hh_ray.workers.group import WorkerGroup, shard
+
+
+class ReferenceWorker:
+    """A frozen HF causal LM in inference mode (no optimizer, no DeepSpeed)."""
+
+    def __init__(self, model_path: str, micro_batch_size: int = 16):
+        import torch
+
+        from hh_ray.data.tokenize import load_tokenizer
+        from hh_ray.models.forward import load_model
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.model = load_model(model_path, "causal_lm", dtype).to(self.device).eval()
+        self.model.requires_grad_(False)
+        self.pad_id = load_tokenizer(model_path).pad_token_id
+        self.micro = micro_batch_size
+
+    def logprobs(self, prompts: list[list[int]], responses: list[list[int]], temperature: float = 1.0):
+        import torch
+
+        from hh_ray.models.forward import response_logprobs
+
+        out: list[list[float]] = []
+        with torch.no_grad():
+            for i in range(0, len(prompts), self.micro):
+                lp, _, _ = response_logprobs(self.model, prompts[i:i + self.micro], responses[i:i + self.micro],
+                                             self.pad_id, temperature)
+                out += [row[: len(r)].tolist() for row, r in zip(lp.cpu(), responses[i:i + self.micro])]
+        return out
+
+
+class ReferenceGroup:
+    def __init__(self, model_path: str, num_workers: int = 1, cpus: float = 0.25, gpus: float = 0.0):
+        self.group = WorkerGroup(ReferenceWorker, num_workers, "reference", cpus, gpus,
+                                 actor_kwargs=[{"model_path": model_path}] * num_workers)
+
+    def logprobs_async(self, prompts, responses, temperature: float = 1.0) -> list:
+        n = len(self.group)
+        return [a.logprobs.remote(p, r, temperature)
+                for a, p, r in zip(self.group.actors, shard(prompts, n), shard(responses, n)) if p]
+
+    def shutdown(self) -> None:
+        self.group.shutdown()

@@ -1,0 +1,65 @@
+"""The preference-model scorer: one normalized score per (prompt, response) text.
+
+The PM may use another tokenizer than the policy (an encoder such as MiniLM), so it takes text. Scores are
+normalized with the mean/std the PM measured on its own eval set (`pm_stats.json`).
+
+`token:<text>` names a simple known scorer instead: the share of response tokens equal to the token of
+`<text>` in the policy's tokenizer. Tests use it to check that PPO raises a reward it can verify.
+"""
+
+from __future__ import annotations
+
+from hh_ray.workers.group import WorkerGroup, shard
+
+
+class ScorerWorker:
+    def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int = 384):
+        import torch
+
+        from hh_ray.data.tokenize import load_tokenizer
+
+        self.kind = "token" if scorer.startswith("token:") else "pm"
+        self.max_tokens = max_tokens
+        if self.kind == "token":
+            tok = load_tokenizer(policy_tokenizer)
+            ids = tok(scorer.removeprefix("token:"), add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise ValueError(f"scorer '{scorer}': target must be exactly one token, got {len(ids)}")
+            self.target = ids[0]
+            return
+        from hh_ray.models.forward import load_model, read_pm_stats
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = load_model(pm_path, "pm", torch.bfloat16 if self.device == "cuda" else torch.float32)
+        self.model.to(self.device).eval().requires_grad_(False)
+        self.tokenizer = load_tokenizer(pm_path)
+        stats = read_pm_stats(pm_path)
+        self.mean, self.std = stats["mean"], stats["std"]
+        limit = getattr(self.model.config, "max_position_embeddings", max_tokens)
+        self.max_tokens = min(max_tokens, limit)
+
+    def score(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]) -> list[float]:
+        if self.kind == "token":
+            return [sum(t == self.target for t in ids) / max(len(ids), 1) for ids in response_ids]
+        from hh_ray.data.hh import HUMAN
+        from hh_ray.models.forward import score_texts
+
+        # the engine keeps the "\n\nHuman:" that ended the turn; the PM sees the turn alone
+        responses = [r.removesuffix(HUMAN) for r in responses]
+        raw = score_texts(self.model, self.tokenizer, prompts, responses, self.max_tokens)
+        return ((raw - self.mean) / self.std).tolist()
+
+
+class ScorerGroup:
+    def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, num_workers: int = 1, cpus: float = 0.25,
+                 gpus: float = 0.0, max_tokens: int = 384):
+        kw = dict(scorer=scorer, pm_path=pm_path, policy_tokenizer=policy_tokenizer, max_tokens=max_tokens)
+        self.group = WorkerGroup(ScorerWorker, num_workers, "pm-scorer", cpus, gpus, actor_kwargs=[kw] * num_workers)
+
+    def score_async(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]) -> list:
+        n = len(self.group)
+        return [a.score.remote(p, r, i) for a, p, r, i in
+                zip(self.group.actors, shard(prompts, n), shard(responses, n), shard(response_ids, n)) if p]
+
+    def shutdown(self) -> None:
+        self.group.shutdown()
