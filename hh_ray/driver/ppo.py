@@ -242,11 +242,11 @@ def run_ppo(cfg) -> dict:
         kl_ctl.update(adv["stats"]["kl"], len(batch["response"]))
         step_s = time.perf_counter() - t0
         gen_tokens = sum(len(r) for r in batch["response"])
-        phases = {f"{k}_s": v for k, v in timing.items()}
-        phases["driver_s"] = step_s - timing["generate"] - max(timing["score"], timing.get("values", 0.0)) \
+        phases = {f"sec_{k}": v for k, v in timing.items()}
+        phases["sec_driver"] = step_s - timing["generate"] - max(timing["score"], timing.get("values", 0.0)) \
             - timing["train"] - timing["sync"]
         metrics = adv["stats"] | train_stats | phases | {
-            "kl_coef": kl_coef_used, "step_s": step_s, "samples": len(batch["response"]),
+            "kl_coef": kl_coef_used, "sec_step": step_s, "samples": len(batch["response"]),
             "samples_per_s": len(batch["response"]) / step_s, "tokens_per_s": gen_tokens / timing["generate"],
             "sync_bytes": sync["sync_bytes"],
         }

@@ -1,0 +1,62 @@
+"""`hh-ray run`: the whole pipeline, data check -> tokenizer -> SFT -> PM -> PPO -> report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hh_ray.config import dump_config
+
+
+def run_pipeline(cfg) -> Path:
+    from hh_ray.data import load_train_holdout
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    t0 = time.perf_counter()
+    stage_s: dict[str, float] = {}
+
+    def stage(name: str, fn) -> None:
+        if name in cfg.stages:
+            t = time.perf_counter()
+            print(f"== {name} ==", flush=True)
+            fn()
+            stage_s[name] = time.perf_counter() - t
+
+    def check_data() -> None:
+        train, held, report = load_train_holdout(cfg.data, cfg.seed)
+        print(f"[data] {len(train)} train and {len(held)} held-out comparisons from {cfg.data.data_dir} "
+              f"({report.total_rejected()} malformed records skipped)")
+
+    def tokenizer() -> None:
+        from hh_ray.driver.sft import initial_policy
+
+        print(f"[tokenizer] initial policy at {initial_policy(cfg)}")
+
+    def sft() -> None:
+        from hh_ray.driver.sft import run_sft
+
+        run_sft(cfg)
+
+    def pm() -> None:
+        from hh_ray.driver.pm import run_pm
+
+        run_pm(cfg)
+
+    def ppo() -> None:
+        from hh_ray.driver.ppo import run_ppo
+
+        run_ppo(cfg)
+
+    def report() -> None:
+        from hh_ray.report.report import write_report
+
+        write_report(run_dir)
+
+    for name, fn in (("data", check_data), ("tokenizer", tokenizer), ("sft", sft), ("pm", pm), ("ppo", ppo),
+                     ("report", report)):
+        stage(name, fn)
+    summary = ", ".join(f"{k} {v:.0f}s" for k, v in stage_s.items())
+    print(f"[run] done in {time.perf_counter() - t0:.0f}s ({summary}); report: {run_dir / 'report.md'}")
+    return run_dir / "report.md"

@@ -1,0 +1,92 @@
+"""PPO math against values worked by hand (no Ray, no models)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hh_ray.algo.ppo import (
+    AdaptiveKLController, clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_k1, kl_k3,
+    token_rewards, whiten,
+)
+
+approx = lambda x, **kw: pytest.approx(x, abs=1e-5, **kw)
+
+
+def test_gae_by_hand():
+    # one row, 3 tokens, gamma=0.9, lam=0.5
+    r = torch.tensor([[1.0, 0.0, 2.0]])
+    v = torch.tensor([[0.5, 1.0, 1.5]])
+    m = torch.ones(1, 3)
+    adv, ret = gae(r, v, m, gamma=0.9, lam=0.5)
+    # deltas: d2 = 2 - 1.5 = 0.5; d1 = 0 + 0.9*1.5 - 1 = 0.35; d0 = 1 + 0.9*1.0 - 0.5 = 1.4
+    # A2 = 0.5; A1 = 0.35 + 0.45*0.5 = 0.575; A0 = 1.4 + 0.45*0.575 = 1.65875
+    assert adv[0].tolist() == approx([1.65875, 0.575, 0.5])
+    assert ret[0].tolist() == approx([2.15875, 1.575, 2.0])
+
+
+def test_gae_ignores_padding_and_lambda_one_is_monte_carlo():
+    r = torch.tensor([[0.0, 1.0, 9.0], [0.0, 0.0, 3.0]])
+    v = torch.tensor([[0.2, 0.4, 7.0], [0.1, 0.1, 0.1]])
+    m = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])  # row 0 ends after 2 tokens; its 3rd entry is padding
+    adv, ret = gae(r, v, m, gamma=1.0, lam=1.0)
+    # gamma = lam = 1: returns are the sums of remaining rewards; padding contributes nothing
+    assert ret[0].tolist() == approx([1.0, 1.0, 0.0])
+    assert ret[1].tolist() == approx([3.0, 3.0, 3.0])
+    assert adv[0].tolist() == approx([0.8, 0.6, 0.0])
+
+
+def test_whiten_by_hand():
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    m = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    w = whiten(x, m)
+    # mean 2, population variance 2/3 -> (x - 2) / sqrt(2/3)
+    s = math.sqrt(2 / 3)
+    assert w[0].tolist() == approx([-1 / s, 0.0, 1 / s, 0.0])
+
+
+def test_kl_estimators_by_hand():
+    logp = torch.tensor([math.log(0.5), math.log(0.25)])
+    ref = torch.tensor([math.log(0.25), math.log(0.5)])
+    assert kl_k1(logp, ref).tolist() == approx([math.log(2), -math.log(2)])
+    # k3 = r - 1 - log r, r = ref/p: r = 0.5 -> 0.5 - 1 + log 2; r = 2 -> 2 - 1 - log 2
+    assert kl_k3(logp, ref).tolist() == approx([-0.5 + math.log(2), 1 - math.log(2)])
+    assert (kl_k3(torch.randn(100), torch.randn(100)) >= 0).all()
+
+
+def test_token_rewards_put_score_on_last_token():
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.0, 0.0]])
+    m = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    r = token_rewards(torch.tensor([2.0, -1.0]), kl, 0.5, m)
+    assert r[0].tolist() == approx([-0.05, -0.1, 2.0 - 0.15])
+    assert r[1].tolist() == approx([-1.0 - 0.25, 0.0, 0.0])
+
+
+def test_clipped_policy_loss_by_hand():
+    old = torch.zeros(1, 3)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))  # ratios 1.5, 0.5, 1.1
+    adv = torch.tensor([[1.0, 1.0, -2.0]])
+    m = torch.ones(1, 3)
+    loss, stats = clipped_policy_loss(logp, old, adv, m, clip=0.2)
+    # token 0: max(-1.5, -1.2) = -1.2 (clipped); token 1: max(-0.5, -0.8) = -0.5; token 2: max(2.2, 2.2) = 2.2
+    assert float(loss) == approx(-1.2 - 0.5 + 2.2)
+    assert float(stats["clipped_tokens"]) == 1.0
+
+
+def test_clipped_value_loss_by_hand():
+    v = torch.tensor([[1.0, 0.0]])
+    old = torch.tensor([[0.0, 0.0]])
+    ret = torch.tensor([[0.0, 1.0]])
+    loss, stats = clipped_value_loss(v, old, ret, torch.ones(1, 2), clip=0.5)
+    # token 0: max((1-0)^2, (0.5-0)^2) = 1; token 1: max(1, 1) = 1; times 0.5 each
+    assert float(loss) == approx(1.0)
+    assert float(stats["value_clipped_tokens"]) == 0.0
+
+
+def test_entropy_uniform_and_adaptive_kl():
+    assert entropy_from_logits(torch.zeros(2, 4)).tolist() == approx([math.log(4)] * 2)
+    ctl = AdaptiveKLController(0.1, target=1.0, horizon=100)
+    assert ctl.update(2.0, 10) == approx(0.1 * (1 + 0.2 * 10 / 100))  # error clipped to +0.2
+    assert ctl.update(0.9, 10) == approx(0.102 * (1 - 0.1 * 10 / 100))  # error -0.1 within the clip
