@@ -1,0 +1,97 @@
+"""TrainerGroup with real DeepSpeed engines on real Ray actors: data parallelism, resume, export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hh_ray.config import TrainerConfig
+from hh_ray.data.hh import SUBSETS, load_comparisons
+from hh_ray.data.tokenize import pm_input_ids
+from hh_ray.workers.trainer import TrainerGroup, latest_tag
+
+
+@pytest.fixture(scope="module")
+def pm_batches(tokenizer, hh_dir):
+    items, _ = load_comparisons(str(hh_dir), SUBSETS)
+    items = items[:48]
+    enc = lambda cs: {"chosen": [pm_input_ids(tokenizer, c.prompt, c.chosen, 96) for c in cs],
+                      "rejected": [pm_input_ids(tokenizer, c.prompt, c.rejected, 96) for c in cs]}
+    return [enc(items[i:i + 8]) for i in range(0, 48, 8)]
+
+
+def _train(group, batches, objective="pm"):
+    return [group.train(b, objective, {"center_coef": 0.01}) for b in batches]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_ranks_equal_one_rank_with_double_batch(ray_local, tiny_model_dir, pm_batches, stage):
+    one = TrainerGroup(f"dp1-z{stage}", str(tiny_model_dir), "pm",
+                       TrainerConfig(num_ranks=1, zero_stage=stage, micro_batch_size=8, lr=1e-3, cpus_per_rank=0.5))
+    s1 = _train(one, pm_batches[:3])
+    v1 = one.param_vector()
+    one.shutdown()
+    two = TrainerGroup(f"dp2-z{stage}", str(tiny_model_dir), "pm",
+                       TrainerConfig(num_ranks=2, zero_stage=stage, micro_batch_size=4, lr=1e-3, cpus_per_rank=0.5))
+    s2 = _train(two, pm_batches[:3])
+    v2 = two.param_vector()
+    two.shutdown()
+    assert [s["units"] for s in s1] == [s["units"] for s in s2] == [8, 8, 8]
+    assert [s["loss"] for s in s1] == pytest.approx([s["loss"] for s in s2], abs=1e-5)
+    assert torch.allclose(v1, v2, atol=1e-4), f"max diff {(v1 - v2).abs().max():.2e}"
+    assert s1[-1]["loss"] < s1[0]["loss"]  # it did learn something, so equality is not trivial
+
+
+def test_gradient_accumulation_equals_one_big_micro_batch(ray_local, tiny_model_dir, pm_batches):
+    big = TrainerGroup("gas1", str(tiny_model_dir), "pm", TrainerConfig(micro_batch_size=8, lr=1e-3))
+    _train(big, pm_batches[:2])
+    vb = big.param_vector()
+    big.shutdown()
+    acc = TrainerGroup("gas4", str(tiny_model_dir), "pm",
+                       TrainerConfig(micro_batch_size=2, grad_accum_steps=4, lr=1e-3))
+    _train(acc, pm_batches[:2])
+    va = acc.param_vector()
+    acc.shutdown()
+    assert torch.allclose(vb, va, atol=1e-4), f"max diff {(vb - va).abs().max():.2e}"
+
+
+def test_resume_matches_uninterrupted_run(ray_local, tiny_model_dir, pm_batches, tmp_path):
+    cfg = TrainerConfig(num_ranks=2, zero_stage=2, micro_batch_size=4, lr=1e-3, warmup_steps=2, total_steps=10)
+    full = TrainerGroup("resume-a", str(tiny_model_dir), "pm", cfg)
+    _train(full, pm_batches[:5])
+    v_full = full.param_vector()
+    full.shutdown()
+
+    first = TrainerGroup("resume-b", str(tiny_model_dir), "pm", cfg)
+    _train(first, pm_batches[:3])
+    first.save_checkpoint(str(tmp_path), "step3", {"step": 3})
+    first.shutdown()
+    assert latest_tag(str(tmp_path)) == "step3"
+    (tmp_path / ".staging-step9").mkdir()  # debris of a crashed save is never mistaken for a checkpoint
+    (tmp_path / "step9").mkdir()
+    assert latest_tag(str(tmp_path)) == "step3"
+
+    resumed = TrainerGroup("resume-c", str(tiny_model_dir), "pm", cfg)
+    assert resumed.load_checkpoint(str(tmp_path))["step"] == 3
+    _train(resumed, pm_batches[3:5])
+    v_resumed = resumed.param_vector()
+    resumed.shutdown()
+    assert torch.allclose(v_full, v_resumed, atol=1e-6), f"max diff {(v_full - v_resumed).abs().max():.2e}"
+
+
+def test_sft_export_round_trips_through_from_pretrained(ray_local, tiny_model_dir, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from hh_ray.data.tokenize import encode_dialogue
+
+    g = TrainerGroup("export", str(tiny_model_dir), "causal_lm", TrainerConfig(micro_batch_size=2, lr=1e-3))
+    enc = [encode_dialogue(tokenizer, "\n\nHuman: hi there\n\nAssistant: hello, how can I help?", 64)] * 2
+    stats = g.train({"input_ids": [e.input_ids for e in enc], "loss_mask": [e.loss_mask for e in enc]}, "sft")
+    assert stats["units"] == 2 * sum(enc[0].loss_mask[1:])
+    g.export_hf(str(tmp_path / "out"))
+    v = g.param_vector()
+    g.shutdown()
+    m = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"))
+    assert torch.allclose(torch.cat([p.detach().reshape(-1) for p in m.parameters()]), v)
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
+    assert not (tmp_path / "out.tmp").exists()
