@@ -27,6 +27,7 @@ from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver.cluster import connect
 from hh_ray.driver.runlog import RunLog, read_metrics, write_json_atomic
 from hh_ray.driver.sft import batches, initial_policy
+from hh_ray.ops.metrics import PPOMetrics
 from hh_ray.workers.reference import ReferenceGroup
 from hh_ray.workers.rollout import RolloutGroup, Sampling, connect_weight_sync, sync_weights
 from hh_ray.workers.scorer import ScorerGroup
@@ -217,6 +218,7 @@ def run_ppo(cfg) -> dict:
     print(f"[ppo] {len(train_prompts)} train prompts, {len(eval_ids)} held-out prompts; groups up in "
           f"{time.perf_counter() - t_start:.0f}s")
     log = RunLog(out, "ppo", p.steps, 1, fresh=start == 0)
+    dashboard = PPOMetrics(cfg.name)
     evals = {}
     if start == 0:
         evals["before"], samples = evaluate(w, eval_ids, eval_prompts, sampling, cfg.seed)
@@ -253,6 +255,7 @@ def run_ppo(cfg) -> dict:
         if p.eval_every and step % p.eval_every == 0 and step < p.steps:
             metrics |= evaluate(w, eval_ids, eval_prompts, sampling, cfg.seed)[0]
         log.log(step, metrics, show=("pm_score", "kl", "reward", "entropy", "samples_per_s"))
+        dashboard.record(metrics, engines=len(w.rollout.engines))
         if (p.checkpoint_every and step % p.checkpoint_every == 0) or step == p.steps:
             save_state(w, ckpt, step, kl_ctl)
     evals["after"], samples = evaluate(w, eval_ids, eval_prompts, sampling, cfg.seed)

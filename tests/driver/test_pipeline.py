@@ -1,0 +1,35 @@
+"""`hh-ray run` end to end as a user runs it (a subprocess with its own local Ray), scaled down."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
+
+
+def test_run_writes_the_run_folder(tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "hh_ray.cli", "run", "--config", str(JOBS / "quickstart.yaml"), f"run_dir={run}",
+            "data.max_examples=300", "sft.steps=6", "sft.trainer.total_steps=6", "pm.epochs=0.2",
+            "ppo.steps=2", "ppo.prompts_per_step=8", "ppo.eval_prompts=8", "ppo.rollout.max_new_tokens=16"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900,
+                          env=os.environ | {"RAY_AUTH_MODE": "disabled"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"report: {run / 'report.md'}" in proc.stdout
+    for f in ("config.yaml", "sft/config.json", "pm/pm_eval.json", "pm/pm_stats.json", "pm/reliability.png",
+              "ppo/metrics.jsonl", "ppo/samples_before.json", "ppo/samples_after.json", "ppo/policy/config.json",
+              "ppo_score_vs_sqrt_kl.png", "ppo_reward.png", "ppo_kl.png", "sft_loss.png", "report.md"):
+        assert (run / f).is_file(), f
+    rows = [json.loads(x) for x in (run / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("reward", "kl", "pm_score", "entropy", "response_length", "sec_generate", "sec_reference",
+                "sec_score", "sec_train", "sec_sync", "tokens_per_s"):
+        assert key in rows[0], key
+    report = (run / "report.md").read_text()
+    assert "PM score vs sqrt(KL)" in report and "before PPO" in report
+    for png in run.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
