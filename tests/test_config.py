@@ -13,10 +13,10 @@ JOBS = Path(__file__).resolve().parents[1] / "jobs"
 
 def test_defaults_and_overrides():
     cfg = load_config(None, ["ppo.kl_coef=0.01", "sft.trainer.num_ranks=2", "data.subsets=[helpful-base]",
-                             "ppo.rollout.temperature=1"])
+                             "ppo.rollout.temperature=1", "ppo.policy_trainer.lr=3e-4"])
     assert isinstance(cfg, JobConfig)
     assert cfg.ppo.kl_coef == 0.01 and cfg.sft.trainer.num_ranks == 2
-    assert cfg.data.subsets == ["helpful-base"]
+    assert cfg.data.subsets == ["helpful-base"] and cfg.ppo.policy_trainer.lr == 3e-4
     assert cfg.ppo.rollout.temperature == 1.0 and isinstance(cfg.ppo.rollout.temperature, float)
     assert load_config(None).ppo.kl_coef == 0.001  # the paper's lambda_KL
 

@@ -77,9 +77,12 @@ def response_logprobs(
     device = next(model.parameters()).device
     ids, att, idx, mask = _pack(prompts, responses, pad_id)
     ids, att, idx, mask = ids.to(device), att.to(device), idx.to(device), mask.to(device)
-    logits = model(input_ids=ids, attention_mask=att).logits
+    # The LM head runs only where it predicts a response token: prompts are long and the vocabulary wide,
+    # so full-sequence logits would cost several times the rest of the forward pass.
+    base = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
+    hidden = base.get_decoder()(input_ids=ids, attention_mask=att).last_hidden_state
     row = torch.arange(ids.shape[0], device=device)[:, None]
-    picked = logits[row, idx].float() / temperature  # [B, T, V] at the positions that predict the response
+    picked = base.get_output_embeddings()(hidden[row, idx]).float() / temperature  # [B, T, V]
     targets = ids.gather(1, (idx + 1).clamp_max(ids.shape[1] - 1))
     logp = gather_logprobs(picked, targets) * mask
     ent = entropy_from_logits(picked) * mask if with_entropy else None

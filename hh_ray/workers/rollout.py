@@ -66,6 +66,10 @@ class RolloutWorker:
             kwargs["gpu_memory_utilization"] = rollout_cfg.gpu_memory_utilization
         else:
             kwargs["kv_cache_memory_bytes"] = int(rollout_cfg.kv_cache_gb * 2**30)
+            # vLLM 0.32 on CPU: a chunked prefill of a seeded request rewinds its generator with set_offset,
+            # which CPU generators lack ("CPU Generator does not use offset"). Whole prefills avoid that path.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(8192, max_model_len)
         self.llm = LLM(**kwargs)
         tok = self.llm.get_tokenizer()
         self.eos = tok.eos_token_id
