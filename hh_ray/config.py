@@ -113,6 +113,9 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 48
     samples_per_prompt: int = 1
+    backlog_per_engine: int = 64  # autoscaling: prompts per engine before another is asked for
+    latency_threshold_s: float = 0.0  # autoscaling: grow when a generate call took longer (0 = off)
+    scale_down_idle_s: float = 60.0  # autoscaling: shrink after demand stayed below capacity this long
     gpu_memory_utilization: float = 0.5
     kv_cache_gb: float = 1.0  # CPU engines only
 

@@ -27,6 +27,7 @@ from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver.cluster import connect
 from hh_ray.driver.runlog import RunLog, read_metrics, write_json_atomic
 from hh_ray.driver.sft import batches, initial_policy
+from hh_ray.ops.autoscale import RolloutAutoscaler
 from hh_ray.ops.metrics import PPOMetrics
 from hh_ray.workers.reference import ReferenceGroup
 from hh_ray.workers.rollout import RolloutGroup, Sampling, connect_weight_sync, sync_weights
@@ -219,6 +220,11 @@ def run_ppo(cfg) -> dict:
           f"{time.perf_counter() - t_start:.0f}s")
     log = RunLog(out, "ppo", p.steps, 1, fresh=start == 0)
     dashboard = PPOMetrics(cfg.name)
+    r = p.rollout
+    autoscaler = (RolloutAutoscaler(w.rollout, w.policy, r.min_engines, r.max_engines, r.backlog_per_engine,
+                                    r.latency_threshold_s, r.scale_down_idle_s, BUCKET_BYTES)
+                  if r.max_engines > r.min_engines else None)
+    last_generate_s = 0.0
     evals = {}
     if start == 0:
         evals["before"], samples = evaluate(w, eval_ids, eval_prompts, sampling, cfg.seed)
@@ -231,6 +237,8 @@ def run_ppo(cfg) -> dict:
         rng.seed(cfg.seed * 7919 + step)
         idx = batches(len(train_ids), p.prompts_per_step, cfg.seed, step - 1)
         timing: dict = {}
+        if autoscaler:
+            autoscaler.adjust(len(idx) * sampling.n, last_generate_s)
         batch = collect(w, [train_ids[i] for i in idx], [train_prompts[i] for i in idx], sampling,
                         sample_seeds(cfg.seed, step, len(idx), sampling.n), tok, timing)
         adv = advantages(batch, p, kl_ctl.coef)
@@ -250,12 +258,13 @@ def run_ppo(cfg) -> dict:
         metrics = adv["stats"] | train_stats | phases | {
             "kl_coef": kl_coef_used, "sec_step": step_s, "samples": len(batch["response"]),
             "samples_per_s": len(batch["response"]) / step_s, "tokens_per_s": gen_tokens / timing["generate"],
-            "sync_bytes": sync["sync_bytes"],
+            "sync_bytes": sync["sync_bytes"], "engines": len(w.rollout.engines),
         }
         if p.eval_every and step % p.eval_every == 0 and step < p.steps:
             metrics |= evaluate(w, eval_ids, eval_prompts, sampling, cfg.seed)[0]
         log.log(step, metrics, show=("pm_score", "kl", "reward", "entropy", "samples_per_s"))
         dashboard.record(metrics, engines=len(w.rollout.engines))
+        last_generate_s = timing["generate"]
         if (p.checkpoint_every and step % p.checkpoint_every == 0) or step == p.steps:
             save_state(w, ckpt, step, kl_ctl)
     evals["after"], samples = evaluate(w, eval_ids, eval_prompts, sampling, cfg.seed)

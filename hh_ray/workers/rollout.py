@@ -7,6 +7,7 @@ ask for, so a stale policy never produces PPO samples silently.
 from __future__ import annotations
 
 import time
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from hh_ray.data.hh import HUMAN
@@ -130,45 +131,95 @@ class RolloutWorker:
 
 
 class RolloutGroup:
-    """K vLLM engines; prompts are split evenly across them and results come back in prompt order."""
+    """Elastic vLLM engines, each in its own placement group so a new one can land on a new node.
 
-    def __init__(self, model_path: str, rollout_cfg, max_model_len: int, seed: int = 0, name: str = "rollout"):
+    `generate` hands the prompts out in chunks, one per engine, and re-queues a chunk whose engine died, so
+    every prompt's samples come back exactly once and in prompt order.
+    """
+
+    def __init__(self, model_path: str, rollout_cfg, max_model_len: int, seed: int = 0, name: str = "rollout",
+                 placement_timeout_s: float = 120.0):
         self.cfg = rollout_cfg
-        self.max_model_len = max_model_len
-        self.model_path, self.seed = model_path, seed
-        cpus = rollout_cfg.cpus_per_engine
-        gpus = rollout_cfg.gpus_per_engine * rollout_cfg.tensor_parallel_size
-        self.group = WorkerGroup(RolloutWorker, rollout_cfg.num_engines, name, cpus, gpus,
-                                 actor_kwargs=[dict(model_path=model_path, rollout_cfg=rollout_cfg,
-                                                    max_model_len=max_model_len, seed=seed + i)
-                                               for i in range(rollout_cfg.num_engines)])
+        self.model_path, self.max_model_len, self.seed, self.name = model_path, max_model_len, seed, name
+        self.placement_timeout_s = placement_timeout_s
+        self._groups: list[WorkerGroup] = []
+        self._next_id = 0
         self.version = 0
+        self.generated = Counter()  # prompt key -> times its samples were delivered (an invariant, checked in tests)
+        self.requeued_chunks = 0
+        for _ in range(rollout_cfg.num_engines):
+            self.add_engine()
+        import ray
+
+        ray.get([e.policy_version.remote() for e in self.engines])  # engines are up before the first call
 
     @property
     def engines(self) -> list:
-        return self.group.actors
+        return [g.actors[0] for g in self._groups]
+
+    def bundle(self) -> dict:
+        gpus = self.cfg.gpus_per_engine * self.cfg.tensor_parallel_size
+        return {"CPU": self.cfg.cpus_per_engine} | ({"GPU": gpus} if gpus else {})
+
+    def add_engine(self, timeout_s: float | None = None):
+        """Start one more engine (it holds version 0 until synced; `generate` refuses it until then)."""
+        i = self._next_id
+        self._next_id += 1
+        b = self.bundle()
+        group = WorkerGroup(RolloutWorker, 1, f"{self.name}-{i}", b["CPU"], b.get("GPU", 0.0),
+                            placement_timeout_s=timeout_s or self.placement_timeout_s,
+                            actor_kwargs=[dict(model_path=self.model_path, rollout_cfg=self.cfg,
+                                               max_model_len=self.max_model_len, seed=self.seed + i)])
+        self._groups.append(group)
+        return group.actors[0]
+
+    def remove_engine(self) -> None:
+        """Stop the newest engine and free its placement group."""
+        self._groups.pop().shutdown()
+
+    def _drop(self, actor) -> None:
+        for g in list(self._groups):
+            if g.actors and g.actors[0] == actor:
+                self._groups.remove(g)
+                try:
+                    g.shutdown()
+                except Exception:  # the actor is already gone; its placement group still goes
+                    pass
 
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[dict]:
         """n samples per prompt, flattened prompt-major: result[i * n + j] is sample j of prompt i."""
         import ray
+        from ray.exceptions import RayActorError
 
-        parts = [(p, s) for p, s in zip(shard(prompt_ids, len(self.engines)), shard(seeds, len(self.engines))) if p]
-        refs = [e.generate.remote(p, sampling, self.version, s) for e, (p, s) in zip(self.engines, parts)]
-        return [r for part in ray.get(refs) for r in part]
+        queue = deque(c for c in shard(list(range(len(prompt_ids))), max(1, len(self.engines))) if c)
+        idle = list(self.engines)
+        in_flight: dict = {}
+        results: dict[int, list[dict]] = {}
+        while queue or in_flight:
+            while queue and idle:
+                engine, idx = idle.pop(), queue.popleft()
+                ref = engine.generate.remote([prompt_ids[i] for i in idx], sampling, self.version,
+                                             [seeds[i] for i in idx])
+                in_flight[ref] = (engine, idx)
+            if not in_flight:
+                raise RuntimeError("every rollout engine died; no engine left to generate")
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            engine, idx = in_flight.pop(ref)
+            try:
+                out = ray.get(ref)
+            except RayActorError:
+                self._drop(engine)  # the engine died mid-batch: its prompts go back in the queue
+                queue.append(idx)
+                self.requeued_chunks += 1
+                continue
+            for k, i in enumerate(idx):
+                results[i] = out[k * sampling.n:(k + 1) * sampling.n]
+                self.generated[(self.version, seeds[i])] += 1
+            idle.append(engine)
+        return [r for i in range(len(prompt_ids)) for r in results[i]]
 
-    def sync_world(self) -> int:
-        return 1 + len(self.engines) * self.cfg.tensor_parallel_size
-
-    def init_weight_sync_async(self, master) -> list:
-        tp = self.cfg.tensor_parallel_size
-        return [e.init_weight_sync.remote(master, 1 + i * tp, self.sync_world()) for i, e in enumerate(self.engines)]
-
-    def receive_weights_async(self, metas, bucket_bytes: int, version: int) -> list:
-        self.version = version
-        return [e.receive_weights.remote(metas, bucket_bytes, version) for e in self.engines]
-
-    def shutdown(self) -> None:
-        self.group.shutdown()
+def sync_world(rollout: RolloutGroup) -> int:
+    return 1 + len(rollout.engines) * rollout.cfg.tensor_parallel_size
 
 
 def sync_weights(trainer, rollout: RolloutGroup, version: int, bucket_bytes: int, metas=None) -> dict:
@@ -178,7 +229,8 @@ def sync_weights(trainer, rollout: RolloutGroup, version: int, bucket_bytes: int
     metas = metas or trainer.weight_metas()
     t0 = time.perf_counter()
     send = trainer.group.call_async("broadcast_weights", bucket_bytes)
-    recv = rollout.receive_weights_async(metas, bucket_bytes, version)
+    rollout.version = version
+    recv = [e.receive_weights.remote(metas, bucket_bytes, version) for e in rollout.engines]
     stats = ray.get(send)[0]
     ray.get(recv)
     return {"sync_seconds": time.perf_counter() - t0, "sync_bytes": stats["bytes"]}
@@ -189,7 +241,8 @@ def connect_weight_sync(trainer, rollout: RolloutGroup) -> None:
     import ray
 
     master = trainer.address()
-    world = rollout.sync_world()
-    refs = trainer.group.call_async("init_weight_sync", master, world) + rollout.init_weight_sync_async(master)
+    world, tp = sync_world(rollout), rollout.cfg.tensor_parallel_size
+    refs = trainer.group.call_async("init_weight_sync", master, world) + [
+        e.init_weight_sync.remote(master, 1 + i * tp, world) for i, e in enumerate(rollout.engines)]
     ray.get(refs)
 
