@@ -80,6 +80,11 @@ class RolloutWorker:
     def policy_version(self) -> int:
         return self.version
 
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling, version: int, seeds: list[int]) -> list[dict]:
         """Per prompt, `n` samples: response ids, their logprobs, text and why generation stopped."""
         from vllm import SamplingParams

@@ -1,0 +1,275 @@
+"""`python -m benchmarks --out DIR [--quick] [--only a,b]`: hh-ray's speed and memory, as ratios in one run.
+
+Every pair of contenders runs interleaved in this same process run (A, B, A, B, ...), so a noisy machine
+shifts both alike and the ratios hold. Writes DIR/results.json and DIR/results.md. Not part of the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+
+
+def machine() -> dict:
+    import deepspeed
+    import ray
+    import torch
+    import transformers
+
+    cpu = "unknown"
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        import vllm
+
+        vllm_version = vllm.__version__
+    except Exception:  # noqa: BLE001 - recorded, not fatal
+        vllm_version = "not importable"
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "vllm": vllm_version, "ray": ray.__version__,
+            "deepspeed": deepspeed.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def interleave(fns: dict, repeats: int) -> dict[str, list]:
+    """Run each contender `repeats` times, alternating, and return every result per contender."""
+    out: dict[str, list] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            out[k].append(fn())
+    return out
+
+
+def med(xs) -> float:
+    return float(statistics.median(xs))
+
+
+class Fixture:
+    """Tokenizer, presets and prompts built once under a temp dir."""
+
+    def __init__(self, root: Path, quick: bool):
+        from hh_ray.config import default_data_dir
+        from hh_ray.data.hh import SUBSETS, load_comparisons, unique_prompts
+        from hh_ray.data.tokenize import train_tokenizer, truncate_prompt
+        from hh_ray.models.presets import build_preset
+
+        items, _ = load_comparisons(default_data_dir(), SUBSETS)
+        self.items = items
+        self.tok = train_tokenizer((c.chosen_dialogue for c in items), 8192, root / "tok")
+        self.models = {name: str(build_preset(name, self.tok, root / name)) for name in ("tiny", "small")}
+        self.prompt_texts = unique_prompts(items)
+        self.prompts = [truncate_prompt(self.tok, p, 64) for p in self.prompt_texts]
+        self.root, self.quick = root, quick
+
+
+def bench_rollout(fx: Fixture, quick: bool) -> dict:
+    """Generated tokens/s: one vLLM engine against HF `generate`, same model, prompts, batch and lengths."""
+    import ray
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from hh_ray.config import RolloutConfig
+    from hh_ray.workers.rollout import RolloutGroup, Sampling
+
+    batch, new = (16, 32) if quick else (32, 64)
+    model = fx.models["small"]
+    prompts = fx.prompts[:batch]
+    rollout = RolloutGroup(model, RolloutConfig(cpus_per_engine=1.0, kv_cache_gb=1.0), 256)
+
+    @ray.remote(num_cpus=1)
+    class HFGenerate:
+        def __init__(self, path, pad_id):
+            self.m = AutoModelForCausalLM.from_pretrained(path).eval()
+            self.pad = pad_id
+
+        def run(self, prompts, new_tokens):
+            n = max(len(p) for p in prompts)
+            ids = torch.tensor([[self.pad] * (n - len(p)) + p for p in prompts])
+            att = (ids != self.pad).long()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = self.m.generate(input_ids=ids, attention_mask=att, max_new_tokens=new_tokens, do_sample=True,
+                                      min_new_tokens=new_tokens, pad_token_id=self.pad, temperature=1.0, top_k=0)
+            return (out.shape[1] - n) * len(prompts), time.perf_counter() - t0
+
+    hf = HFGenerate.options(runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}).remote(model, fx.tok.pad_token_id)
+    ray.get(hf.run.remote(prompts[:2], 4))
+    rollout.generate(prompts[:2], Sampling(max_new_tokens=4), [0, 1])
+
+    def vllm_run():
+        t0 = time.perf_counter()
+        out = rollout.generate(prompts, Sampling(max_new_tokens=new), list(range(len(prompts))))
+        return sum(len(o["response"]) for o in out), time.perf_counter() - t0
+
+    res = interleave({"vllm": vllm_run, "hf": lambda: ray.get(hf.run.remote(prompts, new))}, 2 if quick else 3)
+    rollout.shutdown()
+    ray.kill(hf)
+    v = med([t / s for t, s in res["vllm"]])
+    h = med([t / s for t, s in res["hf"]])
+    return {"vllm_tokens_per_s": v, "hf_tokens_per_s": h, "ratio": v / h, "model": "small", "batch": batch,
+            "max_new_tokens": new, "note": "vLLM stops at end of turn; HF is forced to full length (min_new_tokens)"}
+
+
+def bench_pm(fx: Fixture, quick: bool) -> dict:
+    """PM training pairs/s with 1 and 2 DeepSpeed ranks on the tiny preset (same global batch)."""
+    from hh_ray.config import TrainerConfig
+    from hh_ray.data.tokenize import pm_input_ids
+    from hh_ray.workers.trainer import TrainerGroup
+
+    items = fx.items[:64]
+    batch = {"chosen": [pm_input_ids(fx.tok, c.prompt, c.chosen, 256) for c in items[:16]],
+             "rejected": [pm_input_ids(fx.tok, c.prompt, c.rejected, 256) for c in items[:16]]}
+    steps = 3 if quick else 8
+    out = {}
+    for ranks in (1, 2):
+        g = TrainerGroup(f"bench-pm-{ranks}", fx.models["tiny"], "pm",
+                         TrainerConfig(num_ranks=ranks, micro_batch_size=16 // ranks, cpus_per_rank=1.0, lr=1e-4))
+        g.train(batch, "pm")
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            g.train(batch, "pm")
+        out[f"pairs_per_s_{ranks}_rank"] = 16 * steps / (time.perf_counter() - t0)
+        g.shutdown()
+    out["trainer_2_over_1"] = out["pairs_per_s_2_rank"] / out["pairs_per_s_1_rank"]
+    return out
+
+
+def bench_sync(fx: Fixture, quick: bool) -> dict:
+    """Weight sync trainer -> engine (gloo here) in GB/s, against an in-memory copy of the same bytes."""
+    import torch
+
+    from hh_ray.config import RolloutConfig, TrainerConfig
+    from hh_ray.workers.rollout import RolloutGroup, connect_weight_sync, sync_weights
+    from hh_ray.workers.trainer import TrainerGroup
+
+    out = {}
+    for name in ("tiny", "small"):
+        trainer = TrainerGroup(f"bench-sync-{name}", fx.models[name], "causal_lm", TrainerConfig(cpus_per_rank=1.0))
+        rollout = RolloutGroup(fx.models[name], RolloutConfig(cpus_per_engine=1.0, kv_cache_gb=0.25), 256)
+        connect_weight_sync(trainer, rollout)
+        metas = trainer.weight_metas()
+        sync_weights(trainer, rollout, 1, 32 << 20, metas)
+        runs = [sync_weights(trainer, rollout, v, 32 << 20, metas) for v in range(2, 5 if quick else 7)]
+        nbytes = runs[0]["sync_bytes"]
+        secs = med([r["sync_seconds"] for r in runs])
+        src = torch.empty(nbytes // 4)
+        dst = torch.empty_like(src)
+        copies = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            copies.append(time.perf_counter() - t0)
+        out[name] = {"bytes": nbytes, "seconds": secs, "gb_per_s": nbytes / secs / 1e9,
+                     "memcpy_gb_per_s": nbytes / med(copies) / 1e9}
+        rollout.shutdown()
+        trainer.shutdown()
+    out["gb_per_s"] = out["small"]["gb_per_s"]
+    out["memcpy_gb_per_s"] = out["small"]["memcpy_gb_per_s"]
+    return out
+
+
+def bench_rollout_scaling(fx: Fixture, quick: bool) -> dict:
+    """The same generation work on 1 and on 2 engines."""
+    from hh_ray.config import RolloutConfig
+    from hh_ray.workers.rollout import RolloutGroup, Sampling
+
+    prompts = fx.prompts[: (32 if quick else 64)]
+    rates = {}
+    for k in (1, 2):
+        g = RolloutGroup(fx.models["small"], RolloutConfig(num_engines=k, min_engines=1, max_engines=k,
+                                                           cpus_per_engine=1.0, kv_cache_gb=0.5), 256)
+        g.generate(prompts[:2], Sampling(max_new_tokens=4), [0, 1])
+        t0 = time.perf_counter()
+        out = g.generate(prompts, Sampling(max_new_tokens=32), list(range(len(prompts))))
+        rates[k] = sum(len(o["response"]) for o in out) / (time.perf_counter() - t0)
+        g.shutdown()
+    return {"tokens_per_s_1": rates[1], "tokens_per_s_2": rates[2], "rollout_2_over_1": rates[2] / rates[1]}
+
+
+def bench_ppo(fx: Fixture, quick: bool) -> dict:
+    """A short PPO run on the tiny preset: seconds per step by phase, samples/s, peak memory per group."""
+    from hh_ray.config import load_config
+    from hh_ray.driver.ppo import run_ppo
+    from hh_ray.driver.runlog import read_metrics
+
+    run = fx.root / "ppo-run"
+    steps = 4 if quick else 10
+    cfg = load_config(None, [f"run_dir={run}", "model.policy=tiny", "ppo.scorer=token: the", f"ppo.steps={steps}",
+                             "ppo.prompts_per_step=16", "ppo.rollout.samples_per_prompt=2", "ppo.eval_prompts=8",
+                             "ppo.rollout.max_new_tokens=32", "data.max_prompt_tokens=128",
+                             "ppo.policy_trainer.micro_batch_size=32", "ppo.critic_trainer.micro_batch_size=32"])
+    run_ppo(cfg)
+    rows = read_metrics(run / "ppo" / "metrics.jsonl")[1:]  # step 1 warms caches
+    phases = {k[4:]: med([r[k] for r in rows]) for k in rows[0] if k.startswith("sec_") and k != "sec_step"}
+    step = med([r["sec_step"] for r in rows])
+    return {"phase_seconds": phases, "step_seconds": step, "samples_per_s": med([r["samples_per_s"] for r in rows]),
+            "driver_overhead_fraction": phases["driver"] / step, "samples_per_step": rows[0]["samples"]}
+
+
+BENCHES = {"rollout": bench_rollout, "pm": bench_pm, "sync": bench_sync, "scaling": bench_rollout_scaling,
+           "ppo": bench_ppo}
+
+
+def to_markdown(results: dict) -> str:
+    lines = ["# hh-ray benchmarks", "", "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()), "",
+             "| figure | value |", "|---|---|"]
+
+    def walk(prefix, obj):
+        for k, v in obj.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}.", v)
+            elif isinstance(v, float):
+                lines.append(f"| {prefix}{k} | {v:.4g} |")
+            else:
+                lines.append(f"| {prefix}{k} | {v} |")
+
+    walk("", {k: v for k, v in results.items() if k != "machine"})
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--quick", action="store_true", help="about 5 minutes on 2 cores")
+    ap.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(BENCHES))
+    args = ap.parse_args(argv)
+    import ray
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    results: dict = {"machine": machine(), "quick": args.quick}
+    wanted = [b for b in (args.only.split(",") if args.only else BENCHES) if b]
+    with tempfile.TemporaryDirectory() as tmp:
+        fx = Fixture(Path(tmp), args.quick)
+        for name in wanted:
+            t0 = time.perf_counter()
+            print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+            results[name] = BENCHES[name](fx, args.quick)
+            results[name]["bench_seconds"] = time.perf_counter() - t0
+            (out / "results.json").write_text(json.dumps(results, indent=2))
+    if "pm" in results:
+        results.setdefault("scaling", {})["trainer_2_over_1"] = results["pm"]["trainer_2_over_1"]
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(to_markdown(results))
+    print(to_markdown(results))
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
