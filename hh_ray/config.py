@@ -148,7 +148,9 @@ class PPOConfig:
     policy_trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(lr=1e-5))
     critic_trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(lr=5e-5))
     reference_cpus: float = 0.25
+    reference_gpus: float = 0.0  # fractional GPUs let reference and scorer share a device
     scorer_cpus: float = 0.25
+    scorer_gpus: float = 0.0
 
 
 @dataclass

@@ -54,9 +54,9 @@ class PPOWorkers:
         max_len = cfg.data.max_prompt_tokens + p.rollout.max_new_tokens + 8
         return cls(
             rollout=RolloutGroup(policy_path, p.rollout, max_len, cfg.seed),
-            reference=ReferenceGroup(policy_path, cpus=p.reference_cpus, gpus=p.policy_trainer.gpus_per_rank),
-            scorer=ScorerGroup(p.scorer, pm_path, policy_path, cpus=p.scorer_cpus,
-                               gpus=p.policy_trainer.gpus_per_rank, max_tokens=cfg.pm.max_tokens),
+            reference=ReferenceGroup(policy_path, cpus=p.reference_cpus, gpus=p.reference_gpus),
+            scorer=ScorerGroup(p.scorer, pm_path, policy_path, cpus=p.scorer_cpus, gpus=p.scorer_gpus,
+                               max_tokens=cfg.pm.max_tokens),
             policy=TrainerGroup("policy-trainer", policy_path, "causal_lm", p.policy_trainer, cfg.seed),
             critic=TrainerGroup("critic-trainer", policy_path, "value", p.critic_trainer, cfg.seed),
         )

@@ -223,6 +223,10 @@ class RolloutGroup:
             idle.append(engine)
         return [r for i in range(len(prompt_ids)) for r in results[i]]
 
+    def shutdown(self) -> None:
+        while self._groups:
+            self.remove_engine()
+
 def sync_world(rollout: RolloutGroup) -> int:
     return 1 + len(rollout.engines) * rollout.cfg.tensor_parallel_size
 
