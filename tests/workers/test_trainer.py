@@ -28,6 +28,7 @@ def _train(group, batches, objective="pm"):
 def test_two_ranks_equal_one_rank_with_double_batch(ray_local, tiny_model_dir, pm_batches, stage):
     one = TrainerGroup(f"dp1-z{stage}", str(tiny_model_dir), "pm",
                        TrainerConfig(num_ranks=1, zero_stage=stage, micro_batch_size=8, lr=1e-3, cpus_per_rank=0.5))
+    v0 = one.param_vector()
     s1 = _train(one, pm_batches[:3])
     v1 = one.param_vector()
     one.shutdown()
@@ -39,7 +40,7 @@ def test_two_ranks_equal_one_rank_with_double_batch(ray_local, tiny_model_dir, p
     assert [s["units"] for s in s1] == [s["units"] for s in s2] == [8, 8, 8]
     assert [s["loss"] for s in s1] == pytest.approx([s["loss"] for s in s2], abs=1e-5)
     assert torch.allclose(v1, v2, atol=1e-4), f"max diff {(v1 - v2).abs().max():.2e}"
-    assert s1[-1]["loss"] < s1[0]["loss"]  # it did learn something, so equality is not trivial
+    assert (v1 - v0).abs().max() > 1e-3  # the steps moved the weights, so equality is not trivial
 
 
 def test_gradient_accumulation_equals_one_big_micro_batch(ray_local, tiny_model_dir, pm_batches):
