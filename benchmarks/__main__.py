@@ -207,7 +207,7 @@ def bench_ppo(fx: Fixture, quick: bool) -> dict:
 
     run = fx.root / "ppo-run"
     steps = 4 if quick else 10
-    cfg = load_config(None, [f"run_dir={run}", "model.policy=tiny", "ppo.scorer=token: the", f"ppo.steps={steps}",
+    cfg = load_config(None, [f"run_dir={run}", "model.policy=tiny", "ppo.scorer=substring:e", f"ppo.steps={steps}",
                              "ppo.prompts_per_step=16", "ppo.rollout.samples_per_prompt=2", "ppo.eval_prompts=8",
                              "ppo.rollout.max_new_tokens=32", "data.max_prompt_tokens=128",
                              "ppo.policy_trainer.micro_batch_size=32", "ppo.critic_trainer.micro_batch_size=32"])

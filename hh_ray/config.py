@@ -142,7 +142,7 @@ class PPOConfig:
     eval_prompts: int = 32
     eval_every: int = 0  # 0 = only before and after
     checkpoint_every: int = 0  # 0 = only at the end
-    scorer: str = "pm"  # "pm" = the PM of this run (or pm_checkpoint); "token:<text>" rewards a target token
+    scorer: str = "pm"  # "pm" = the PM of this run (or pm_checkpoint); "substring:<t>" = share of tokens containing t
     pm_checkpoint: str = ""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     policy_trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(lr=1e-5))

@@ -3,8 +3,8 @@
 The PM may use another tokenizer than the policy (an encoder such as MiniLM), so it takes text. Scores are
 normalized with the mean/std the PM measured on its own eval set (`pm_stats.json`).
 
-`token:<text>` names a simple known scorer instead: the share of response tokens equal to the token of
-`<text>` in the policy's tokenizer. Tests use it to check that PPO raises a reward it can verify.
+`substring:<text>` names a simple known scorer instead: the share of response tokens whose text contains
+`<text>` (in the policy's tokenizer). Tests use it to check that PPO raises a reward it can verify.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ class ScorerWorker:
 
         from hh_ray.data.tokenize import load_tokenizer
 
-        self.kind = "token" if scorer.startswith("token:") else "pm"
+        self.kind = "substring" if scorer.startswith("substring:") else "pm"
         self.max_tokens = max_tokens
-        if self.kind == "token":
+        if self.kind == "substring":
             tok = load_tokenizer(policy_tokenizer)
-            ids = tok(scorer.removeprefix("token:"), add_special_tokens=False)["input_ids"]
-            if len(ids) != 1:
-                raise ValueError(f"scorer '{scorer}': target must be exactly one token, got {len(ids)}")
-            self.target = ids[0]
+            text = scorer.removeprefix("substring:")
+            self.targets = {i for i in range(len(tok)) if text in tok.decode([i])}
+            if not text or not self.targets:
+                raise ValueError(f"scorer '{scorer}': no token of {policy_tokenizer} contains {text!r}")
             return
         from hh_ray.models.forward import load_model, read_pm_stats
 
@@ -39,8 +39,8 @@ class ScorerWorker:
         self.max_tokens = min(max_tokens, limit)
 
     def score(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]) -> list[float]:
-        if self.kind == "token":
-            return [sum(t == self.target for t in ids) / max(len(ids), 1) for ids in response_ids]
+        if self.kind == "substring":
+            return [sum(t in self.targets for t in ids) / max(len(ids), 1) for ids in response_ids]
         from hh_ray.data.hh import HUMAN
         from hh_ray.models.forward import score_texts
 

@@ -16,7 +16,7 @@ JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
 
 def _job_args(run_dir: Path, steps: int) -> list[str]:
-    return ["--config", str(JOBS / "quickstart.yaml"), f"run_dir={run_dir}", "ppo.scorer=token:e",
+    return ["--config", str(JOBS / "quickstart.yaml"), f"run_dir={run_dir}", "ppo.scorer=substring:e",
             "model.tokenizer_vocab_size=320", "data.subsets=[helpful-base]", "data.max_prompt_tokens=64",
             f"ppo.steps={steps}", "ppo.prompts_per_step=8", "ppo.eval_prompts=8", "ppo.rollout.max_new_tokens=16",
             "ppo.rollout.kv_cache_gb=0.25", "ppo.policy_trainer.micro_batch_size=16",
@@ -81,7 +81,7 @@ def test_prometheus_endpoint_has_every_metric_during_a_run(ray_head, hh_dir, tmp
     assert 0 < value("ray_hh_ray_samples_per_s") < 1000
     assert value("ray_hh_ray_engines") == 1
     assert value("ray_hh_ray_sync_bytes") > 1e6 and 0 < value("ray_hh_ray_sync_seconds") < 60
-    assert 0.0 <= value("ray_hh_ray_pm_score") <= 1.0  # token:e scores are shares of tokens
+    assert 0.0 <= value("ray_hh_ray_pm_score") <= 1.0  # substring:e scores are shares of tokens
     phases = {re.search(r'phase="(\w+)"', tags).group(1) for tags, _ in seen["ray_hh_ray_phase_seconds"]}
     assert set(PHASES) <= phases
     assert all('job="quickstart"' in tags and "role=" in tags for tags, _ in seen["ray_hh_ray_reward"])
