@@ -20,23 +20,23 @@ PM_STATS = "pm_stats.json"
 def load_model(path: str, kind: str, dtype: torch.dtype = torch.float32):
     """`from_pretrained` for a role: causal LM (policy, reference), scalar-head PM, per-token value head."""
     from transformers import (
-        AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification,
+        AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification,
     )
 
     if kind == "causal_lm":
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    elif kind == "pm":
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
-    elif kind == "value":
-        model = AutoModelForTokenClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+    elif kind in ("pm", "value"):
+        # no dropout before the scalar head (HF defaults it to 0.1): a score must be a function of the text
+        config = AutoConfig.from_pretrained(path, num_labels=1)
+        config.classifier_dropout = 0.0
+        auto = AutoModelForSequenceClassification if kind == "pm" else AutoModelForTokenClassification
+        model = auto.from_pretrained(path, config=config, dtype=dtype)
     else:
         raise ValueError(f"unknown model kind '{kind}'; kinds: {', '.join(KINDS)}")
     if model.config.pad_token_id is None:  # sequence-classification pooling needs it
         from hh_ray.data.tokenize import load_tokenizer
 
         model.config.pad_token_id = load_tokenizer(path).pad_token_id
-    if hasattr(model.config, "classifier_dropout"):
-        model.config.classifier_dropout = 0.0
     return model
 
 

@@ -66,6 +66,19 @@ def follow(client, job_id: str, poll_s: float = 1.0, out=sys.stdout) -> str:
         time.sleep(poll_s)
 
 
+def _submit_with_retry(client, entrypoint: str, runtime_env: dict | None, wait_s: float = 90.0) -> str:
+    """A freshly started head answers "No available agent" until its job agent is up; wait for it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            print("[submit] cluster's job agent not ready yet; retrying", file=sys.stderr, flush=True)
+            time.sleep(3)
+
+
 def submit_job(args) -> int:
     """CLI entry: submit, print the job id, follow unless --no-follow; exit 0 only on SUCCEEDED."""
     if args.config and not Path(args.config).is_file():
@@ -77,7 +90,7 @@ def submit_job(args) -> int:
     client = client_for(args.address, args.token)
     runtime_env = load_runtime_env(args.runtime_env, args.config)
     entrypoint = entrypoint_for(args.entrypoint, args.config, list(args.overrides))
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or None)
+    job_id = _submit_with_retry(client, entrypoint, runtime_env or None)
     print(job_id, flush=True)
     if args.no_follow:
         return 0
