@@ -115,7 +115,9 @@ class TrainerWorker:
             scores = sequence_scores(model, mb["chosen"] + mb["rejected"], self.pad_id)
             per_pair, correct = pairwise_loss(scores[:n], scores[n:], hyper.get("margin", 0.0),
                                               hyper.get("center_coef", 0.0))
-            return per_pair.sum(), {"correct": float(correct.sum()), "score_sum": float(scores.detach().sum())}
+            pairs = torch.stack([scores[:n], scores[n:]], 1).detach().tolist()
+            return per_pair.sum(), {"correct": float(correct.sum()), "score_sum": float(scores.detach().sum()),
+                                    "scores": pairs}
         if objective == "policy":
             logp, mask, ent = response_logprobs(model, mb["prompt"], mb["response"], self.pad_id,
                                                 hyper.get("temperature", 1.0), with_entropy=True)
@@ -149,7 +151,8 @@ class TrainerWorker:
             self.engine.step()
             sums["loss_sum"] += float(loss.detach())
             for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
+                if k != "scores":
+                    sums[k] = sums.get(k, 0.0) + v
         self.steps += 1
         sums["lr"] = float(self.engine.get_lr()[0]) if self.engine.get_lr() else self.cfg.lr
         gn = self.engine.get_global_grad_norm()
@@ -160,27 +163,18 @@ class TrainerWorker:
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, list], objective: str, hyper: dict, micro_batch_size: int = 16) -> dict:
-        """Loss sums (and PM scores) without a step; scores come back in batch order."""
-        from hh_ray.models.forward import sequence_scores
-
+        """Loss sums (and PM scores, in batch order) without a step."""
         self.engine.eval()
         n = len(next(iter(batch.values())))
-        sums: dict[str, Any] = {"loss_sum": 0.0}
-        chunks = max(1, -(-n // micro_batch_size))
-        scores: list[float] = []
-        for mb in shard_batch(batch, chunks):
+        sums: dict[str, Any] = {"loss_sum": 0.0, "scores": []}
+        for mb in shard_batch(batch, max(1, -(-n // micro_batch_size))):
             if not next(iter(mb.values())):
                 continue
             loss, stats = self._loss(objective, mb, hyper)
             sums["loss_sum"] += float(loss)
+            sums["scores"] += stats.pop("scores", [])
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
-            if objective == "pm":
-                s = sequence_scores(self.engine, mb["chosen"] + mb["rejected"], self.pad_id).tolist()
-                k = len(mb["chosen"])
-                scores += [[c, r] for c, r in zip(s[:k], s[k:])]
-        if objective == "pm":
-            sums["scores"] = scores
         return sums
 
     @torch.no_grad()
