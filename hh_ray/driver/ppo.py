@@ -263,7 +263,9 @@ def run_ppo(cfg) -> dict:
         if p.eval_every and step % p.eval_every == 0 and step < p.steps:
             metrics |= evaluate(w, eval_ids, eval_prompts, sampling, cfg.seed)[0]
         log.log(step, metrics, show=("pm_score", "kl", "reward", "entropy", "samples_per_s"))
-        dashboard.record(metrics, engines=len(w.rollout.engines))
+        # backlog: the step's prompts beyond what the current pool is sized for (what autoscaling reacts to)
+        backlog = max(0, len(idx) * sampling.n - len(w.rollout.engines) * r.backlog_per_engine)
+        dashboard.record(metrics, engines=len(w.rollout.engines), queue_depth=backlog)
         last_generate_s = timing["generate"]
         if (p.checkpoint_every and step % p.checkpoint_every == 0) or step == p.steps:
             save_state(w, ckpt, step, kl_ctl)

@@ -11,7 +11,7 @@ GAUGES = {
     "generated_tokens_per_s": ("rollout", "tokens generated per second of generation"),
     "samples_per_s": ("driver", "PPO samples per second of whole step"),
     "engines": ("rollout", "vLLM engines serving"),
-    "queue_depth": ("rollout", "prompts waiting for an engine"),
+    "queue_depth": ("rollout", "prompts of the step beyond what the engine pool is sized for (backlog)"),
     "reward": ("driver", "mean per-sample reward r_PM - lambda_KL * KL"),
     "kl": ("driver", "mean per-sample KL(policy || reference) in nats"),
     "pm_score": ("scorer", "mean normalized PM score of the step's samples"),
