@@ -161,7 +161,11 @@ def _records_local(root: Path, subset: str, split: str | None) -> Iterator[tuple
 def _records_hub(hub_id: str, subset: str, split: str) -> Iterator[tuple[str, int, object]]:
     import datasets  # only the hub path needs it at import time
 
-    ds = datasets.load_dataset(hub_id, data_dir=subset, split=split)
+    try:
+        ds = datasets.load_dataset(hub_id, data_dir=subset, split=split)
+    except (ConnectionError, FileNotFoundError, ValueError) as exc:
+        raise DataError(f"cannot load '{hub_id}' (subset {subset}, split {split}) from the hub: {exc}. "
+                        "Offline? Point HH_RLHF_DIR or data.data_dir at a local folder in the HH layout") from None
     name = f"{hub_id}/{subset}/{split}"
     for i, row in enumerate(ds, start=1):
         yield name, i, row
