@@ -45,8 +45,7 @@ def test_wrong_types_name_key_and_expected_type(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("path", sorted(JOBS.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(p for p in JOBS.glob("*.yaml") if p.name != "runtime_env.yaml"),
+                         ids=lambda p: p.name)
 def test_every_job_config_loads(path):
-    if path.name == "runtime_env.yaml":
-        pytest.skip("not a job config")
     load_config(path)
