@@ -84,7 +84,7 @@ def sample_seeds(seed: int, step: int, count: int, n: int) -> list[int]:
 
 
 def collect(w: PPOWorkers, prompts: list[list[int]], prompt_texts: list[str], sampling: Sampling, seeds: list[int],
-            tok, timing: dict, with_values: bool = True) -> dict:
+            timing: dict, with_values: bool = True) -> dict:
     """Generate, then ask reference, scorer (and critic) about the samples, all at once."""
     t0 = time.perf_counter()
     samples = w.rollout.generate(prompts, sampling, seeds)
@@ -167,8 +167,7 @@ def evaluate(w: PPOWorkers, prompts, prompt_texts, sampling: Sampling, seed: int
     """Mean PM score and KL on held-out prompts, one sample each with fixed seeds (comparable across steps)."""
     timing: dict = {}
     one = Sampling(sampling.temperature, sampling.top_p, sampling.max_new_tokens, 1)
-    b = collect(w, prompts, prompt_texts, one, sample_seeds(seed, 10**6, len(prompts), 1), None, timing,
-                with_values=False)
+    b = collect(w, prompts, prompt_texts, one, sample_seeds(seed, 10**6, len(prompts), 1), timing, with_values=False)
     lengths = [len(r) for r in b["response"]]
     old, ref = _rect(b["old_logprobs"]), _rect(b["ref_logprobs"])
     mask = (torch.arange(old.shape[1])[None, :] < torch.tensor(lengths)[:, None]).float()
@@ -240,7 +239,7 @@ def run_ppo(cfg) -> dict:
         if autoscaler:
             autoscaler.adjust(len(idx) * sampling.n, last_generate_s)
         batch = collect(w, [train_ids[i] for i in idx], [train_prompts[i] for i in idx], sampling,
-                        sample_seeds(cfg.seed, step, len(idx), sampling.n), tok, timing)
+                        sample_seeds(cfg.seed, step, len(idx), sampling.n), timing)
         adv = advantages(batch, p, kl_ctl.coef)
         batch |= {"advantages": adv["advantages"], "returns": adv["returns"]}
         t1 = time.perf_counter()
