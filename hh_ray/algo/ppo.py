@@ -11,6 +11,17 @@ import math
 import torch
 
 
+def pad_ragged(rows: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token lists of unequal length -> left-aligned zero-padded [B, T] tensor and its 0/1 mask."""
+    T = max(max((len(r) for r in rows), default=1), 1)
+    out = torch.zeros(len(rows), T)
+    mask = torch.zeros(len(rows), T)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
+        mask[i, : len(r)] = 1.0
+    return out, mask
+
+
 def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum()
 

@@ -20,7 +20,7 @@ import ray
 import torch
 
 from hh_ray.algo.ppo import (
-    AdaptiveKLController, FixedKLController, gae, kl_penalty, masked_mean, token_rewards, whiten,
+    AdaptiveKLController, FixedKLController, gae, kl_penalty, masked_mean, pad_ragged, token_rewards, whiten,
 )
 from hh_ray.data import load_train_holdout, unique_prompts
 from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
@@ -66,13 +66,6 @@ class PPOWorkers:
             g.shutdown()
 
 
-def _rect(rows: list[list[float]]) -> torch.Tensor:
-    out = torch.zeros(len(rows), max(max((len(r) for r in rows), default=1), 1))
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r)
-    return out
-
-
 def _rows(x: torch.Tensor, lengths: list[int]) -> list[list[float]]:
     return [row[:n].tolist() for row, n in zip(x, lengths)]
 
@@ -116,12 +109,11 @@ def collect(w: PPOWorkers, prompts: list[list[int]], prompt_texts: list[str], sa
 def advantages(batch: dict, ppo_cfg, kl_coef: float) -> dict:
     """Per-token KL, rewards (r_PM on the last token, -kl_coef * KL on all), GAE and whitening."""
     lengths = [len(r) for r in batch["response"]]
-    old, ref = _rect(batch["old_logprobs"]), _rect(batch["ref_logprobs"])
-    mask = (torch.arange(old.shape[1])[None, :] < torch.tensor(lengths)[:, None]).float()
+    (old, mask), (ref, _) = pad_ragged(batch["old_logprobs"]), pad_ragged(batch["ref_logprobs"])
     kl = kl_penalty(old, ref, ppo_cfg.kl_estimator) * mask
     score = torch.tensor(batch["score"], dtype=torch.float32)
     rewards = token_rewards(score, kl, kl_coef, mask)
-    values = _rect(batch["old_values"])
+    values, _ = pad_ragged(batch["old_values"])
     adv, returns = gae(rewards, values, mask, ppo_cfg.gamma, ppo_cfg.lam)
     if ppo_cfg.whiten_advantages:
         adv = whiten(adv, mask)
@@ -169,8 +161,7 @@ def evaluate(w: PPOWorkers, prompts, prompt_texts, sampling: Sampling, seed: int
     one = Sampling(sampling.temperature, sampling.top_p, sampling.max_new_tokens, 1)
     b = collect(w, prompts, prompt_texts, one, sample_seeds(seed, 10**6, len(prompts), 1), timing, with_values=False)
     lengths = [len(r) for r in b["response"]]
-    old, ref = _rect(b["old_logprobs"]), _rect(b["ref_logprobs"])
-    mask = (torch.arange(old.shape[1])[None, :] < torch.tensor(lengths)[:, None]).float()
+    (old, mask), (ref, _) = pad_ragged(b["old_logprobs"]), pad_ragged(b["ref_logprobs"])
     kl = (kl_penalty(old, ref, "k1") * mask).sum(1)
     samples = [{"prompt": p, "response": r, "pm_score": s} for p, r, s in
                zip(b["prompt_text"], b["response_text"], b["score"])]

@@ -98,7 +98,7 @@ class TrainerWorker:
     # ---- objectives -------------------------------------------------------------------------------------
     def _loss(self, objective: str, mb: dict[str, list], hyper: dict) -> tuple[torch.Tensor, dict[str, float]]:
         from hh_ray.algo.pm import pairwise_loss
-        from hh_ray.algo.ppo import clipped_policy_loss, clipped_value_loss, masked_sum
+        from hh_ray.algo.ppo import clipped_policy_loss, clipped_value_loss, masked_sum, pad_ragged
         from hh_ray.models.forward import collate, response_logprobs, response_values, sequence_scores
 
         model = self.engine
@@ -121,8 +121,8 @@ class TrainerWorker:
         if objective == "policy":
             logp, mask, ent = response_logprobs(model, mb["prompt"], mb["response"], self.pad_id,
                                                 hyper.get("temperature", 1.0), with_entropy=True)
-            old = _rect(mb["old_logprobs"], dev)
-            adv = _rect(mb["advantages"], dev)
+            old = pad_ragged(mb["old_logprobs"])[0].to(dev)
+            adv = pad_ragged(mb["advantages"])[0].to(dev)
             loss, stats = clipped_policy_loss(logp, old, adv, mask, hyper["clip_ratio"])
             ent_sum = masked_sum(ent, mask)
             loss = loss - hyper.get("entropy_coef", 0.0) * ent_sum
@@ -130,7 +130,7 @@ class TrainerWorker:
                           "approx_kl_sum": float(stats["approx_kl_sum"]), "entropy_sum": float(ent_sum.detach())}
         if objective == "value":
             values, mask = response_values(model, mb["prompt"], mb["response"], self.pad_id)
-            loss, stats = clipped_value_loss(values, _rect(mb["old_values"], dev), _rect(mb["returns"], dev),
+            loss, stats = clipped_value_loss(values, pad_ragged(mb["old_values"])[0].to(dev), pad_ragged(mb["returns"])[0].to(dev),
                                              mask, hyper["value_clip"])
             return loss * hyper.get("value_coef", 1.0), {"value_clipped_tokens": float(stats["value_clipped_tokens"])}
         raise ValueError(f"unknown objective '{objective}'")
@@ -271,15 +271,6 @@ class TrainerWorker:
         params = list(self.engine.module.parameters())
         with deepspeed.zero.GatheredParameters(params, enabled=self.cfg.zero_stage == 3):
             return torch.cat([p.detach().float().reshape(-1).cpu() for p in params])
-
-
-def _rect(rows: list[list[float]], device) -> torch.Tensor:
-    """Ragged per-token lists -> left-aligned zero-padded tensor."""
-    n = max((len(r) for r in rows), default=1) or 1
-    out = torch.zeros(len(rows), n)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
-    return out.to(device)
 
 
 def latest_tag(root: str) -> str | None:

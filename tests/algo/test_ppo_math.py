@@ -90,3 +90,11 @@ def test_entropy_uniform_and_adaptive_kl():
     ctl = AdaptiveKLController(0.1, target=1.0, horizon=100)
     assert ctl.update(2.0, 10) == approx(0.1 * (1 + 0.2 * 10 / 100))  # error clipped to +0.2
     assert ctl.update(0.9, 10) == approx(0.102 * (1 - 0.1 * 10 / 100))  # error -0.1 within the clip
+
+
+def test_pad_ragged_left_aligns_and_masks():
+    from hh_ray.algo.ppo import pad_ragged
+
+    x, m = pad_ragged([[1.0, 2.0], [], [3.0]])
+    assert x.tolist() == [[1.0, 2.0], [0.0, 0.0], [3.0, 0.0]]
+    assert m.tolist() == [[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]
