@@ -70,9 +70,16 @@ class Fixture:
         self.items = items
         self.tok = train_tokenizer((c.chosen_dialogue for c in items), 8192, root / "tok")
         self.models = {name: str(build_preset(name, self.tok, root / name)) for name in ("tiny", "small")}
+        self.build_preset = build_preset
         self.prompt_texts = unique_prompts(items)
         self.prompts = [truncate_prompt(self.tok, p, 64) for p in self.prompt_texts]
         self.root, self.quick = root, quick
+
+    def model(self, name: str) -> str:
+        """A preset's folder, built on first use (`medium` is ~400 MB, so only when a bench asks)."""
+        if name not in self.models:
+            self.models[name] = str(self.build_preset(name, self.tok, self.root / name))
+        return self.models[name]
 
 
 def bench_rollout(fx: Fixture, quick: bool) -> dict:
@@ -148,23 +155,60 @@ def bench_pm(fx: Fixture, quick: bool) -> dict:
 
 
 def bench_sync(fx: Fixture, quick: bool) -> dict:
-    """Weight sync trainer -> engine (gloo here) in GB/s, against an in-memory copy of the same bytes."""
+    """Weight sync trainer -> engine in GB/s, against an in-memory copy of the same bytes (the local limit).
+
+    Also split out: the wire alone (a bare gloo broadcast between two processes) and the time the engine
+    spends inside vLLM's loader, which on CPU repacks every linear layer for oneDNN.
+    """
+    import ray
     import torch
 
     from hh_ray.config import RolloutConfig, TrainerConfig
     from hh_ray.workers.rollout import RolloutGroup, connect_weight_sync, sync_weights
     from hh_ray.workers.trainer import TrainerGroup
 
+    @ray.remote(num_cpus=1)
+    class Wire:
+        def join(self, master, rank):
+            from hh_ray.workers.weight_sync import make_group
+
+            self.group, self.rank = make_group(tuple(master), rank, 2, "gloo"), rank
+
+        def broadcast(self, nbytes: int, repeats: int) -> float:
+            from hh_ray.workers.weight_sync import _broadcast
+
+            t = torch.ones(nbytes // 4) if self.rank == 0 else torch.empty(nbytes // 4)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                _broadcast(self.group, t).wait()
+                times.append(time.perf_counter() - t0)
+            return med(times[1:])
+
+    def wire_seconds(nbytes: int) -> float:
+        from hh_ray.workers.group import free_port
+
+        a, b = (Wire.options(runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}).remote() for _ in range(2))
+        master = (ray.util.get_node_ip_address(), free_port())
+        ray.get([a.join.remote(master, 0), b.join.remote(master, 1)])
+        secs = ray.get([a.broadcast.remote(nbytes, 4), b.broadcast.remote(nbytes, 4)])[1]
+        ray.kill(a), ray.kill(b)
+        return secs
+
     out = {}
-    for name in ("tiny", "small"):
-        trainer = TrainerGroup(f"bench-sync-{name}", fx.models[name], "causal_lm", TrainerConfig(cpus_per_rank=1.0))
-        rollout = RolloutGroup(fx.models[name], RolloutConfig(cpus_per_engine=1.0, kv_cache_gb=0.25), 256)
+    for name in ("tiny", "small", "medium"):
+        path = fx.model(name)
+        trainer = TrainerGroup(f"bench-sync-{name}", path, "causal_lm", TrainerConfig(cpus_per_rank=1.0))
+        rollout = RolloutGroup(path, RolloutConfig(cpus_per_engine=1.0, kv_cache_gb=0.25), 256)
         connect_weight_sync(trainer, rollout)
         metas = trainer.weight_metas()
         sync_weights(trainer, rollout, 1, 32 << 20, metas)
         runs = [sync_weights(trainer, rollout, v, 32 << 20, metas) for v in range(2, 5 if quick else 7)]
+        rollout.shutdown()
+        trainer.shutdown()
         nbytes = runs[0]["sync_bytes"]
         secs = med([r["sync_seconds"] for r in runs])
+        load = med([r["sync_load_seconds"] for r in runs])
         src = torch.empty(nbytes // 4)
         dst = torch.empty_like(src)
         copies = []
@@ -173,9 +217,9 @@ def bench_sync(fx: Fixture, quick: bool) -> dict:
             dst.copy_(src)
             copies.append(time.perf_counter() - t0)
         out[name] = {"bytes": nbytes, "seconds": secs, "gb_per_s": nbytes / secs / 1e9,
-                     "memcpy_gb_per_s": nbytes / med(copies) / 1e9}
-        rollout.shutdown()
-        trainer.shutdown()
+                     "memcpy_gb_per_s": nbytes / med(copies) / 1e9,
+                     "wire_gb_per_s": nbytes / wire_seconds(nbytes) / 1e9,
+                     "engine_load_seconds": load, "engine_load_gb_per_s": nbytes / load / 1e9}
     out["gb_per_s"] = out["small"]["gb_per_s"]
     out["memcpy_gb_per_s"] = out["small"]["memcpy_gb_per_s"]
     return out

@@ -15,6 +15,9 @@ PRESETS = {
     # ~34M parameters
     "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
                   intermediate_size=1408),
+    # ~98M parameters: GPT-2-small width and depth, for benchmarks that need a model of realistic size
+    "medium": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
+                   intermediate_size=2048),
 }
 
 

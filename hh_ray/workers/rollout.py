@@ -26,11 +26,14 @@ class WeightSyncExtension:
 
         self.hh_sync_group = make_group(tuple(master), rank_offset + self.rank, world, backend)
 
-    def hh_receive_weights(self, metas, bucket_bytes: int) -> None:
+    def hh_receive_weights(self, metas, bucket_bytes: int) -> dict:
         from hh_ray.workers.weight_sync import receive_buckets
 
         device = "cpu" if str(self.device).startswith("cpu") else str(self.device)
-        self.reload_weights(weights_iterator=receive_buckets(self.hh_sync_group, metas, bucket_bytes, device))
+        stats: dict = {}
+        t0 = time.perf_counter()
+        self.reload_weights(weights_iterator=receive_buckets(self.hh_sync_group, metas, bucket_bytes, device, stats))
+        return {"seconds": time.perf_counter() - t0, "wait_seconds": stats.get("wait_seconds", 0.0)}
 
     def hh_weight_sum(self) -> float:
         """A cheap fingerprint of the loaded weights (tests check that a sync changed them)."""
@@ -124,12 +127,12 @@ class RolloutWorker:
         backend = "nccl" if self.on_gpu else "gloo"
         self.llm.collective_rpc("hh_init_weight_sync", args=(tuple(master), rank_offset, world, backend))
 
-    def receive_weights(self, metas, bucket_bytes: int, version: int) -> float:
-        t0 = time.perf_counter()
-        self.llm.collective_rpc("hh_receive_weights", args=(metas, bucket_bytes))
+    def receive_weights(self, metas, bucket_bytes: int, version: int) -> dict:
+        """Load the broadcast weights; `wait_seconds` is time the engine sat waiting for bytes, the rest loading."""
+        stats = self.llm.collective_rpc("hh_receive_weights", args=(metas, bucket_bytes))[0]
         self.llm.reset_prefix_cache()  # cached KV was computed by the old weights
         self.version = version
-        return time.perf_counter() - t0
+        return stats
 
     def weight_sum(self) -> float:
         return self.llm.collective_rpc("hh_weight_sum")[0]
@@ -232,7 +235,10 @@ def sync_world(rollout: RolloutGroup) -> int:
 
 
 def sync_weights(trainer, rollout: RolloutGroup, version: int, bucket_bytes: int, metas=None) -> dict:
-    """Broadcast the policy from trainer rank 0 into every engine, then mark them with `version`."""
+    """Broadcast the policy from trainer rank 0 into every engine, then mark them with `version`.
+
+    `sync_load_seconds` is the slowest engine's time inside vLLM's loader, not waiting on the wire.
+    """
     import ray
 
     metas = metas or trainer.weight_metas()
@@ -241,8 +247,9 @@ def sync_weights(trainer, rollout: RolloutGroup, version: int, bucket_bytes: int
     rollout.version = version
     recv = [e.receive_weights.remote(metas, bucket_bytes, version) for e in rollout.engines]
     stats = ray.get(send)[0]
-    ray.get(recv)
-    return {"sync_seconds": time.perf_counter() - t0, "sync_bytes": stats["bytes"]}
+    engines = ray.get(recv)
+    return {"sync_seconds": time.perf_counter() - t0, "sync_bytes": stats["bytes"],
+            "sync_load_seconds": max((e["seconds"] - e["wait_seconds"] for e in engines), default=0.0)}
 
 
 def connect_weight_sync(trainer, rollout: RolloutGroup) -> None:

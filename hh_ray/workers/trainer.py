@@ -252,17 +252,19 @@ class TrainerWorker:
         """Send every parameter in buckets; under ZeRO-3 all ranks gather each bucket's shards first."""
         import deepspeed
 
-        from hh_ray.workers.weight_sync import buckets, send_bucket
+        from hh_ray.workers.weight_sync import BucketSender, buckets
 
         t0 = time.perf_counter()
         params = dict(self.engine.module.named_parameters())
-        sent = 0
+        sender = BucketSender(self.sync_group) if self.rank == 0 else None
         for bucket in buckets(self.weight_metas(), bucket_bytes):
             tensors = [params[m.name] for m in bucket]
             with deepspeed.zero.GatheredParameters(tensors, enabled=self.cfg.zero_stage == 3):
-                if self.rank == 0:
-                    sent += send_bucket(self.sync_group, tensors)
-        return {"bytes": sent, "seconds": time.perf_counter() - t0}
+                if sender:
+                    sender.send(tensors)
+        if sender:
+            sender.flush()
+        return {"bytes": sender.sent if sender else 0, "seconds": time.perf_counter() - t0}
 
     def param_vector(self) -> torch.Tensor:
         """All parameters flattened in order (gathered under ZeRO-3); for equivalence tests and digests."""

@@ -1,13 +1,15 @@
 """Weight sync from policy-trainer rank 0 to every rollout-engine worker, outside the trainers' own world.
 
 A private process group (its own TCPStore, gloo on CPU, NCCL on GPU) joins trainer rank 0 (rank 0 here) and
-each engine worker. Parameters travel in flat buckets of one dtype; receivers unflatten each bucket into
-views and stream them straight into vLLM's `reload_weights`, so no second full copy is held.
+each engine worker. Parameters travel in flat buckets of one dtype, two in flight at a time; receivers
+unflatten each bucket into views and stream them straight into vLLM's `reload_weights`, so no second full
+copy is held.
 """
 
 from __future__ import annotations
 
 import datetime
+import time
 from dataclasses import dataclass
 
 import torch
@@ -55,27 +57,55 @@ def _numel(shape) -> int:
     return n
 
 
-def _broadcast(group, tensor: torch.Tensor) -> None:
+def _broadcast(group, tensor: torch.Tensor):
+    """Start a broadcast from rank 0; returns the work handle (the caller waits)."""
     opts = dist.BroadcastOptions()
     opts.rootRank = 0
-    group.broadcast([tensor], opts).wait()
+    return group.broadcast([tensor], opts)
 
 
-def send_bucket(group, tensors: list[torch.Tensor]) -> int:
-    """Rank 0: flatten and broadcast one bucket; returns bytes sent."""
-    flat = torch.cat([t.detach().reshape(-1) for t in tensors]).contiguous()
-    _broadcast(group, flat)
-    return flat.numel() * flat.element_size()
+class BucketSender:
+    """Rank 0: flattens bucket k+1 while bucket k is still on the wire (at most two buckets in memory)."""
+
+    def __init__(self, group):
+        self.group, self.pending, self.sent = group, None, 0
+
+    def send(self, tensors: list[torch.Tensor]) -> None:
+        flat = torch.cat([t.detach().reshape(-1) for t in tensors]).contiguous()
+        self.flush()
+        self.pending = _broadcast(self.group, flat)
+        self.sent += flat.numel() * flat.element_size()
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            self.pending.wait()
+            self.pending = None
 
 
-def receive_buckets(group, metas: list[ParamMeta], bucket_bytes: int, device: str = "cpu"):
-    """Receivers: yield (name, tensor) as each bucket arrives (for `reload_weights(weights_iterator=...)`)."""
-    for bucket in buckets(metas, bucket_bytes):
-        numel = sum(_numel(m.shape) for m in bucket)
-        flat = torch.empty(numel, dtype=getattr(torch, bucket[0].dtype), device=device)
-        _broadcast(group, flat)
+def receive_buckets(group, metas: list[ParamMeta], bucket_bytes: int, device: str = "cpu", stats: dict | None = None):
+    """Receivers: yield (name, tensor) for `reload_weights(weights_iterator=...)`.
+
+    Bucket k+1 is already being received while the engine loads bucket k, so transport and loading overlap;
+    `stats["wait_seconds"]` is the time spent waiting on the wire that loading did not hide.
+    """
+    plan = buckets(metas, bucket_bytes)
+
+    def post(bucket):
+        flat = torch.empty(sum(_numel(m.shape) for m in bucket), dtype=getattr(torch, bucket[0].dtype), device=device)
+        return flat, _broadcast(group, flat)
+
+    waited = 0.0
+    nxt = post(plan[0]) if plan else None
+    for i, bucket in enumerate(plan):
+        flat, work = nxt
+        t0 = time.perf_counter()
+        work.wait()
+        waited += time.perf_counter() - t0
+        nxt = post(plan[i + 1]) if i + 1 < len(plan) else None
         offset = 0
         for m in bucket:
             n = _numel(m.shape)
             yield m.name, flat[offset:offset + n].view(m.shape)
             offset += n
+    if stats is not None:
+        stats["wait_seconds"] = waited

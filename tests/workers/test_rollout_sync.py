@@ -43,6 +43,7 @@ def test_engine_matches_trainer_before_and_after_sync(ray_local, tiny_model_dir,
             ray.get(engine.generate.remote(prompts, Sampling(max_new_tokens=4), 1, [1, 2]))
         stats = sync_weights(policy, rollout, 1, 1 << 20)
         assert stats["sync_bytes"] == 4 * policy.num_parameters  # every fp32 parameter crossed, once
+        assert 0 < stats["sync_load_seconds"] <= stats["sync_seconds"]
         assert ray.get(engine.policy_version.remote()) == 1
         after = ray.get(engine.prompt_logprobs.remote(seqs, starts))
         trainer_after = policy.infer("logprobs", pr, resp)
