@@ -244,7 +244,10 @@ def bench_rollout_scaling(fx: Fixture, quick: bool) -> dict:
 
 
 def bench_ppo(fx: Fixture, quick: bool) -> dict:
-    """A short PPO run on the tiny preset: seconds per step by phase, samples/s, peak memory per group."""
+    """A short PPO run on the tiny preset: seconds per step by phase, samples/s, peak memory per group.
+
+    Peak memory is each group's largest actor process (resident set; vLLM's KV cache is sized 1 GiB here).
+    """
     from hh_ray.config import load_config
     from hh_ray.driver.ppo import run_ppo
     from hh_ray.driver.runlog import read_metrics
@@ -259,12 +262,95 @@ def bench_ppo(fx: Fixture, quick: bool) -> dict:
     rows = read_metrics(run / "ppo" / "metrics.jsonl")[1:]  # step 1 warms caches
     phases = {k[4:]: med([r[k] for r in rows]) for k in rows[0] if k.startswith("sec_") and k != "sec_step"}
     step = med([r["sec_step"] for r in rows])
+    memory = json.loads((run / "ppo" / "memory.json").read_text())
     return {"phase_seconds": phases, "step_seconds": step, "samples_per_s": med([r["samples_per_s"] for r in rows]),
-            "driver_overhead_fraction": phases["driver"] / step, "samples_per_step": rows[0]["samples"]}
+            "driver_overhead_fraction": phases["driver"] / step, "samples_per_step": rows[0]["samples"],
+            "peak_memory_mb": {group: m["rss_peak_mb"] for group, m in memory.items()}}
+
+
+# what both PPO contenders run per step: samples, response tokens, PPO epochs and minibatches, prompt tokens
+PPO_SHAPE = {"batch": 16, "response_length": 32, "epochs": 4, "minibatches": 1, "prompt_tokens": 128}
+
+
+def bench_trl(fx: Fixture, quick: bool) -> dict:
+    """hh-ray's PPO step against TRL's PPOTrainer: same policy, PM, value model, prompts and PPO shape.
+
+    TRL runs in its own process with OMP_NUM_THREADS=1, as every hh-ray actor does; hh-ray spreads its
+    groups over the machine's cores, TRL runs them one after another in one process. Runs interleave.
+    """
+    import subprocess
+
+    from hh_ray.config import load_config
+    from hh_ray.data import load_train_holdout
+    from hh_ray.data.tokenize import truncate_prompt
+    from hh_ray.driver.ppo import run_ppo
+    from hh_ray.driver.runlog import read_metrics
+    from hh_ray.models.forward import load_model
+
+    shape, steps = PPO_SHAPE, (4 if quick else 8)
+    out: dict = {"shape": dict(shape), "steps_measured": steps - 1}
+    for size in (("tiny",) if quick else ("tiny", "small")):
+        policy = fx.model(size)
+        pm_dir = fx.root / f"pm-{size}"  # a scalar-head PM on the policy's backbone; both contenders load it
+        if not pm_dir.is_dir():
+            load_model(policy, "pm").save_pretrained(pm_dir)
+            fx.tok.save_pretrained(pm_dir)
+        overrides = [
+            "model.policy=" + policy, "ppo.scorer=pm", f"ppo.pm_checkpoint={pm_dir}", f"ppo.steps={steps}",
+            f"ppo.prompts_per_step={shape['batch']}", "ppo.rollout.samples_per_prompt=1", "ppo.eval_prompts=4",
+            f"ppo.rollout.max_new_tokens={shape['response_length']}", f"ppo.epochs={shape['epochs']}",
+            f"ppo.minibatches={shape['minibatches']}", f"data.max_prompt_tokens={shape['prompt_tokens']}",
+            f"ppo.policy_trainer.micro_batch_size={shape['batch']}",
+            f"ppo.critic_trainer.micro_batch_size={shape['batch']}", "ppo.rollout.kv_cache_gb=0.25",
+        ]
+        cfg = load_config(None, overrides)
+        train, _, _ = load_train_holdout(cfg.data, cfg.seed)
+        prompts = fx.root / f"trl-prompts-{size}.json"
+        prompts.write_text(json.dumps([truncate_prompt(fx.tok, c.prompt, shape["prompt_tokens"]) for c in train]))
+        runs = iter(range(100))
+
+        def hh_ray_run():
+            run = fx.root / f"ppo-vs-trl-{size}-{next(runs)}"
+            (run / "sft").parent.mkdir(parents=True)
+            (run / "sft").symlink_to(policy)  # the run's starting policy, exactly as TRL gets it
+            run_ppo(load_config(None, overrides + [f"run_dir={run}"]))
+            memory = json.loads((run / "ppo" / "memory.json").read_text())
+            out[size + "_memory_mb"] = {"hh_ray_all_groups": sum(m["rss_peak_mb"] for m in memory.values())}
+            return [r["sec_step"] for r in read_metrics(run / "ppo" / "metrics.jsonl")[1:]]
+
+        def trl_run(threads: int = 1):
+            result = fx.root / f"trl-{size}.json"
+            env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            subprocess.run([sys.executable, "-m", "benchmarks.trl_ppo", "--policy", policy, "--reward", str(pm_dir),
+                            "--prompts", str(prompts), "--steps", str(steps), "--out", str(result),
+                            "--batch", str(shape["batch"]), "--response-length", str(shape["response_length"]),
+                            "--epochs", str(shape["epochs"]), "--minibatches", str(shape["minibatches"])],
+                           check=True, env=env, cwd=Path(__file__).resolve().parent.parent,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            trl = json.loads(result.read_text())
+            out.setdefault(size + "_memory_mb", {})["trl_process"] = trl["rss_peak_mb"]
+            assert trl["threads"] == threads, trl
+            return trl["step_seconds"][1:]
+
+        contenders = {"hh_ray": hh_ray_run, "trl": trl_run}
+        if not quick and size == "tiny":  # TRL given both cores, as a check that 1 thread is its better setting
+            contenders["trl_2_threads"] = lambda: trl_run(threads=2)
+        res = interleave(contenders, 1 if quick else 2)
+        hh = med([x for r in res["hh_ray"] for x in r])
+        trl = med([x for r in res["trl"] for x in r])
+        out[size] = {"hh_ray_step_seconds": hh, "trl_step_seconds": trl,
+                     "hh_ray_samples_per_s": shape["batch"] / hh, "trl_samples_per_s": shape["batch"] / trl,
+                     "ratio": trl / hh}
+        if "trl_2_threads" in res:
+            out[size]["trl_2_threads_step_seconds"] = med([x for r in res["trl_2_threads"] for x in r])
+    out["samples_per_s"] = out["tiny"]["trl_samples_per_s"]
+    out["hh_ray_samples_per_s"] = out["tiny"]["hh_ray_samples_per_s"]
+    out["ratio"] = out["tiny"]["ratio"]
+    return out
 
 
 BENCHES = {"rollout": bench_rollout, "pm": bench_pm, "sync": bench_sync, "scaling": bench_rollout_scaling,
-           "ppo": bench_ppo}
+           "ppo": bench_ppo, "trl": bench_trl}
 
 
 def to_markdown(results: dict) -> str:

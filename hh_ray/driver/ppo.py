@@ -61,8 +61,16 @@ class PPOWorkers:
             critic=TrainerGroup("critic-trainer", policy_path, "value", p.critic_trainer, cfg.seed),
         )
 
+    def groups(self) -> dict:
+        return {"rollout": self.rollout, "reference": self.reference, "scorer": self.scorer, "policy": self.policy,
+                "critic": self.critic}
+
+    def peak_memory_mb(self) -> dict[str, dict[str, float]]:
+        """Per group, the largest peak resident (and GPU) memory of any one of its actors."""
+        return {name: g.peak_memory_mb() for name, g in self.groups().items()}
+
     def shutdown(self) -> None:
-        for g in (self.rollout, self.reference, self.scorer, self.policy, self.critic):
+        for g in self.groups().values():
             g.shutdown()
 
 
@@ -264,6 +272,7 @@ def run_ppo(cfg) -> dict:
     write_json_atomic(out / "eval_after.json", evals["after"])
     if "before" not in evals and (out / "eval_before.json").is_file():
         evals["before"] = json.loads((out / "eval_before.json").read_text())
+    write_json_atomic(out / "memory.json", w.peak_memory_mb())
     w.policy.export_hf(str(out / "policy"))
     w.shutdown()
     print(f"[ppo] after: held-out PM score {evals['after']['eval_pm_score']:.3f} "

@@ -47,6 +47,21 @@ def node_ip() -> str:
     return ray.util.get_node_ip_address()
 
 
+class Worker:
+    """Base of every actor role: what any worker can report about itself."""
+
+    def peak_memory_mb(self) -> dict[str, float]:
+        """This process's peak resident memory (and peak GPU memory when it has a device), in MiB."""
+        import resource
+
+        import torch
+
+        out = {"rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux reports KiB
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return out
+
+
 class WorkerGroup:
     """`size` actors of `actor_cls`, one placement-group bundle each, named `<name>-<rank>` in the dashboard."""
 
@@ -100,11 +115,23 @@ class WorkerGroup:
         """One (args, kwargs) per actor, e.g. a shard of a batch each."""
         return [getattr(a, method).remote(*args, **kw) for a, (args, kw) in zip(self.actors, per_actor)]
 
+    def peak_memory_mb(self) -> dict[str, float]:
+        return largest_peaks(self.call("peak_memory_mb"))
+
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a)
         remove_placement_group(self.pg)
         self.actors = []
+
+
+def largest_peaks(reports: Sequence[dict[str, float]]) -> dict[str, float]:
+    """A group's memory figure: the largest per-actor peak of each kind (every actor is its own process)."""
+    out: dict[str, float] = {}
+    for report in reports:
+        for k, v in report.items():
+            out[k] = max(out.get(k, 0.0), v)
+    return out
 
 
 def shard(items: Sequence, parts: int) -> list[list]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from hh_ray.workers.group import WorkerGroup, shard
+from hh_ray.workers.group import Worker, WorkerGroup, shard
 
 
-class ReferenceWorker:
+class ReferenceWorker(Worker):
     """A frozen HF causal LM in inference mode (no optimizer, no DeepSpeed)."""
 
     def __init__(self, model_path: str, micro_batch_size: int = 16):
@@ -44,6 +44,9 @@ class ReferenceGroup:
         n = len(self.group)
         return [a.logprobs.remote(p, r, temperature)
                 for a, p, r in zip(self.group.actors, shard(prompts, n), shard(responses, n)) if p]
+
+    def peak_memory_mb(self) -> dict[str, float]:
+        return self.group.peak_memory_mb()
 
     def shutdown(self) -> None:
         self.group.shutdown()

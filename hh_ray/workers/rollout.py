@@ -11,7 +11,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from hh_ray.data.hh import HUMAN
-from hh_ray.workers.group import WorkerGroup, shard
+from hh_ray.workers.group import Worker, WorkerGroup, largest_peaks, shard
 
 
 class StaleWeightsError(RuntimeError):
@@ -51,7 +51,7 @@ class Sampling:
     n: int = 1
 
 
-class RolloutWorker:
+class RolloutWorker(Worker):
     """One vLLM engine (tensor-parallel inside when asked) serving prompt token ids."""
 
     def __init__(self, model_path: str, rollout_cfg, max_model_len: int, seed: int = 0):
@@ -225,6 +225,11 @@ class RolloutGroup:
                 self.generated[(self.version, seeds[i])] += 1
             idle.append(engine)
         return [r for i in range(len(prompt_ids)) for r in results[i]]
+
+    def peak_memory_mb(self) -> dict[str, float]:
+        import ray
+
+        return largest_peaks(ray.get([e.peak_memory_mb.remote() for e in self.engines]))
 
     def shutdown(self) -> None:
         while self._groups:

@@ -9,10 +9,10 @@ normalized with the mean/std the PM measured on its own eval set (`pm_stats.json
 
 from __future__ import annotations
 
-from hh_ray.workers.group import WorkerGroup, shard
+from hh_ray.workers.group import Worker, WorkerGroup, shard
 
 
-class ScorerWorker:
+class ScorerWorker(Worker):
     def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int = 384):
         import torch
 
@@ -60,6 +60,9 @@ class ScorerGroup:
         n = len(self.group)
         return [a.score.remote(p, r, i) for a, p, r, i in
                 zip(self.group.actors, shard(prompts, n), shard(responses, n), shard(response_ids, n)) if p]
+
+    def peak_memory_mb(self) -> dict[str, float]:
+        return self.group.peak_memory_mb()
 
     def shutdown(self) -> None:
         self.group.shutdown()

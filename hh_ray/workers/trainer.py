@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from hh_ray.workers.group import WorkerGroup, free_port, node_ip, shard, shard_batch
+from hh_ray.workers.group import Worker, WorkerGroup, free_port, node_ip, shard, shard_batch
 
 OBJECTIVES = ("sft", "pm", "policy", "value")
 COMPLETE = "COMPLETE"  # marker written last into a checkpoint folder
@@ -62,7 +62,7 @@ def ds_config(t, world: int, on_gpu: bool) -> dict:
     return cfg
 
 
-class TrainerWorker:
+class TrainerWorker(Worker):
     """One rank: a DeepSpeed engine over an HF model of one kind (causal_lm, pm, value)."""
 
     def address(self) -> tuple[str, int]:
@@ -360,6 +360,9 @@ class TrainerGroup:
 
     def param_vector(self) -> torch.Tensor:
         return self.group.call("param_vector")[0]
+
+    def peak_memory_mb(self) -> dict[str, float]:
+        return self.group.peak_memory_mb()
 
     def shutdown(self) -> None:
         self.group.shutdown()

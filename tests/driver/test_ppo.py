@@ -43,6 +43,11 @@ def test_ppo_raises_a_known_reward_and_kl_penalty_holds_policy(ray_local, shared
     assert rows[-1]["pm_score"] > rows[0]["pm_score"]
     assert all(r["kl"] < 20 for r in rows), trace  # bounded: nats per 24-token sample
     assert {"sec_generate", "sec_reference", "sec_score", "sec_train", "sec_sync", "entropy", "tokens_per_s"} <= set(rows[0])
+    memory = json.loads((shared_run_root / "free" / "ppo" / "memory.json").read_text())
+    assert set(memory) == {"rollout", "reference", "scorer", "policy", "critic"}
+    assert all(100 < m["rss_peak_mb"] < 20_000 for m in memory.values()), memory  # each is a live process's peak
+    # the engine holds a 0.25 GiB KV cache; the substring scorer holds no model at all
+    assert memory["rollout"]["rss_peak_mb"] > memory["scorer"]["rss_peak_mb"] + 128, memory
 
     held, rows_held = _run(shared_run_root, "held", "ppo.steps=14", "ppo.kl_coef=5.0")
     print(f"\nlambda_KL 0.001: held-out score {before:.4f} -> {after:.4f}, final KL {rows[-1]['kl']:.3f}; "

@@ -1,0 +1,88 @@
+"""TRL's PPO trainer on the same policy, PM, value model and prompts as hh-ray's PPO benchmark.
+
+Run in its own process (so its thread settings are its own) by `python -m benchmarks`:
+
+    python -m benchmarks.trl_ppo --policy DIR --reward DIR --prompts prompts.json --steps N --out result.json
+
+Needs `pip install -r benchmarks/requirements.txt` (trl==1.12.0, the last release with PPO). Writes the wall
+seconds of every PPO step (generation, reference, reward and value passes, PPO epochs), measured from TRL's own
+`on_step_end` callback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.trl_ppo")
+    ap.add_argument("--policy", required=True, help="causal LM folder; also the value model's backbone")
+    ap.add_argument("--reward", required=True, help="sequence-classification PM folder (num_labels=1)")
+    ap.add_argument("--prompts", required=True, help="JSON list of prompt token-id lists")
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--batch", type=int, default=16, help="samples per PPO step")
+    ap.add_argument("--response-length", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--minibatches", type=int, default=1)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    from hh_ray.data.tokenize import load_tokenizer
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(args.policy)
+    tok.padding_side = "left"
+    assert tok.pad_token_id != tok.eos_token_id, "TRL's PPO needs a pad token distinct from eos"
+    prompts = json.loads(open(args.prompts).read())
+    train = Dataset.from_dict({"input_ids": prompts})
+    policy = AutoModelForCausalLM.from_pretrained(args.policy)
+    ref = AutoModelForCausalLM.from_pretrained(args.policy)
+    value = AutoModelForSequenceClassification.from_pretrained(args.policy, num_labels=1)
+    reward = AutoModelForSequenceClassification.from_pretrained(args.reward, num_labels=1)
+    for m in (value, reward):
+        m.config.pad_token_id = tok.pad_token_id
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.marks = []
+
+        def on_train_begin(self, *a, **k):
+            self.marks.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            self.marks.append(time.perf_counter())
+
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = PPOConfig(
+            output_dir=tmp, per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
+            local_rollout_forward_batch_size=args.batch, num_mini_batches=args.minibatches,
+            num_ppo_epochs=args.epochs, response_length=args.response_length, total_episodes=args.batch * args.steps,
+            learning_rate=1e-5, kl_coef=0.001, stop_token="eos", temperature=1.0, seed=0,
+            use_cpu=True, bf16=False, gradient_checkpointing=False, num_sample_generations=0, report_to="none",
+            save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
+        )
+        trainer = PPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
+                             value_model=value, train_dataset=train, eval_dataset=train.select(range(args.batch)),
+                             callbacks=[clock])
+        trainer.train()
+    steps = [b - a for a, b in zip(clock.marks, clock.marks[1:])]
+    import resource
+
+    result = {"step_seconds": steps, "batch": args.batch, "threads": torch.get_num_threads(),
+              "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "trl": __import__("trl").__version__}
+    open(args.out, "w").write(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
