@@ -7,6 +7,7 @@ shifts both alike and the ratios hold. Writes DIR/results.json and DIR/results.m
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -83,7 +84,13 @@ class Fixture:
 
 
 def bench_rollout(fx: Fixture, quick: bool) -> dict:
-    """Generated tokens/s: one vLLM engine against HF `generate`, same model, prompts, batch and lengths."""
+    """Generated tokens/s: one vLLM engine against HF `generate`, same model, prompts, batch and lengths.
+
+    Both produce exactly `max_new_tokens` per sample (vLLM ignores end of turn here, HF is held to the length),
+    each in its own actor with one CPU and one thread. The headline is the first shape; the others show how
+    the ratio moves with batch size. Achieved GFLOP/s against the core's own GEMM rate shows how much room
+    either side had left: on one CPU core decoding is compute-bound, unlike on a GPU.
+    """
     import ray
     import torch
     from transformers import AutoModelForCausalLM
@@ -91,9 +98,8 @@ def bench_rollout(fx: Fixture, quick: bool) -> dict:
     from hh_ray.config import RolloutConfig
     from hh_ray.workers.rollout import RolloutGroup, Sampling
 
-    batch, new = (16, 32) if quick else (32, 64)
+    shapes = [(16, 32)] if quick else [(32, 64), (8, 64), (128, 64)]
     model = fx.models["small"]
-    prompts = fx.prompts[:batch]
     rollout = RolloutGroup(model, RolloutConfig(cpus_per_engine=1.0, kv_cache_gb=1.0), 256)
 
     @ray.remote(num_cpus=1)
@@ -112,22 +118,46 @@ def bench_rollout(fx: Fixture, quick: bool) -> dict:
                                       min_new_tokens=new_tokens, pad_token_id=self.pad, temperature=1.0, top_k=0)
             return (out.shape[1] - n) * len(prompts), time.perf_counter() - t0
 
+        def flops_per_token(self) -> int:
+            """2 x the parameters a decoded token multiplies through (all but the input embedding)."""
+            return 2 * sum(p.numel() for n, p in self.m.named_parameters() if "embed_tokens" not in n)
+
+        def matmul_gflops(self) -> float:
+            """This core's fp32 GEMM rate at a decode-like shape (batch 128 through an MLP matrix)."""
+            a, b = torch.randn(128, 512), torch.randn(512, 1408)
+            for _ in range(3):
+                a @ b
+            t0 = time.perf_counter()
+            for _ in range(20):
+                a @ b
+            return 2 * 128 * 512 * 1408 * 20 / (time.perf_counter() - t0) / 1e9
+
     hf = HFGenerate.options(runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}).remote(model, fx.tok.pad_token_id)
-    ray.get(hf.run.remote(prompts[:2], 4))
-    rollout.generate(prompts[:2], Sampling(max_new_tokens=4), [0, 1])
+    ray.get(hf.run.remote(fx.prompts[:2], 4))
+    rollout.generate(fx.prompts[:2], Sampling(max_new_tokens=4), [0, 1])
+    flops = ray.get(hf.flops_per_token.remote())
+    out: dict = {"model": "small", "matmul_gflops_per_s": ray.get(hf.matmul_gflops.remote())}
+    for batch, new in shapes:
+        prompts = fx.prompts[:batch]
+        fixed = Sampling(max_new_tokens=new, ignore_eos=True)
 
-    def vllm_run():
-        t0 = time.perf_counter()
-        out = rollout.generate(prompts, Sampling(max_new_tokens=new), list(range(len(prompts))))
-        return sum(len(o["response"]) for o in out), time.perf_counter() - t0
+        def vllm_run():
+            t0 = time.perf_counter()
+            samples = rollout.generate(prompts, fixed, list(range(len(prompts))))
+            return sum(len(o["response"]) for o in samples), time.perf_counter() - t0
 
-    res = interleave({"vllm": vllm_run, "hf": lambda: ray.get(hf.run.remote(prompts, new))}, 2 if quick else 3)
+        res = interleave({"vllm": vllm_run, "hf": lambda: ray.get(hf.run.remote(prompts, new))}, 2 if quick else 3)
+        assert {t for t, _ in res["vllm"] + res["hf"]} == {batch * new}, res  # equal work on both sides
+        v = med([t / s for t, s in res["vllm"]])
+        h = med([t / s for t, s in res["hf"]])
+        key = f"batch{batch}_new{new}"
+        out[key] = {"vllm_tokens_per_s": v, "hf_tokens_per_s": h, "ratio": v / h,
+                    "vllm_gflops_per_s": v * flops / 1e9, "hf_gflops_per_s": h * flops / 1e9}
+        if "ratio" not in out:
+            out |= {"vllm_tokens_per_s": v, "hf_tokens_per_s": h, "ratio": v / h, "batch": batch, "max_new_tokens": new}
     rollout.shutdown()
     ray.kill(hf)
-    v = med([t / s for t, s in res["vllm"]])
-    h = med([t / s for t, s in res["hf"]])
-    return {"vllm_tokens_per_s": v, "hf_tokens_per_s": h, "ratio": v / h, "model": "small", "batch": batch,
-            "max_new_tokens": new, "note": "vLLM stops at end of turn; HF is forced to full length (min_new_tokens)"}
+    return out
 
 
 def bench_pm(fx: Fixture, quick: bool) -> dict:
@@ -376,6 +406,12 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="about 5 minutes on 2 cores")
     ap.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(BENCHES))
     args = ap.parse_args(argv)
+    wanted = [b for b in (args.only.split(",") if args.only else BENCHES) if b]
+    unknown = [b for b in wanted if b not in BENCHES]
+    if unknown:
+        ap.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
+    if "trl" in wanted and importlib.util.find_spec("trl") is None:
+        ap.error("the TRL comparison needs TRL: pip install -r benchmarks/requirements.txt (or leave out 'trl')")
     import ray
 
     out = Path(args.out)
@@ -383,7 +419,6 @@ def main(argv=None) -> int:
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     results: dict = {"machine": machine(), "quick": args.quick}
-    wanted = [b for b in (args.only.split(",") if args.only else BENCHES) if b]
     with tempfile.TemporaryDirectory() as tmp:
         fx = Fixture(Path(tmp), args.quick)
         for name in wanted:

@@ -10,6 +10,7 @@ token ids, texts and small per-token tensors between them:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -166,7 +167,7 @@ def ppo_update(w: PPOWorkers, batch: dict, ppo_cfg, temperature: float, rng: ran
 def evaluate(w: PPOWorkers, prompts, prompt_texts, sampling: Sampling, seed: int) -> tuple[dict, list[dict]]:
     """Mean PM score and KL on held-out prompts, one sample each with fixed seeds (comparable across steps)."""
     timing: dict = {}
-    one = Sampling(sampling.temperature, sampling.top_p, sampling.max_new_tokens, 1)
+    one = dataclasses.replace(sampling, n=1)
     b = collect(w, prompts, prompt_texts, one, sample_seeds(seed, 10**6, len(prompts), 1), timing, with_values=False)
     lengths = [len(r) for r in b["response"]]
     (old, mask), (ref, _) = pad_ragged(b["old_logprobs"]), pad_ragged(b["ref_logprobs"])

@@ -49,6 +49,7 @@ class Sampling:
     top_p: float = 1.0
     max_new_tokens: int = 48
     n: int = 1
+    ignore_eos: bool = False  # exactly max_new_tokens per sample, no end of turn (throughput measurements)
 
 
 class RolloutWorker(Worker):
@@ -97,8 +98,10 @@ class RolloutWorker(Worker):
             raise StaleWeightsError(f"engine holds policy version {self.version}, driver asked for {version}")
         params = [
             SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                           max_tokens=sampling.max_new_tokens, logprobs=0, seed=seed, stop=[HUMAN],
-                           stop_token_ids=[self.eos], include_stop_str_in_output=True, detokenize=True)
+                           max_tokens=sampling.max_new_tokens, logprobs=0, seed=seed,
+                           stop=None if sampling.ignore_eos else [HUMAN], ignore_eos=sampling.ignore_eos,
+                           stop_token_ids=None if sampling.ignore_eos else [self.eos],
+                           include_stop_str_in_output=True, detokenize=True)
             for seed in seeds
         ]
         t0 = time.perf_counter()

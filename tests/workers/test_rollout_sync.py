@@ -53,6 +53,8 @@ def test_engine_matches_trainer_before_and_after_sync(ray_local, tiny_model_dir,
         out2 = rollout.generate(prompts, Sampling(max_new_tokens=12, n=2), seeds=[10, 20])
         lp2 = policy.infer("logprobs", pr, [o["response"] for o in out2])
         assert _max_diff(lp2, [o["logprobs"] for o in out2]) < 1e-3
+        fixed = rollout.generate(prompts, Sampling(max_new_tokens=40, n=2, ignore_eos=True), seeds=[1, 2])
+        assert [len(o["response"]) for o in fixed] == [40] * 4  # throughput runs get exactly the asked length
     finally:
         rollout.shutdown()
         policy.shutdown()
