@@ -42,7 +42,8 @@ def machine() -> dict:
         vllm_version = "not importable"
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "vllm": vllm_version, "ray": ray.__version__,
-            "deepspeed": deepspeed.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "deepspeed": deepspeed.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def interleave(fns: dict, repeats: int) -> dict[str, list]:
@@ -61,7 +62,7 @@ def med(xs) -> float:
 class Fixture:
     """Tokenizer, presets and prompts built once under a temp dir."""
 
-    def __init__(self, root: Path, quick: bool):
+    def __init__(self, root: Path, quick: bool, gpu: float = 0.0):
         from hh_ray.config import default_data_dir
         from hh_ray.data.hh import SUBSETS, load_comparisons, unique_prompts
         from hh_ray.data.tokenize import train_tokenizer, truncate_prompt
@@ -75,6 +76,16 @@ class Fixture:
         self.prompt_texts = unique_prompts(items)
         self.prompts = [truncate_prompt(self.tok, p, 64) for p in self.prompt_texts]
         self.root, self.quick = root, quick
+        self.gpu = gpu  # GPUs per actor (0 = CPU); with GPUs, models run in bf16 and sync uses NCCL
+        self.device = "cuda" if gpu else "cpu"
+
+    def ppo_overrides(self) -> list[str]:
+        """Config overrides placing every PPO group on `gpu` GPUs per actor (none on CPU)."""
+        if not self.gpu:
+            return []
+        g = self.gpu
+        return [f"ppo.rollout.gpus_per_engine={g}", f"ppo.policy_trainer.gpus_per_rank={g}",
+                f"ppo.critic_trainer.gpus_per_rank={g}", f"ppo.reference_gpus={g}", f"ppo.scorer_gpus={g}"]
 
     def model(self, name: str) -> str:
         """A preset's folder, built on first use (`medium` is ~400 MB, so only when a bench asks)."""
@@ -100,22 +111,24 @@ def bench_rollout(fx: Fixture, quick: bool) -> dict:
 
     shapes = [(16, 32)] if quick else [(32, 64), (8, 64), (128, 64)]
     model = fx.models["small"]
-    rollout = RolloutGroup(model, RolloutConfig(cpus_per_engine=1.0, kv_cache_gb=1.0), 256)
+    rollout = RolloutGroup(model, RolloutConfig(cpus_per_engine=1.0, gpus_per_engine=fx.gpu, kv_cache_gb=1.0), 256)
 
     @ray.remote(num_cpus=1)
     class HFGenerate:
-        def __init__(self, path, pad_id):
-            self.m = AutoModelForCausalLM.from_pretrained(path).eval()
-            self.pad = pad_id
+        def __init__(self, path, pad_id, device):
+            dtype = torch.bfloat16 if device == "cuda" else torch.float32  # what the vLLM engine runs in, too
+            self.m = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+            self.pad, self.device = pad_id, device
 
         def run(self, prompts, new_tokens):
             n = max(len(p) for p in prompts)
-            ids = torch.tensor([[self.pad] * (n - len(p)) + p for p in prompts])
+            ids = torch.tensor([[self.pad] * (n - len(p)) + p for p in prompts], device=self.device)
             att = (ids != self.pad).long()
             t0 = time.perf_counter()
             with torch.no_grad():
                 out = self.m.generate(input_ids=ids, attention_mask=att, max_new_tokens=new_tokens, do_sample=True,
                                       min_new_tokens=new_tokens, pad_token_id=self.pad, temperature=1.0, top_k=0)
+            out = out.cpu()  # waits for the device
             return (out.shape[1] - n) * len(prompts), time.perf_counter() - t0
 
         def flops_per_token(self) -> int:
@@ -123,16 +136,20 @@ def bench_rollout(fx: Fixture, quick: bool) -> dict:
             return 2 * sum(p.numel() for n, p in self.m.named_parameters() if "embed_tokens" not in n)
 
         def matmul_gflops(self) -> float:
-            """This core's fp32 GEMM rate at a decode-like shape (batch 128 through an MLP matrix)."""
-            a, b = torch.randn(128, 512), torch.randn(512, 1408)
+            """This worker's GEMM rate (its model's dtype) at a decode-like shape: batch 128 through an MLP matrix."""
+            dtype = next(self.m.parameters()).dtype
+            a = torch.randn(128, 512, device=self.device, dtype=dtype)
+            b = torch.randn(512, 1408, device=self.device, dtype=dtype)
             for _ in range(3):
                 a @ b
             t0 = time.perf_counter()
             for _ in range(20):
-                a @ b
+                c = a @ b
+            c.sum().item()
             return 2 * 128 * 512 * 1408 * 20 / (time.perf_counter() - t0) / 1e9
 
-    hf = HFGenerate.options(runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}).remote(model, fx.tok.pad_token_id)
+    hf = HFGenerate.options(num_gpus=fx.gpu, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}).remote(
+        model, fx.tok.pad_token_id, fx.device)
     ray.get(hf.run.remote(fx.prompts[:2], 4))
     rollout.generate(fx.prompts[:2], Sampling(max_new_tokens=4), [0, 1])
     flops = ray.get(hf.flops_per_token.remote())
@@ -173,7 +190,8 @@ def bench_pm(fx: Fixture, quick: bool) -> dict:
     out = {}
     for ranks in (1, 2):
         g = TrainerGroup(f"bench-pm-{ranks}", fx.models["tiny"], "pm",
-                         TrainerConfig(num_ranks=ranks, micro_batch_size=16 // ranks, cpus_per_rank=1.0, lr=1e-4))
+                         TrainerConfig(num_ranks=ranks, micro_batch_size=16 // ranks, cpus_per_rank=1.0,
+                                       gpus_per_rank=fx.gpu, lr=1e-4))
         g.train(batch, "pm")
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -199,28 +217,31 @@ def bench_sync(fx: Fixture, quick: bool) -> dict:
 
     @ray.remote(num_cpus=1)
     class Wire:
-        def join(self, master, rank):
+        def join(self, master, rank, device):
             from hh_ray.workers.weight_sync import make_group
 
-            self.group, self.rank = make_group(tuple(master), rank, 2, "gloo"), rank
+            backend = "nccl" if device == "cuda" else "gloo"
+            self.group, self.rank, self.device = make_group(tuple(master), rank, 2, backend), rank, device
 
         def broadcast(self, nbytes: int, repeats: int) -> float:
             from hh_ray.workers.weight_sync import _broadcast
 
-            t = torch.ones(nbytes // 4) if self.rank == 0 else torch.empty(nbytes // 4)
+            t = torch.empty(nbytes // 4, device=self.device)
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 _broadcast(self.group, t).wait()
+                t[:1].cpu()  # NCCL's wait only orders the stream; this waits for the bytes
                 times.append(time.perf_counter() - t0)
             return med(times[1:])
 
     def wire_seconds(nbytes: int) -> float:
         from hh_ray.workers.group import free_port
 
-        a, b = (Wire.options(runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}).remote() for _ in range(2))
+        a, b = (Wire.options(num_gpus=fx.gpu, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}).remote()
+                for _ in range(2))
         master = (ray.util.get_node_ip_address(), free_port())
-        ray.get([a.join.remote(master, 0), b.join.remote(master, 1)])
+        ray.get([a.join.remote(master, 0, fx.device), b.join.remote(master, 1, fx.device)])
         secs = ray.get([a.broadcast.remote(nbytes, 4), b.broadcast.remote(nbytes, 4)])[1]
         ray.kill(a), ray.kill(b)
         return secs
@@ -228,8 +249,9 @@ def bench_sync(fx: Fixture, quick: bool) -> dict:
     out = {}
     for name in ("tiny", "small", "medium"):
         path = fx.model(name)
-        trainer = TrainerGroup(f"bench-sync-{name}", path, "causal_lm", TrainerConfig(cpus_per_rank=1.0))
-        rollout = RolloutGroup(path, RolloutConfig(cpus_per_engine=1.0, kv_cache_gb=0.25), 256)
+        trainer = TrainerGroup(f"bench-sync-{name}", path, "causal_lm",
+                               TrainerConfig(cpus_per_rank=1.0, gpus_per_rank=fx.gpu))
+        rollout = RolloutGroup(path, RolloutConfig(cpus_per_engine=1.0, gpus_per_engine=fx.gpu, kv_cache_gb=0.25), 256)
         connect_weight_sync(trainer, rollout)
         metas = trainer.weight_metas()
         sync_weights(trainer, rollout, 1, 32 << 20, metas)
@@ -239,12 +261,13 @@ def bench_sync(fx: Fixture, quick: bool) -> dict:
         nbytes = runs[0]["sync_bytes"]
         secs = med([r["sync_seconds"] for r in runs])
         load = med([r["sync_load_seconds"] for r in runs])
-        src = torch.empty(nbytes // 4)
+        src = torch.empty(nbytes // 4, device=fx.device)  # the local limit: one copy in the same memory
         dst = torch.empty_like(src)
         copies = []
         for _ in range(5):
             t0 = time.perf_counter()
             dst.copy_(src)
+            dst[:1].cpu()
             copies.append(time.perf_counter() - t0)
         out[name] = {"bytes": nbytes, "seconds": secs, "gb_per_s": nbytes / secs / 1e9,
                      "memcpy_gb_per_s": nbytes / med(copies) / 1e9,
@@ -264,10 +287,11 @@ def bench_rollout_scaling(fx: Fixture, quick: bool) -> dict:
     rates = {}
     for k in (1, 2):
         g = RolloutGroup(fx.models["small"], RolloutConfig(num_engines=k, min_engines=1, max_engines=k,
+                                                           gpus_per_engine=fx.gpu,
                                                            cpus_per_engine=1.0, kv_cache_gb=0.5), 256)
         g.generate(prompts[:2], Sampling(max_new_tokens=4), [0, 1])
         t0 = time.perf_counter()
-        out = g.generate(prompts, Sampling(max_new_tokens=32), list(range(len(prompts))))
+        out = g.generate(prompts, Sampling(max_new_tokens=32, ignore_eos=True), list(range(len(prompts))))
         rates[k] = sum(len(o["response"]) for o in out) / (time.perf_counter() - t0)
         g.shutdown()
     return {"tokens_per_s_1": rates[1], "tokens_per_s_2": rates[2], "rollout_2_over_1": rates[2] / rates[1]}
@@ -287,7 +311,8 @@ def bench_ppo(fx: Fixture, quick: bool) -> dict:
     cfg = load_config(None, [f"run_dir={run}", "model.policy=tiny", "ppo.scorer=substring:e", f"ppo.steps={steps}",
                              "ppo.prompts_per_step=16", "ppo.rollout.samples_per_prompt=2", "ppo.eval_prompts=8",
                              "ppo.rollout.max_new_tokens=32", "data.max_prompt_tokens=128",
-                             "ppo.policy_trainer.micro_batch_size=32", "ppo.critic_trainer.micro_batch_size=32"])
+                             "ppo.policy_trainer.micro_batch_size=32", "ppo.critic_trainer.micro_batch_size=32",
+                             *fx.ppo_overrides()])
     run_ppo(cfg)
     rows = read_metrics(run / "ppo" / "metrics.jsonl")[1:]  # step 1 warms caches
     phases = {k[4:]: med([r[k] for r in rows]) for k in rows[0] if k.startswith("sec_") and k != "sec_step"}
@@ -332,6 +357,7 @@ def bench_trl(fx: Fixture, quick: bool) -> dict:
             f"ppo.minibatches={shape['minibatches']}", f"data.max_prompt_tokens={shape['prompt_tokens']}",
             f"ppo.policy_trainer.micro_batch_size={shape['batch']}",
             f"ppo.critic_trainer.micro_batch_size={shape['batch']}", "ppo.rollout.kv_cache_gb=0.25",
+            *fx.ppo_overrides(),
         ]
         cfg = load_config(None, overrides)
         train, _, _ = load_train_holdout(cfg.data, cfg.seed)
@@ -354,7 +380,8 @@ def bench_trl(fx: Fixture, quick: bool) -> dict:
             subprocess.run([sys.executable, "-m", "benchmarks.trl_ppo", "--policy", policy, "--reward", str(pm_dir),
                             "--prompts", str(prompts), "--steps", str(steps), "--out", str(result),
                             "--batch", str(shape["batch"]), "--response-length", str(shape["response_length"]),
-                            "--epochs", str(shape["epochs"]), "--minibatches", str(shape["minibatches"])],
+                            "--epochs", str(shape["epochs"]), "--minibatches", str(shape["minibatches"]),
+                            "--device", fx.device],
                            check=True, env=env, cwd=Path(__file__).resolve().parent.parent,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             trl = json.loads(result.read_text())
@@ -405,6 +432,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="about 5 minutes on 2 cores")
     ap.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(BENCHES))
+    ap.add_argument("--address", default="local", help="Ray cluster to run on ('auto' inside a cluster)")
+    ap.add_argument("--gpus-per-actor", type=float, default=0.0,
+                    help="GPUs per engine / rank / model actor (0 = CPU). Weight sync over NCCL and the "
+                         "2-rank/2-engine scaling need whole, distinct GPUs (1)")
     args = ap.parse_args(argv)
     wanted = [b for b in (args.only.split(",") if args.only else BENCHES) if b]
     unknown = [b for b in wanted if b not in BENCHES]
@@ -416,11 +447,12 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    local = args.address == "local"
+    ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
+             **({"num_cpus": 4, "runtime_env": {"env_vars": {"RAY_AUTH_MODE": "disabled"}}} if local else {}))
     results: dict = {"machine": machine(), "quick": args.quick}
     with tempfile.TemporaryDirectory() as tmp:
-        fx = Fixture(Path(tmp), args.quick)
+        fx = Fixture(Path(tmp), args.quick, args.gpus_per_actor)
         for name in wanted:
             t0 = time.perf_counter()
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)

@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--response-length", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--minibatches", type=int, default=1)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
@@ -67,8 +68,9 @@ def main(argv=None) -> int:
             local_rollout_forward_batch_size=args.batch, num_mini_batches=args.minibatches,
             num_ppo_epochs=args.epochs, response_length=args.response_length, total_episodes=args.batch * args.steps,
             learning_rate=1e-5, kl_coef=0.001, stop_token="eos", temperature=1.0, seed=0,
-            use_cpu=True, bf16=False, gradient_checkpointing=False, num_sample_generations=0, report_to="none",
-            save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
+            use_cpu=args.device == "cpu", bf16=args.device == "cuda", gradient_checkpointing=False,
+            num_sample_generations=0, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
+            dataloader_num_workers=0,
         )
         trainer = PPOTrainer(args=cfg, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
                              value_model=value, train_dataset=train, eval_dataset=train.select(range(args.batch)),

@@ -2,6 +2,8 @@
 
 Every role (trainer, rollout, reference, scorer) is a `WorkerGroup`; the driver only ever talks to groups,
 never to models, which is what keeps the driver a plain PPO loop (veRL's single-controller split).
+Ray is imported where a group needs it, so a worker class also runs in-process where Ray is absent
+(the one-GPU device benchmark builds a `TrainerWorker` directly).
 """
 
 from __future__ import annotations
@@ -9,10 +11,6 @@ from __future__ import annotations
 import os
 import socket
 from typing import Any, Sequence
-
-import ray
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 
 class PlacementError(RuntimeError):
@@ -44,6 +42,8 @@ def free_port() -> int:
 
 
 def node_ip() -> str:
+    import ray
+
     return ray.util.get_node_ip_address()
 
 
@@ -75,6 +75,10 @@ class WorkerGroup:
         placement_timeout_s: float = 120.0,
         actor_kwargs: Sequence[dict] | None = None,
     ):
+        import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         self.name = name
         bundle = {"CPU": cpus} | ({"GPU": gpus} if gpus else {})
         self.pg = placement_group([dict(bundle) for _ in range(size)], strategy="PACK", name=f"{name}-pg")
@@ -109,6 +113,8 @@ class WorkerGroup:
         return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
 
     def call(self, method: str, *args, **kwargs) -> list[Any]:
+        import ray
+
         return ray.get(self.call_async(method, *args, **kwargs))
 
     def call_each_async(self, method: str, per_actor: Sequence[tuple[tuple, dict]]) -> list[ray.ObjectRef]:
@@ -119,6 +125,9 @@ class WorkerGroup:
         return largest_peaks(self.call("peak_memory_mb"))
 
     def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
         for a in self.actors:
             ray.kill(a)
         remove_placement_group(self.pg)

@@ -44,8 +44,10 @@ def ds_config(t, world: int, on_gpu: bool) -> dict:
         "bf16": {"enabled": on_gpu},
         "optimizer": {
             "type": "AdamW",
-            # torch's Adam on CPU: DeepSpeed's fused/CPU Adam would JIT-compile for ~80 s first
-            "params": {"lr": t.lr, "weight_decay": t.weight_decay, "torch_adam": not on_gpu, "adam_w_mode": True},
+            # torch's AdamW (its fused kernel on GPU): DeepSpeed's own fused/CPU Adam would JIT-compile first
+            # (~80 s on CPU, a CUDA build on every fresh GPU node)
+            "params": {"lr": t.lr, "weight_decay": t.weight_decay, "torch_adam": True, "adam_w_mode": True}
+            | ({"fused": True} if on_gpu else {}),
         },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -130,8 +132,8 @@ class TrainerWorker(Worker):
                           "approx_kl_sum": float(stats["approx_kl_sum"]), "entropy_sum": float(ent_sum.detach())}
         if objective == "value":
             values, mask = response_values(model, mb["prompt"], mb["response"], self.pad_id)
-            loss, stats = clipped_value_loss(values, pad_ragged(mb["old_values"])[0].to(dev), pad_ragged(mb["returns"])[0].to(dev),
-                                             mask, hyper["value_clip"])
+            old_values, returns = pad_ragged(mb["old_values"])[0].to(dev), pad_ragged(mb["returns"])[0].to(dev)
+            loss, stats = clipped_value_loss(values, old_values, returns, mask, hyper["value_clip"])
             return loss * hyper.get("value_coef", 1.0), {"value_clipped_tokens": float(stats["value_clipped_tokens"])}
         raise ValueError(f"unknown objective '{objective}'")
 

@@ -8,7 +8,7 @@ import torch
 from hh_ray.config import TrainerConfig
 from hh_ray.data.hh import SUBSETS, load_comparisons
 from hh_ray.data.tokenize import pm_input_ids
-from hh_ray.workers.trainer import TrainerGroup, latest_tag
+from hh_ray.workers.trainer import TrainerGroup, ds_config, latest_tag
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +18,19 @@ def pm_batches(tokenizer, hh_dir):
     enc = lambda cs: {"chosen": [pm_input_ids(tokenizer, c.prompt, c.chosen, 96) for c in cs],
                       "rejected": [pm_input_ids(tokenizer, c.prompt, c.rejected, 96) for c in cs]}
     return [enc(items[i:i + 8]) for i in range(0, 48, 8)]
+
+
+def test_ds_config_geometry_and_optimizer():
+    t = TrainerConfig(num_ranks=2, micro_batch_size=4, grad_accum_steps=3, zero_stage=3, lr=2e-5, total_steps=10)
+    cpu, gpu = ds_config(t, 2, on_gpu=False), ds_config(t, 2, on_gpu=True)
+    assert cpu["train_batch_size"] == 4 * 3 * 2 and cpu["gradient_accumulation_steps"] == 3
+    # torch's AdamW everywhere (no DeepSpeed JIT build); its fused kernel and bf16 on GPU only
+    assert cpu["optimizer"]["params"]["torch_adam"] and "fused" not in cpu["optimizer"]["params"]
+    assert gpu["optimizer"]["params"]["fused"] is True and gpu["bf16"]["enabled"] and not cpu["bf16"]["enabled"]
+    assert cpu["zero_optimization"]["stage"] == 3 and cpu["scheduler"]["params"]["total_num_steps"] == 10
+    # what DeepSpeed hands torch after taking its own keys must be valid AdamW arguments
+    params = {k: v for k, v in gpu["optimizer"]["params"].items() if k not in ("torch_adam", "adam_w_mode")}
+    assert torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], **(params | {"fused": False})).defaults["lr"] == 2e-5
 
 
 def _train(group, batches, objective="pm"):

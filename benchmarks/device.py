@@ -1,0 +1,190 @@
+"""The one-GPU device benchmark: hh-ray's DeepSpeed trainer in bf16 (throughput and MFU) and HF generation.
+
+The device machine this workplace lends has one GPU, PyTorch and transformers, but neither Ray nor a CUDA
+vLLM (its wheel is over the carry limit). So this runs what it can in one process: hh-ray's own
+`TrainerWorker` (the class each trainer actor runs: same DeepSpeed config, bf16, objectives) built
+directly, and HF `generate`, on a random-init Llama of a few hundred million parameters built there.
+
+    python -m benchmarks.device --out DIR                # on the GPU: the 350m model, about 3 minutes
+    python -m benchmarks.device --out DIR --size smoke   # any CPU: the same code on a tiny model
+
+MFU counts 6 x (matmul parameters) x tokens + the attention term (12 x layers x width x sequence x tokens)
+per training step, over the chip's dense bf16 peak (H200/H100 datasheet 989 TFLOP/s) and over the bf16
+matmul rate measured here. The policy objective computes the LM head at response positions only, so its
+FLOPs count the head for response tokens alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+SIZES = {
+    # ~374M parameters (GPT-2-medium depth at width 1024, Llama blocks, 32k vocab)
+    "350m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=2816,
+                 vocab_size=32000, batch=16, prompt=512, response=512, gen_batch=64, gen_prompt=128, gen_new=128,
+                 steps=8),
+    # a CPU check of the same code path
+    "smoke": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                  vocab_size=512, batch=4, prompt=32, response=32, gen_batch=4, gen_prompt=16, gen_new=16, steps=2),
+}
+DATASHEET_BF16_TFLOPS = 989.0  # H100/H200 SXM dense bf16
+
+
+def build_model(root: Path, size: dict) -> tuple[str, int, int]:
+    """Random-init Llama saved with a small local tokenizer; returns (path, matmul params, head params)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hh_ray.data.tokenize import train_tokenizer
+    from hh_ray.models.presets import save_atomic
+
+    corpus = [f"\n\nHuman: question {i} about item {i * 7 % 13}?\n\nAssistant: answer {i}." for i in range(2000)]
+    tok = train_tokenizer(corpus, 300, root / "tok")
+    cfg = LlamaConfig(vocab_size=max(size["vocab_size"], len(tok)), hidden_size=size["hidden_size"],
+                      num_hidden_layers=size["num_hidden_layers"], num_attention_heads=size["num_attention_heads"],
+                      num_key_value_heads=size["num_attention_heads"], intermediate_size=size["intermediate_size"],
+                      max_position_embeddings=2048, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      bos_token_id=None, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    head = model.lm_head.weight.numel()
+    matmul = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    save_atomic(model, tok, root / "model")
+    return str(root / "model"), matmul, head
+
+
+def matmul_tflops(device: str) -> float:
+    """The chip's measured bf16 (GPU) or fp32 (CPU) matmul rate: the practical ceiling for MFU."""
+    import torch
+
+    n, dtype = (8192, torch.bfloat16) if device == "cuda" else (512, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    sync(device)
+    return 2 * n**3 * 10 / (time.perf_counter() - t0) / 1e12
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str) -> dict:
+    """hh-ray's TrainerWorker on one device: SFT and PPO-policy steps, tokens/s and achieved TFLOP/s."""
+    import torch
+
+    from hh_ray.config import TrainerConfig
+    from hh_ray.workers.group import free_port
+    from hh_ray.workers.trainer import TrainerWorker, count_units
+
+    B, P, R, steps = size["batch"], size["prompt"], size["response"], size["steps"]
+    layers, width = size["num_hidden_layers"], size["hidden_size"]
+    worker = TrainerWorker()
+    cfg = TrainerConfig(micro_batch_size=B, zero_stage=2, lr=1e-5)
+    info = worker.setup(0, 1, ("127.0.0.1", free_port()), path, "causal_lm", cfg, 0)
+    g = torch.Generator().manual_seed(0)
+    ids = lambda n, t: torch.randint(10, size["vocab_size"], (n, t), generator=g).tolist()
+    seq = P + R
+    attention = 12 * layers * width * seq  # per token, forward + backward
+    batches = {
+        "sft": ({"input_ids": ids(B, seq), "loss_mask": [[1] * seq] * B}, {},
+                (6 * matmul + attention) * B * seq),
+        "policy": ({"prompt": ids(B, P), "response": ids(B, R), "old_logprobs": [[-5.0] * R] * B,
+                    "advantages": torch.randn(B, R, generator=g).tolist()}, {"clip_ratio": 0.2},
+                   (6 * (matmul - head) + attention) * B * seq + 6 * head * B * R),
+    }
+    out: dict = {"parameters": info["parameters"], "zero_stage": cfg.zero_stage, "batch": B, "sequence": seq}
+    for objective, (batch, hyper, flops) in batches.items():
+        units = count_units(objective, batch)
+        for _ in range(2):  # warm-up: allocator, kernels, optimizer state
+            worker.train(batch, objective, units, hyper)
+        sync(device)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            worker.train(batch, objective, units, hyper)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        step = statistics.median(times)
+        out[objective] = {"step_seconds": step, "tokens_per_s": B * seq / step, "tflops": flops / step / 1e12}
+    t0 = time.perf_counter()
+    worker.infer("logprobs", batches["policy"][0]["prompt"], batches["policy"][0]["response"])
+    sync(device)
+    out["reference_logprobs_tokens_per_s"] = B * seq / (time.perf_counter() - t0)
+    if device == "cuda":
+        out["gpu_peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def bench_generate(path: str, size: dict, device: str) -> dict:
+    """HF `generate` (KV cache, sampling) in the device's dtype: the rollout baseline vLLM is measured against."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    B, P, new = size["gen_batch"], size["gen_prompt"], size["gen_new"]
+    ids = torch.randint(10, size["vocab_size"], (B, P), device=device)
+    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=True, top_k=0, pad_token_id=model.config.pad_token_id)
+    warm = kw | {"max_new_tokens": 4, "min_new_tokens": 4}
+    with torch.no_grad():
+        model.generate(input_ids=ids[:, :8], attention_mask=torch.ones_like(ids[:, :8]), **warm)
+        sync(device)
+        t0 = time.perf_counter()
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)
+        sync(device)
+    secs = time.perf_counter() - t0
+    return {"batch": B, "prompt": P, "new_tokens": new, "tokens_per_s": (out.shape[1] - P) * B / secs}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.device")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--size", choices=sorted(SIZES), default="350m")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.size != "smoke" and device != "cuda":
+        ap.error(f"size {args.size} is for a GPU; use --size smoke on a CPU")
+    size = SIZES[args.size]
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+                     "torch": torch.__version__, "size": args.size}
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        path, matmul, head = build_model(Path(tmp), size)
+        print(f"[device] model built: {matmul / 1e6:.0f}M matmul parameters ({time.perf_counter() - t_start:.0f}s)",
+              flush=True)
+        results["matmul_tflops"] = matmul_tflops(device)
+        results["trainer"] = bench_trainer(path, size, matmul, head, device)
+        print(f"[device] trainer done ({time.perf_counter() - t_start:.0f}s)", flush=True)
+        results["generate"] = bench_generate(path, size, device)
+    for objective in ("sft", "policy"):
+        t = results["trainer"][objective]
+        t["mfu_vs_measured_matmul"] = t["tflops"] / results["matmul_tflops"]
+        if device == "cuda":
+            t["mfu_vs_datasheet"] = t["tflops"] / DATASHEET_BF16_TFLOPS
+    results["seconds"] = time.perf_counter() - t_start
+    (out_dir / "device_results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
