@@ -342,9 +342,11 @@ def bench_trl(fx: Fixture, quick: bool) -> dict:
     from hh_ray.driver.runlog import read_metrics
     from hh_ray.models.forward import load_model
 
-    shape, steps = PPO_SHAPE, (4 if quick else 8)
-    out: dict = {"shape": dict(shape), "steps_measured": steps - 1}
+    shape = PPO_SHAPE
+    out: dict = {"shape": dict(shape)}
     for size in (("tiny",) if quick else ("tiny", "small")):
+        steps = 4 if quick or size == "small" else 8  # a small step is ~30 s here
+        out[f"{size}_steps_measured"] = steps - 1
         policy = fx.model(size)
         pm_dir = fx.root / f"pm-{size}"  # a scalar-head PM on the policy's backbone; both contenders load it
         if not pm_dir.is_dir():
@@ -357,6 +359,8 @@ def bench_trl(fx: Fixture, quick: bool) -> dict:
             f"ppo.minibatches={shape['minibatches']}", f"data.max_prompt_tokens={shape['prompt_tokens']}",
             f"ppo.policy_trainer.micro_batch_size={shape['batch']}",
             f"ppo.critic_trainer.micro_batch_size={shape['batch']}", "ppo.rollout.kv_cache_gb=0.25",
+            # the PM reads what TRL's reward model reads: the truncated prompt, the response, one more token
+            f"pm.max_tokens={shape['prompt_tokens'] + shape['response_length'] + 1}",
             *fx.ppo_overrides(),
         ]
         cfg = load_config(None, overrides)
