@@ -49,9 +49,11 @@ def machine() -> dict:
 def interleave(fns: dict, repeats: int) -> dict[str, list]:
     """Run each contender `repeats` times, alternating, and return every result per contender."""
     out: dict[str, list] = {k: [] for k in fns}
-    for _ in range(repeats):
+    for i in range(repeats):
         for k, fn in fns.items():
+            t0 = time.perf_counter()
             out[k].append(fn())
+            print(f"[bench]   {k} {i + 1}/{repeats} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     return out
 
 
