@@ -10,5 +10,5 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
   typing-extensions==4.16.0
 # DeepSpeed publishes only an sdist; its wheel is pure Python (ops compile where they run), built here.
-.venv/bin/pip wheel -q --no-deps --no-build-isolation -w .whl "deepspeed==$(.venv/bin/python -c 'import deepspeed; print(deepspeed.__version__)')"
+.venv/bin/pip wheel -q --no-deps --no-build-isolation -w .whl "deepspeed==$(.venv/bin/python -c 'from importlib.metadata import version; print(version("deepspeed"))')"
 ls -la .whl
