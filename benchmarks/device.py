@@ -29,6 +29,10 @@ SIZES = {
     "350m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=2816,
                  vocab_size=32000, batch=16, prompt=512, response=512, gen_batch=64, gen_prompt=128, gen_new=128,
                  steps=8),
+    # ~0.95B parameters: where the same code sits as the model grows
+    "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=16, intermediate_size=5632,
+               vocab_size=32000, batch=16, prompt=512, response=512, gen_batch=64, gen_prompt=128, gen_new=128,
+               steps=8),
     # a CPU check of the same code path
     "smoke": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
                   vocab_size=512, batch=4, prompt=32, response=32, gen_batch=4, gen_prompt=16, gen_new=16, steps=2),
@@ -82,7 +86,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str) -> dict:
+def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str, zero_stage: int) -> dict:
     """hh-ray's TrainerWorker on one device: SFT and PPO-policy steps, tokens/s and achieved TFLOP/s."""
     import torch
 
@@ -93,7 +97,7 @@ def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str) ->
     B, P, R, steps = size["batch"], size["prompt"], size["response"], size["steps"]
     layers, width = size["num_hidden_layers"], size["hidden_size"]
     worker = TrainerWorker()
-    cfg = TrainerConfig(micro_batch_size=B, zero_stage=2, lr=1e-5)
+    cfg = TrainerConfig(micro_batch_size=B, zero_stage=zero_stage, lr=1e-5)
     info = worker.setup(0, 1, ("127.0.0.1", free_port()), path, "causal_lm", cfg, 0)
     g = torch.Generator().manual_seed(0)
     ids = lambda n, t: torch.randint(10, size["vocab_size"], (n, t), generator=g).tolist()
@@ -120,12 +124,17 @@ def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str) ->
             times.append(time.perf_counter() - t0)
         step = statistics.median(times)
         out[objective] = {"step_seconds": step, "tokens_per_s": B * seq / step, "tflops": flops / step / 1e12}
-    t0 = time.perf_counter()
-    worker.infer("logprobs", batches["policy"][0]["prompt"], batches["policy"][0]["response"])
-    sync(device)
-    out["reference_logprobs_tokens_per_s"] = B * seq / (time.perf_counter() - t0)
+    prompt, response = batches["policy"][0]["prompt"], batches["policy"][0]["response"]
+    times = []
+    for i in range(4):  # the first call warms the eval path
+        t0 = time.perf_counter()
+        worker.infer("logprobs", prompt, response)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    out["reference_logprobs_tokens_per_s"] = B * seq / statistics.median(times[1:])
     if device == "cuda":
         out["gpu_peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    torch.distributed.destroy_process_group()  # the worker's one-rank world, before the next part
     return out
 
 
@@ -154,6 +163,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.device")
     ap.add_argument("--out", required=True)
     ap.add_argument("--size", choices=sorted(SIZES), default="350m")
+    ap.add_argument("--zero-stage", type=int, choices=(0, 2, 3), default=2)
     args = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
@@ -165,14 +175,14 @@ def main(argv=None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-                     "torch": torch.__version__, "size": args.size}
+                     "torch": torch.__version__, "size": args.size, "zero_stage": args.zero_stage}
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         path, matmul, head = build_model(Path(tmp), size)
         print(f"[device] model built: {matmul / 1e6:.0f}M matmul parameters ({time.perf_counter() - t_start:.0f}s)",
               flush=True)
         results["matmul_tflops"] = matmul_tflops(device)
-        results["trainer"] = bench_trainer(path, size, matmul, head, device)
+        results["trainer"] = bench_trainer(path, size, matmul, head, device, args.zero_stage)
         print(f"[device] trainer done ({time.perf_counter() - t_start:.0f}s)", flush=True)
         results["generate"] = bench_generate(path, size, device)
     for objective in ("sft", "policy"):
@@ -181,7 +191,7 @@ def main(argv=None) -> int:
         if device == "cuda":
             t["mfu_vs_datasheet"] = t["tflops"] / DATASHEET_BF16_TFLOPS
     results["seconds"] = time.perf_counter() - t_start
-    (out_dir / "device_results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / f"device_{args.size}_z{args.zero_stage}.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     return 0
 

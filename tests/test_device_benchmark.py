@@ -18,7 +18,7 @@ def test_device_benchmark_smoke_on_cpu(tmp_path):
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-m", "benchmarks.device", "--out", str(tmp_path), "--size", "smoke"],
                    check=True, cwd=ROOT, env=env, timeout=600)
-    r = json.loads((tmp_path / "device_results.json").read_text())
+    r = json.loads((tmp_path / "device_smoke_z2.json").read_text())
     t = r["trainer"]
     assert r["device"] == "cpu" and r["matmul_tflops"] > 0
     assert t["parameters"] > 100_000 and t["zero_stage"] == 2
