@@ -74,7 +74,6 @@ class Fixture:
         self.items = items
         self.tok = train_tokenizer((c.chosen_dialogue for c in items), 8192, root / "tok")
         self.models = {name: str(build_preset(name, self.tok, root / name)) for name in ("tiny", "small")}
-        self.build_preset = build_preset
         self.prompt_texts = unique_prompts(items)
         self.prompts = [truncate_prompt(self.tok, p, 64) for p in self.prompt_texts]
         self.root, self.quick = root, quick
@@ -91,8 +90,10 @@ class Fixture:
 
     def model(self, name: str) -> str:
         """A preset's folder, built on first use (`medium` is ~400 MB, so only when a bench asks)."""
+        from hh_ray.models.presets import build_preset
+
         if name not in self.models:
-            self.models[name] = str(self.build_preset(name, self.tok, self.root / name))
+            self.models[name] = str(build_preset(name, self.tok, self.root / name))
         return self.models[name]
 
 
@@ -134,21 +135,15 @@ def bench_rollout(fx: Fixture, quick: bool) -> dict:
             return (out.shape[1] - n) * len(prompts), time.perf_counter() - t0
 
         def flops_per_token(self) -> int:
-            """2 x the parameters a decoded token multiplies through (all but the input embedding)."""
-            return 2 * sum(p.numel() for n, p in self.m.named_parameters() if "embed_tokens" not in n)
+            from benchmarks.device import matmul_parameters
+
+            return 2 * matmul_parameters(self.m)
 
         def matmul_gflops(self) -> float:
             """This worker's GEMM rate (its model's dtype) at a decode-like shape: batch 128 through an MLP matrix."""
-            dtype = next(self.m.parameters()).dtype
-            a = torch.randn(128, 512, device=self.device, dtype=dtype)
-            b = torch.randn(512, 1408, device=self.device, dtype=dtype)
-            for _ in range(3):
-                a @ b
-            t0 = time.perf_counter()
-            for _ in range(20):
-                c = a @ b
-            c.sum().item()
-            return 2 * 128 * 512 * 1408 * 20 / (time.perf_counter() - t0) / 1e9
+            from benchmarks.device import matmul_flops
+
+            return matmul_flops(128, 512, 1408, self.device, next(self.m.parameters()).dtype, repeats=20) / 1e9
 
     hf = HFGenerate.options(num_gpus=fx.gpu, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}).remote(
         model, fx.tok.pad_token_id, fx.device)

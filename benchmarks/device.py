@@ -58,7 +58,7 @@ def build_model(root: Path, size: dict) -> tuple[str, int, int]:
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
     head = model.lm_head.weight.numel()
-    matmul = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    matmul = matmul_parameters(model)
     save_atomic(model, tok, root / "model")
     return str(root / "model"), matmul, head
 
@@ -68,15 +68,27 @@ def matmul_tflops(device: str) -> float:
     import torch
 
     n, dtype = (8192, torch.bfloat16) if device == "cuda" else (512, torch.float32)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return matmul_flops(n, n, n, device, dtype) / 1e12
+
+
+def matmul_flops(m: int, k: int, n: int, device: str, dtype, repeats: int = 10) -> float:
+    """FLOP/s of an [m, k] x [k, n] product on `device`, after three warm-up products."""
+    import torch
+
+    a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     sync(device)
     t0 = time.perf_counter()
-    for _ in range(10):
+    for _ in range(repeats):
         a @ b
     sync(device)
-    return 2 * n**3 * 10 / (time.perf_counter() - t0) / 1e12
+    return 2 * m * k * n * repeats / (time.perf_counter() - t0)
+
+
+def matmul_parameters(model) -> int:
+    """Parameters a token multiplies through: all but the input embedding (a lookup)."""
+    return sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
 
 
 def sync(device: str) -> None:
