@@ -260,8 +260,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value) if value.strip() else ""
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
-    """Read a job YAML (or the defaults when `path` is None), apply overrides, validate everything."""
+def load_section(cls: type, path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()):
+    """Read any typed config dataclass `cls` from YAML (defaults when `path` is None) plus `key.sub=value` overrides."""
     raw: dict = {}
     if path is not None:
         p = Path(path)
@@ -276,7 +276,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     for text in overrides:
         key, value = parse_override(text)
         _set_path(raw, key, value)
-    cfg = _build(JobConfig, raw)
+    return _build(cls, raw)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Read a job YAML (or the defaults when `path` is None), apply overrides, validate everything."""
+    cfg = load_section(JobConfig, path, overrides)
     validate(cfg)
     return cfg
 
