@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from hh_ray.config import ConfigError
     from hh_ray.data.hh import DataError
+    from hh_ray.workers.group import PlacementError
+    from hh_ray.workers.rollout import StaleWeightsError
 
     try:
         if args.command == "data":
@@ -122,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
 
             run_pipeline(cfg)
         return 0
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, FileNotFoundError, PlacementError, StaleWeightsError) as exc:
         print(f"hh-ray: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the drivers' `finally` blocks have torn their actor groups down by now
+        print("hh-ray: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

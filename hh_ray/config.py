@@ -56,7 +56,7 @@ class ModelConfig:
 
     policy: str = "tiny"
     tokenizer_vocab_size: int = 8192  # for the offline BPE tokenizer the presets use
-    dtype: str = "auto"  # auto = fp32 on CPU, bf16 on GPU
+    dtype: str = "auto"  # every model a run builds: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16
 
 
 @dataclass
@@ -74,6 +74,8 @@ class TrainerConfig:
     warmup_steps: int = 0
     total_steps: int = 0  # 0 = constant LR after warmup; else linear decay to 0 at this step
     grad_clip: float = 1.0
+    forward_micro_batch_size: int = 16  # forward-only passes (logprobs, values, PM eval): samples per call
+    forward_token_budget: int = 16384  # ... and at most this many prompt+response tokens per call
 
 
 @dataclass
@@ -83,6 +85,7 @@ class SFTConfig:
     steps: int = 100
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log_every: int = 10
+    checkpoint_every: int = 0  # 0 = only at the end; an interrupted stage resumes from its last checkpoint
 
 
 @dataclass
@@ -97,6 +100,7 @@ class PMConfig:
     max_tokens: int = 384  # prompt + response (+ end-of-context token) for the PM input
     eval_every: int = 0  # 0 = only at the end
     log_every: int = 10
+    checkpoint_every: int = 0  # 0 = only at the end; an interrupted stage resumes from its last checkpoint
 
 
 @dataclass
@@ -127,8 +131,12 @@ class PPOConfig:
     steps: int = 20
     prompts_per_step: int = 16
     kl_coef: float = 0.001  # the paper's lambda_KL
-    kl_estimator: str = "k1"  # k1 (log ratio) or k3 (Schulman's unbiased, always >= 0)
-    adaptive_kl_target: float = 0.0  # > 0 turns on the adaptive KL controller (Ziegler et al.)
+    # KL(policy || initial policy) is measured per sample, summed over the response's tokens (nats), with this
+    # estimator in training and in held-out evaluation alike: k1 (log ratio) or k3 (Schulman's, always >= 0)
+    kl_estimator: str = "k1"
+    # > 0 turns on the adaptive KL controller (Ziegler et al.). The target is in the same unit, nats summed over
+    # a response (OpenRLHF's target is a per-token mean: multiply that by the response length to compare)
+    adaptive_kl_target: float = 0.0
     adaptive_kl_horizon: int = 10000
     gamma: float = 1.0
     lam: float = 0.95
@@ -142,6 +150,12 @@ class PPOConfig:
     eval_prompts: int = 32
     eval_every: int = 0  # 0 = only before and after
     checkpoint_every: int = 0  # 0 = only at the end
+    # the PPO ratio's denominator and the policy side of the KL: "trainer" recomputes them on the sampled tokens
+    # (exact); "engine" reuses vLLM's sampling logprobs (cheaper; refused with top_p < 1 or a non-fp32 dtype)
+    old_logprobs: str = "trainer"
+    truncation_penalty: float = 0.0  # subtracted from the score of a response cut at max_new_tokens (0 = off)
+    sync_bucket_mb: int = 32  # weight sync: parameters travel in flat buckets of this size
+    sync_timeout_s: float = 600.0  # weight sync: a broadcast that waits longer fails (gloo and NCCL alike)
     scorer: str = "pm"  # "pm" = the PM of this run (or pm_checkpoint); "substring:<t>" = share of tokens containing t
     pm_checkpoint: str = ""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -151,6 +165,16 @@ class PPOConfig:
     reference_gpus: float = 0.0  # fractional GPUs let reference and scorer share a device
     scorer_cpus: float = 0.25
     scorer_gpus: float = 0.0
+
+
+@dataclass
+class LoggingConfig:
+    """Where step metrics go besides `metrics.jsonl`: TensorBoard event files, and W&B when asked."""
+
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "hh-ray"
+    wandb_mode: str = "offline"  # offline works without a network; `wandb sync` uploads later
 
 
 @dataclass
@@ -175,6 +199,7 @@ class JobConfig:
     pm: PMConfig = field(default_factory=PMConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 STAGES = ("data", "tokenizer", "sft", "pm", "ppo", "report")
@@ -286,30 +311,77 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     return cfg
 
 
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
 def validate(cfg: JobConfig) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Cross-field and range checks that types alone cannot express; all before any cluster starts."""
+    import math
+
     for stage in cfg.stages:
-        if stage not in STAGES:
-            raise ConfigError(f"stages: unknown stage '{stage}'; valid: {', '.join(STAGES)}")
-    if cfg.ppo.kl_estimator not in ("k1", "k3"):
-        raise ConfigError(f"ppo.kl_estimator: expected 'k1' or 'k3', got '{cfg.ppo.kl_estimator}'")
-    if not 0.0 <= cfg.data.holdout_fraction < 1.0:
-        raise ConfigError(f"data.holdout_fraction: must be in [0, 1), got {cfg.data.holdout_fraction}")
-    for name, w in cfg.data.subset_weights.items():
-        if w < 0:
-            raise ConfigError(f"data.subset_weights.{name}: must be >= 0, got {w}")
-    r = cfg.ppo.rollout
-    if not 1 <= r.min_engines <= r.num_engines <= r.max_engines:
-        raise ConfigError(
-            f"ppo.rollout: need 1 <= min_engines <= num_engines <= max_engines, got "
-            f"{r.min_engines}, {r.num_engines}, {r.max_engines}"
-        )
+        _check(stage in STAGES, f"stages: unknown stage '{stage}'; valid: {', '.join(STAGES)}")
+    d, p, r = cfg.data, cfg.ppo, cfg.ppo.rollout
+    _check(0.0 <= d.holdout_fraction < 1.0, f"data.holdout_fraction: must be in [0, 1), got {d.holdout_fraction}")
+    for name, w in d.subset_weights.items():
+        _check(w >= 0, f"data.subset_weights.{name}: must be >= 0, got {w}")
+    _check(d.max_prompt_tokens >= 1 and d.max_response_tokens >= 1,
+           "data.max_prompt_tokens and data.max_response_tokens must be >= 1")
+    _check(cfg.model.dtype in ("auto", "float32", "bfloat16", "float16"),
+           f"model.dtype: expected auto, float32, bfloat16 or float16, got '{cfg.model.dtype}'")
+    _check(p.kl_estimator in ("k1", "k3"), f"ppo.kl_estimator: expected 'k1' or 'k3', got '{p.kl_estimator}'")
+    _check(p.old_logprobs in ("trainer", "engine"),
+           f"ppo.old_logprobs: expected 'trainer' or 'engine', got '{p.old_logprobs}'")
+    if p.old_logprobs == "engine":
+        _check(r.top_p == 1.0, f"ppo.old_logprobs=engine: vLLM reports logprobs after top-p filtering, which differ "
+                               f"from the full softmax (ppo.rollout.top_p={r.top_p}); use ppo.old_logprobs=trainer")
+        on_gpu = r.gpus_per_engine > 0 or p.policy_trainer.gpus_per_rank > 0
+        _check(cfg.model.dtype == "float32" or (cfg.model.dtype == "auto" and not on_gpu),
+               "ppo.old_logprobs=engine: engine and trainer logprobs agree only in float32 (model.dtype resolves to "
+               "a 16-bit type here); use ppo.old_logprobs=trainer")
+    for key in ("kl_coef", "gamma", "lam", "clip_ratio", "value_clip", "value_coef", "entropy_coef",
+                "truncation_penalty"):
+        v = getattr(p, key)
+        _check(math.isfinite(v) and v >= 0, f"ppo.{key}: must be a finite number >= 0, got {v}")
+    _check(p.gamma <= 1 and p.lam <= 1, f"ppo.gamma and ppo.lam must be in [0, 1], got {p.gamma}, {p.lam}")
+    for key in ("steps", "prompts_per_step", "epochs", "minibatches", "eval_prompts", "sync_bucket_mb"):
+        _check(getattr(p, key) >= 1, f"ppo.{key}: must be >= 1, got {getattr(p, key)}")
+    for key in ("eval_every", "checkpoint_every"):
+        _check(getattr(p, key) >= 0, f"ppo.{key}: must be >= 0 (0 = off), got {getattr(p, key)}")
+    _check(r.temperature > 0 and math.isfinite(r.temperature),
+           f"ppo.rollout.temperature: must be > 0, got {r.temperature}")
+    _check(0 < r.top_p <= 1, f"ppo.rollout.top_p: must be in (0, 1], got {r.top_p}")
+    _check(r.max_new_tokens >= 1, f"ppo.rollout.max_new_tokens: must be >= 1, got {r.max_new_tokens}")
+    _check(r.samples_per_prompt >= 1, f"ppo.rollout.samples_per_prompt: must be >= 1, got {r.samples_per_prompt}")
+    _check(1 <= r.min_engines <= r.num_engines <= r.max_engines,
+           f"ppo.rollout: need 1 <= min_engines <= num_engines <= max_engines, got "
+           f"{r.min_engines}, {r.num_engines}, {r.max_engines}")
+    _check(p.scorer == "pm" or (p.scorer.startswith("substring:") and len(p.scorer) > len("substring:")),
+           f"ppo.scorer: expected 'pm' or 'substring:<text>', got '{p.scorer}'")
+    # the PM reads the whole response: the prompt gives way, never the response (decoder PMs add one token)
+    _check(cfg.pm.max_tokens >= r.max_new_tokens + 1 + 8,
+           f"pm.max_tokens={cfg.pm.max_tokens} cannot hold a full {r.max_new_tokens}-token response "
+           f"(ppo.rollout.max_new_tokens) plus the end-of-context token and some context; raise pm.max_tokens to at "
+           f"least {r.max_new_tokens + 9}")
     for sect, t in (("sft.trainer", cfg.sft.trainer), ("pm.trainer", cfg.pm.trainer),
-                    ("ppo.policy_trainer", cfg.ppo.policy_trainer), ("ppo.critic_trainer", cfg.ppo.critic_trainer)):
-        if t.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"{sect}.zero_stage: expected 0..3, got {t.zero_stage}")
-        if t.num_ranks < 1 or t.micro_batch_size < 1 or t.grad_accum_steps < 1:
-            raise ConfigError(f"{sect}: num_ranks, micro_batch_size and grad_accum_steps must be >= 1")
+                    ("ppo.policy_trainer", p.policy_trainer), ("ppo.critic_trainer", p.critic_trainer)):
+        _check(t.zero_stage in (0, 1, 2, 3), f"{sect}.zero_stage: expected 0..3, got {t.zero_stage}")
+        _check(min(t.num_ranks, t.micro_batch_size, t.grad_accum_steps, t.forward_micro_batch_size,
+                   t.forward_token_budget) >= 1,
+               f"{sect}: num_ranks, micro_batch_size, grad_accum_steps and the forward limits must be >= 1")
+        _check(t.lr > 0 and math.isfinite(t.lr), f"{sect}.lr: must be > 0, got {t.lr}")
+    # every sample is trained on each epoch: the smallest minibatch must still give each rank its micro-batches
+    batch = p.prompts_per_step * r.samples_per_prompt
+    smallest = batch // p.minibatches
+    for sect, t in (("ppo.policy_trainer", p.policy_trainer), ("ppo.critic_trainer", p.critic_trainer)):
+        need = t.num_ranks * t.grad_accum_steps
+        _check(smallest >= need, f"ppo: a minibatch of {smallest} samples ({batch} per step / {p.minibatches} "
+                                 f"minibatches) is smaller than {sect}'s ranks x grad_accum_steps = {need}")
+    _check(cfg.sft.steps >= 1, f"sft.steps: must be >= 1, got {cfg.sft.steps}")
+    _check(cfg.pm.epochs > 0, f"pm.epochs: must be > 0, got {cfg.pm.epochs}")
+    _check(cfg.logging.wandb_mode in ("offline", "online", "disabled"),
+           f"logging.wandb_mode: expected offline, online or disabled, got '{cfg.logging.wandb_mode}'")
 
 
 def to_dict(cfg: Any) -> dict:

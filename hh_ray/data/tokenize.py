@@ -127,20 +127,20 @@ def encode_response(tokenizer, prompt_ids: list[int], response: str, max_respons
 def pm_input_ids(tokenizer, prompt: str, response: str, max_tokens: int) -> list[int]:
     """PM input: the dialogue, then the end-of-context token for decoders (encoders add their own specials).
 
-    The response is kept whole where it fits; the prompt gives way first (left truncation).
+    The dialogue is cut from the left only: the prompt gives way first, whole early turns at a time, and the
+    response is kept whole, so the score sees how the answer ends. A response longer than the whole budget
+    (possible in static data, refused at config load for PPO samples) keeps its last tokens.
     """
     eoc = end_of_context_id(tokenizer)
-    if eoc is not None:
-        r = _ids(tokenizer, response)[: max_tokens // 2]
-        p = truncate_prompt(tokenizer, prompt, max_tokens - len(r) - 1)
-        return p + r + [eoc]
-    # encoders: [CLS] prompt [SEP] response [SEP], the pair layout they were pretrained on
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    r = _ids(tokenizer, response)[: max_tokens // 2]
-    p = truncate_prompt(tokenizer, prompt, max_tokens - len(r) - 3)
-    if cls is None or sep is None:
-        return p + r
-    return [cls] + p + [sep] + r + [sep]
+    pair = eoc is None and cls is not None and sep is not None  # encoders: [CLS] prompt [SEP] response [SEP]
+    specials = 3 if pair else (1 if eoc is not None else 0)
+    budget = max_tokens - specials
+    r = _ids(tokenizer, response)[-budget:]
+    p = truncate_prompt(tokenizer, prompt, budget - len(r)) if budget > len(r) else []
+    if pair:
+        return [cls] + p + [sep] + r + [sep]
+    return p + r + ([eoc] if eoc is not None else [])
 
 
 def pad_right(seqs: list[list[int]], pad_id: int, value_pad: int | None = None) -> list[list[int]]:

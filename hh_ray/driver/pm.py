@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
+from hh_ray.algo.batch import PairBatch, select
 from hh_ray.data import load_train_holdout
 from hh_ray.data.hh import Comparison, DataError, load_comparisons, local_subsets
 from hh_ray.data.tokenize import load_tokenizer, pm_input_ids
 from hh_ray.driver.cluster import connect
-from hh_ray.driver.runlog import RunLog, write_json_atomic
+from hh_ray.driver.runlog import write_json_atomic
 from hh_ray.driver.sft import batches
-from hh_ray.workers.trainer import TrainerGroup, latest_tag
+from hh_ray.driver.stage import run_stage
+from hh_ray.models.objectives import PairScores, PMObjective
+from hh_ray.workers.trainer import TrainerGroup
 
 PM_EVAL = "pm_eval.json"
 
@@ -68,37 +70,38 @@ def run_pm(cfg) -> str:
     backbone = resolve_backbone(cfg)
     tok = load_tokenizer(backbone)
     train, held, _ = load_train_holdout(cfg.data, cfg.seed)
-    enc = lambda items: {"chosen": [pm_input_ids(tok, c.prompt, c.chosen, cfg.pm.max_tokens) for c in items],
-                         "rejected": [pm_input_ids(tok, c.prompt, c.rejected, cfg.pm.max_tokens) for c in items]}
-    train_enc = enc(train)
+    if not train:
+        raise DataError(f"no training comparisons in {cfg.data.data_dir} (subsets {cfg.data.subsets})")
+    encode = lambda items: PairBatch([pm_input_ids(tok, c.prompt, c.chosen, cfg.pm.max_tokens) for c in items],
+                                     [pm_input_ids(tok, c.prompt, c.rejected, cfg.pm.max_tokens) for c in items])
+    train_enc, held_enc = encode(train), encode(held)
     t = cfg.pm.trainer
     bs = t.micro_batch_size * t.grad_accum_steps * t.num_ranks
     steps = max(1, int(cfg.pm.epochs * len(train) / bs))
+    objective = PMObjective(cfg.pm.margin, cfg.pm.center_coef)
     connect(cfg.ray)
-    group = TrainerGroup("pm-trainer", backbone, "pm", t, cfg.seed)
-    hyper = {"margin": cfg.pm.margin, "center_coef": cfg.pm.center_coef}
-    ckpt = run_dir / "checkpoints" / "pm"
-    start = group.load_checkpoint(str(ckpt))["step"] if latest_tag(str(ckpt)) else 0
-    log = RunLog(run_dir / "pm-logs", "pm", steps, cfg.pm.log_every, fresh=start == 0)
-    t0 = time.perf_counter()
-    for step in range(start + 1, steps + 1):
-        idx = batches(len(train), bs, cfg.seed, step - 1)
-        stats = group.train({k: [v[i] for i in idx] for k, v in train_enc.items()}, "pm", hyper)
-        elapsed = time.perf_counter() - t0
-        log.log(step, {"loss": stats["loss"], "accuracy": stats["correct"] / stats["units"], "lr": stats["lr"],
-                       "pairs_per_s": stats["units"] / stats["seconds"],
-                       "pairs_per_s_wall": (step - start) * bs / elapsed}, show=("loss", "accuracy", "pairs_per_s_wall"))
-        if cfg.pm.eval_every and step % cfg.pm.eval_every == 0 and held:
-            m = metrics_for(held, group.evaluate(enc(held), "pm", hyper)["scores"])
-            log.log(step, {"heldout_accuracy": m["accuracy"], "heldout_ece": m["ece"]}, show=("heldout_accuracy",))
-    group.save_checkpoint(str(ckpt), f"step{steps}", {"step": steps})
-    group.export_hf(str(out))
-    result = {}
-    if held:
-        result = metrics_for(held, group.evaluate(enc(held), "pm", hyper)["scores"])
-        write_eval(out, result, {"backbone": backbone, "train_pairs": len(train), "steps": steps})
-        print(format_eval(result), file=sys.stderr)
-    group.shutdown()
+    group = TrainerGroup("pm-trainer", backbone, "pm", t, cfg.seed, cfg.model.dtype)
+
+    def heldout() -> dict:
+        m = metrics_for(held, group.forward(held_enc, PairScores()))
+        return {"pm/heldout_accuracy": m["accuracy"], "pm/heldout_ece": m["ece"]}
+
+    try:
+        run_stage("pm", group, objective, steps,
+                  lambda step: select(train_enc, batches(len(train), bs, cfg.seed, step - 1)),
+                  run_dir / "checkpoints" / "pm", run_dir / "pm-logs", cfg, cfg.pm.log_every, cfg.pm.checkpoint_every,
+                  show=("pm/loss", "pm/accuracy", "pm/units_per_s", "pm/heldout_accuracy"),
+                  evaluate=heldout if held else None, eval_every=cfg.pm.eval_every)
+        group.export_hf(str(out))
+        if held:
+            result = metrics_for(held, group.forward(held_enc, PairScores()))
+            write_eval(out, result, {"backbone": backbone, "train_pairs": len(train), "steps": steps})
+            print(format_eval(result), file=sys.stderr)
+        else:
+            print("[pm] data.holdout_fraction=0: no held-out pairs, so no pm_stats.json; PPO will refuse this PM "
+                  "until it is evaluated (`hh-ray pm eval`)", file=sys.stderr)
+    finally:
+        group.shutdown()
     print(f"[pm] saved to {out}")
     return str(out)
 

@@ -1,70 +1,118 @@
 """`hh-ray ppo`: PPO against the PM with reward r_PM - lambda_KL * KL(policy || initial policy).
 
-The loop below is the whole algorithm; every model lives in a worker group and the driver only moves
-token ids, texts and small per-token tensors between them:
+`ppo_step` below is the whole algorithm; every model lives in a worker group and the driver only moves token
+ids, texts and small per-token tensors (one typed `Experience`) between them:
 
-    generate (vLLM) -> reference logprobs + PM scores + critic values (concurrently)
-    -> per-token KL and rewards -> GAE, whitening -> PPO epochs (policy and critic concurrently)
-    -> weight sync trainer rank 0 -> engines -> metrics, checkpoint, evaluation
+    generate (vLLM) -> old logprobs + reference logprobs + PM scores + critic values (concurrently)
+    -> per-token KL, rewards, GAE, whitening -> PPO epochs (policy and critic concurrently)
+    -> weight sync trainer rank 0 -> engines
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
 import torch
 
+from hh_ray.algo.batch import Experience, batch_size, minibatches, select
 from hh_ray.algo.ppo import (
-    AdaptiveKLController, FixedKLController, gae, kl_penalty, masked_mean, pad_ragged, token_rewards, whiten,
+    AdaptiveKLController, FixedKLController, compute_advantages, kl_k1, kl_penalty, logprob_gap, pad_ragged,
 )
-from hh_ray.data import load_train_holdout, unique_prompts
+from hh_ray.data import DataError, load_train_holdout, unique_prompts
 from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver.cluster import connect
 from hh_ray.driver.runlog import RunLog, read_metrics, write_json_atomic
 from hh_ray.driver.sft import batches, initial_policy
+from hh_ray.models.objectives import PolicyObjective, TokenLogprobs, TokenValues, ValueObjective
 from hh_ray.ops.autoscale import RolloutAutoscaler
 from hh_ray.ops.metrics import PPOMetrics
 from hh_ray.workers.reference import ReferenceGroup
-from hh_ray.workers.rollout import RolloutGroup, Sampling, connect_weight_sync, sync_weights
+from hh_ray.workers.rollout import RolloutGroup, Sampling
 from hh_ray.workers.scorer import ScorerGroup
 from hh_ray.workers.trainer import TrainerGroup
+from hh_ray.workers.weight_sync import WeightSync
 
-BUCKET_BYTES = 32 * 2**20
 STATE = "state.json"
+
+
+class Timer:
+    """`with timer("phase"):` records that phase's seconds as `time/phase`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        yield
+        self.seconds[f"time/{phase}"] = time.perf_counter() - t0
+
+
+@dataclass
+class Prompts:
+    ids: list[list[int]]
+    texts: list[str]
+
+    def take(self, idx: list[int]) -> "Prompts":
+        return Prompts([self.ids[i] for i in idx], [self.texts[i] for i in idx])
 
 
 @dataclass
 class PPOWorkers:
-    """The five actor groups of a PPO run, each in its own placement group."""
+    """The actor groups of a PPO run, each in its own placement group, and the weight sync between them."""
 
     rollout: RolloutGroup
     reference: ReferenceGroup
     scorer: ScorerGroup
     policy: TrainerGroup
     critic: TrainerGroup
+    sync: WeightSync
+    autoscaler: RolloutAutoscaler | None = None
 
     @classmethod
     def start(cls, cfg, policy_path: str, pm_path: str) -> "PPOWorkers":
-        p = cfg.ppo
+        """Start every group; if one cannot start, the ones already up are torn down before the error rises."""
+        p, dtype = cfg.ppo, cfg.model.dtype
         max_len = cfg.data.max_prompt_tokens + p.rollout.max_new_tokens + 8
-        return cls(
-            rollout=RolloutGroup(policy_path, p.rollout, max_len, cfg.seed),
-            reference=ReferenceGroup(policy_path, cpus=p.reference_cpus, gpus=p.reference_gpus),
-            scorer=ScorerGroup(p.scorer, pm_path, policy_path, cpus=p.scorer_cpus, gpus=p.scorer_gpus,
-                               max_tokens=cfg.pm.max_tokens),
-            policy=TrainerGroup("policy-trainer", policy_path, "causal_lm", p.policy_trainer, cfg.seed),
-            critic=TrainerGroup("critic-trainer", policy_path, "value", p.critic_trainer, cfg.seed),
-        )
+        started: list = []
+
+        def up(group):
+            started.append(group)
+            return group
+
+        try:
+            rollout = up(RolloutGroup(policy_path, p.rollout, max_len, cfg.seed, dtype=dtype))
+            reference = up(ReferenceGroup(policy_path, cpus=p.reference_cpus, gpus=p.reference_gpus, dtype=dtype))
+            scorer = up(ScorerGroup(p.scorer, pm_path, policy_path, cfg.pm.max_tokens, cpus=p.scorer_cpus,
+                                    gpus=p.scorer_gpus, dtype=dtype))
+            policy = up(TrainerGroup("policy-trainer", policy_path, "causal_lm", p.policy_trainer, cfg.seed, dtype))
+            critic = up(TrainerGroup("critic-trainer", policy_path, "value", p.critic_trainer, cfg.seed, dtype))
+        except BaseException:
+            for g in started:
+                g.shutdown()
+            raise
+        sync = WeightSync(policy, rollout, p.sync_bucket_mb * 2**20, p.sync_timeout_s)
+        r = p.rollout
+        autoscaler = (RolloutAutoscaler(rollout, sync, r.min_engines, r.max_engines, r.backlog_per_engine,
+                                        r.latency_threshold_s, r.scale_down_idle_s)
+                      if r.max_engines > r.min_engines else None)
+        return cls(rollout, reference, scorer, policy, critic, sync, autoscaler)
 
     def groups(self) -> dict:
         return {"rollout": self.rollout, "reference": self.reference, "scorer": self.scorer, "policy": self.policy,
                 "critic": self.critic}
+
+    def ready_engines(self, pending_prompts: int, last_generate_s: float) -> None:
+        """Size the engine pool for the coming batch and make sure every engine holds the current policy."""
+        if self.autoscaler:
+            self.autoscaler.adjust(pending_prompts, last_generate_s)
+        if self.rollout.replenish():  # engines that died are replaced, then given the current weights
+            self.sync.push(self.rollout.version)
 
     def peak_memory_mb(self) -> dict[str, dict[str, float]]:
         """Per group, the largest peak resident (and GPU) memory of any one of its actors."""
@@ -75,211 +123,139 @@ class PPOWorkers:
             g.shutdown()
 
 
-def _rows(x: torch.Tensor, lengths: list[int]) -> list[list[float]]:
-    return [row[:n].tolist() for row, n in zip(x, lengths)]
-
-
 def sample_seeds(seed: int, step: int, count: int, n: int) -> list[int]:
     """Per-prompt vLLM seeds; spaced by n because an engine seeds sample j of a request with seed + j."""
     base = (seed * 100_003 + step) * 1_000_000
     return [base + i * n for i in range(count)]
 
 
-def collect(w: PPOWorkers, prompts: list[list[int]], prompt_texts: list[str], sampling: Sampling, seeds: list[int],
-            timing: dict, with_values: bool = True) -> dict:
-    """Generate, then ask reference, scorer (and critic) about the samples, all at once."""
-    t0 = time.perf_counter()
-    samples = w.rollout.generate(prompts, sampling, seeds)
-    timing["generate"] = time.perf_counter() - t0
-    n = sampling.n
-    batch = {
-        "prompt": [prompts[i // n] for i in range(len(samples))],
-        "response": [s["response"] for s in samples],
-        "old_logprobs": [s["logprobs"] for s in samples],
-    }
-    texts = [prompt_texts[i // n] for i in range(len(samples))]
-    responses_text = [s["text"] for s in samples]
-    t1 = time.perf_counter()
-    ref_refs = w.reference.logprobs_async(batch["prompt"], batch["response"], sampling.temperature)
-    score_refs = w.scorer.score_async(texts, responses_text, batch["response"])
-    value_refs = w.critic.infer_async("values", batch["prompt"], batch["response"]) if with_values else []
-    batch["ref_logprobs"] = [row for part in ray.get(ref_refs) for row in part]
-    timing["reference"] = time.perf_counter() - t1
-    batch["score"] = [s for part in ray.get(score_refs) for s in part]
-    timing["score"] = time.perf_counter() - t1
-    if with_values:
-        batch["old_values"] = [row for part in ray.get(value_refs) for row in part]
-        timing["values"] = time.perf_counter() - t1
-    batch["prompt_text"], batch["response_text"] = texts, responses_text
-    batch["finish"] = [s["finish"] for s in samples]
-    return batch
+def generate(w: PPOWorkers, prompts: Prompts, sampling: Sampling, seeds: list[int]) -> Experience:
+    samples = w.rollout.generate(prompts.ids, sampling, seeds)
+    owner = [i // sampling.n for i in range(len(samples))]
+    return Experience(prompt=[prompts.ids[i] for i in owner], response=[s.response for s in samples],
+                      prompt_text=[prompts.texts[i] for i in owner], response_text=[s.text for s in samples],
+                      finish=[s.finish for s in samples], behaviour_logprobs=[s.logprobs for s in samples])
 
 
-def advantages(batch: dict, ppo_cfg, kl_coef: float) -> dict:
-    """Per-token KL, rewards (r_PM on the last token, -kl_coef * KL on all), GAE and whitening."""
-    lengths = [len(r) for r in batch["response"]]
-    (old, mask), (ref, _) = pad_ragged(batch["old_logprobs"]), pad_ragged(batch["ref_logprobs"])
-    kl = kl_penalty(old, ref, ppo_cfg.kl_estimator) * mask
-    score = torch.tensor(batch["score"], dtype=torch.float32)
-    rewards = token_rewards(score, kl, kl_coef, mask)
-    values, _ = pad_ragged(batch["old_values"])
-    adv, returns = gae(rewards, values, mask, ppo_cfg.gamma, ppo_cfg.lam)
-    if ppo_cfg.whiten_advantages:
-        adv = whiten(adv, mask)
-    return {
-        "advantages": _rows(adv, lengths),
-        "returns": _rows(returns, lengths),
-        "stats": {
-            "kl": float((kl.sum(1)).mean()),  # per-sample KL(policy || reference), summed over tokens
-            "reward": float(rewards.sum(1).mean()),
-            "pm_score": float(score.mean()),
-            "response_length": float(mask.sum(1).mean()),
-            "value_mean": float(masked_mean(values, mask)),
-        },
-    }
+def make_experience(w: PPOWorkers, exp: Experience, old_logprobs: str, temperature: float,
+                    with_values: bool = True) -> None:
+    """Old logprobs (trainer), reference logprobs, PM scores and values of the samples, all at once."""
+    seqs = exp.sequences()
+    old = w.policy.forward_async(seqs, TokenLogprobs(temperature)) if old_logprobs == "trainer" else None
+    ref = w.reference.logprobs_async(seqs, temperature)
+    scores = w.scorer.score_async(exp.prompt_text, exp.response_text, exp.response)
+    values = w.critic.forward_async(seqs, TokenValues()) if with_values else None
+    exp.old_logprobs = old() if old else exp.behaviour_logprobs
+    exp.ref_logprobs = ref()
+    exp.scores = scores()
+    exp.old_values = values() if values else []
 
 
-def ppo_update(w: PPOWorkers, batch: dict, ppo_cfg, temperature: float, rng: random.Random) -> dict:
-    """`epochs` passes over the batch in `minibatches` steps; policy and critic train side by side."""
-    n = len(batch["response"])
-    keys_p = ("prompt", "response", "old_logprobs", "advantages")
-    keys_v = ("prompt", "response", "old_values", "returns")
-    hyper_p = {"clip_ratio": ppo_cfg.clip_ratio, "entropy_coef": ppo_cfg.entropy_coef, "temperature": temperature}
-    hyper_v = {"value_clip": ppo_cfg.value_clip, "value_coef": ppo_cfg.value_coef}
+def ppo_update(w: PPOWorkers, exp: Experience, ppo_cfg, temperature: float, rng: random.Random) -> dict:
+    """`epochs` passes over the batch, each in `minibatches` steps over every sample; policy and critic side by side."""
+    pol_obj = PolicyObjective(ppo_cfg.clip_ratio, ppo_cfg.entropy_coef, temperature)
+    val_obj = ValueObjective(ppo_cfg.value_clip, ppo_cfg.value_coef)
     totals: dict[str, float] = {}
+    steps = 0
     for _ in range(ppo_cfg.epochs):
-        order = list(range(n))
-        rng.shuffle(order)
-        size = n // ppo_cfg.minibatches
-        for m in range(ppo_cfg.minibatches):
-            idx = order[m * size:(m + 1) * size]
-            pol = w.policy.train_async({k: [batch[k][i] for i in idx] for k in keys_p}, "policy", hyper_p)
-            val = w.critic.train_async({k: [batch[k][i] for i in idx] for k in keys_v}, "value", hyper_v)
-            p, v = pol(), val()
-            for k, x in (("policy_loss", p["loss"]), ("value_loss", v["loss"]),
-                         ("clipfrac", p["clipped_tokens"] / p["units"]), ("approx_kl", p["approx_kl_sum"] / p["units"]),
-                         ("entropy", p["entropy_sum"] / p["units"])):
-                totals[k] = totals.get(k, 0.0) + x
-    steps = ppo_cfg.epochs * ppo_cfg.minibatches
+        for idx in minibatches(batch_size(exp), ppo_cfg.minibatches, rng):
+            mb = select(exp, idx)
+            pol = w.policy.train_async(mb.policy_batch(), pol_obj)
+            val = w.critic.train_async(mb.value_batch(), val_obj)
+            for k, v in (pol_obj.metrics(pol()) | val_obj.metrics(val())).items():
+                totals[k] = totals.get(k, 0.0) + v
+            steps += 1
     return {k: v / steps for k, v in totals.items()}
 
 
-def evaluate(w: PPOWorkers, prompts, prompt_texts, sampling: Sampling, seed: int) -> tuple[dict, list[dict]]:
-    """Mean PM score and KL on held-out prompts, one sample each with fixed seeds (comparable across steps)."""
-    timing: dict = {}
-    one = dataclasses.replace(sampling, n=1)
-    b = collect(w, prompts, prompt_texts, one, sample_seeds(seed, 10**6, len(prompts), 1), timing, with_values=False)
-    lengths = [len(r) for r in b["response"]]
-    (old, mask), (ref, _) = pad_ragged(b["old_logprobs"]), pad_ragged(b["ref_logprobs"])
-    kl = (kl_penalty(old, ref, "k1") * mask).sum(1)
-    samples = [{"prompt": p, "response": r, "pm_score": s} for p, r, s in
-               zip(b["prompt_text"], b["response_text"], b["score"])]
-    return {"eval_pm_score": float(torch.tensor(b["score"]).mean()), "eval_kl": float(kl.mean()),
-            "eval_response_length": float(sum(lengths) / len(lengths))}, samples
-
-
-def run_ppo(cfg) -> dict:
-    """Run (or resume) PPO; returns the before/after evaluation."""
-    p = cfg.ppo
-    run_dir = Path(cfg.run_dir)
-    out = run_dir / "ppo"
-    out.mkdir(parents=True, exist_ok=True)
-    sft = run_dir / "sft"
-    policy_path = str(sft) if (sft / "config.json").is_file() else initial_policy(cfg)
-    pm_path = p.pm_checkpoint or str(run_dir / "pm")
-    if p.scorer == "pm" and not (Path(pm_path) / "config.json").is_file():
-        raise FileNotFoundError(f"no PM at {pm_path}; run `hh-ray pm` first or set ppo.pm_checkpoint")
-    tok = load_tokenizer(policy_path)
-    train, held, _ = load_train_holdout(cfg.data, cfg.seed)
-    train_prompts, eval_prompts = unique_prompts(train), unique_prompts(held)[: p.eval_prompts]
-    if not eval_prompts:
-        eval_prompts = unique_prompts(train)[-p.eval_prompts:]
-    encode = lambda texts: [truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in texts]
-    train_ids, eval_ids = encode(train_prompts), encode(eval_prompts)
-    sampling = Sampling(p.rollout.temperature, p.rollout.top_p, p.rollout.max_new_tokens, p.rollout.samples_per_prompt)
-    kl_ctl = (AdaptiveKLController(p.kl_coef, p.adaptive_kl_target, p.adaptive_kl_horizon)
-              if p.adaptive_kl_target > 0 else FixedKLController(p.kl_coef))
-
-    connect(cfg.ray)
-    t_start = time.perf_counter()
-    w = PPOWorkers.start(cfg, policy_path, pm_path)
-    connect_weight_sync(w.policy, w.rollout)
-    metas = w.policy.weight_metas()
-    ckpt = run_dir / "checkpoints" / "ppo"
-    state = json.loads((ckpt / STATE).read_text()) if (ckpt / STATE).is_file() else None
-    start = 0
-    if state:
-        w.policy.load_checkpoint(str(ckpt / "policy"), state["tag"])
-        w.critic.load_checkpoint(str(ckpt / "critic"), state["tag"])
-        kl_ctl.load_state_dict(state["kl_controller"])
-        start = state["step"]
-        sync_weights(w.policy, w.rollout, start, BUCKET_BYTES, metas)
-        print(f"[ppo] resumed from {ckpt} at step {start}")
-    print(f"[ppo] {len(train_prompts)} train prompts, {len(eval_ids)} held-out prompts; groups up in "
-          f"{time.perf_counter() - t_start:.0f}s")
-    log = RunLog(out, "ppo", p.steps, 1, fresh=start == 0)
-    dashboard = PPOMetrics(cfg.name)
+def ppo_step(w: PPOWorkers, step: int, prompts: Prompts, cfg, kl_ctl, rng: random.Random, last: dict) -> dict:
+    """One PPO step: generate, experience, advantages, update, sync. Returns the step's metrics."""
+    p, timer = cfg.ppo, Timer()
     r = p.rollout
-    autoscaler = (RolloutAutoscaler(w.rollout, w.policy, r.min_engines, r.max_engines, r.backlog_per_engine,
-                                    r.latency_threshold_s, r.scale_down_idle_s, BUCKET_BYTES)
-                  if r.max_engines > r.min_engines else None)
-    last_generate_s = 0.0
-    evals = {}
-    if start == 0:
-        evals["before"], samples = evaluate(w, eval_ids, eval_prompts, sampling, cfg.seed)
-        (out / "samples_before.json").write_text(json.dumps(samples, indent=1))
-        write_json_atomic(out / "eval_before.json", evals["before"])
-        print(f"[ppo] before: held-out PM score {evals['before']['eval_pm_score']:.3f}")
-    rng = random.Random(cfg.seed)
-    for step in range(start + 1, p.steps + 1):
-        t0 = time.perf_counter()
-        rng.seed(cfg.seed * 7919 + step)
-        idx = batches(len(train_ids), p.prompts_per_step, cfg.seed, step - 1)
-        timing: dict = {}
-        if autoscaler:
-            autoscaler.adjust(len(idx) * sampling.n, last_generate_s)
-        batch = collect(w, [train_ids[i] for i in idx], [train_prompts[i] for i in idx], sampling,
-                        sample_seeds(cfg.seed, step, len(idx), sampling.n), timing)
-        adv = advantages(batch, p, kl_ctl.coef)
-        batch |= {"advantages": adv["advantages"], "returns": adv["returns"]}
-        t1 = time.perf_counter()
-        train_stats = ppo_update(w, batch, p, sampling.temperature, rng)
-        timing["train"] = time.perf_counter() - t1
-        sync = sync_weights(w.policy, w.rollout, step, BUCKET_BYTES, metas)
-        timing["sync"] = sync["sync_seconds"]
-        kl_coef_used = kl_ctl.coef
-        kl_ctl.update(adv["stats"]["kl"], len(batch["response"]))
-        step_s = time.perf_counter() - t0
-        gen_tokens = sum(len(r) for r in batch["response"])
-        phases = {f"sec_{k}": v for k, v in timing.items()}
-        phases["sec_driver"] = step_s - timing["generate"] - max(timing["score"], timing.get("values", 0.0)) \
-            - timing["train"] - timing["sync"]
-        metrics = adv["stats"] | train_stats | phases | {
-            "kl_coef": kl_coef_used, "sec_step": step_s, "samples": len(batch["response"]),
-            "samples_per_s": len(batch["response"]) / step_s, "tokens_per_s": gen_tokens / timing["generate"],
-            "sync_bytes": sync["sync_bytes"], "engines": len(w.rollout.engines),
-        }
-        if p.eval_every and step % p.eval_every == 0 and step < p.steps:
-            metrics |= evaluate(w, eval_ids, eval_prompts, sampling, cfg.seed)[0]
-        log.log(step, metrics, show=("pm_score", "kl", "reward", "entropy", "samples_per_s"))
-        # backlog: the step's prompts beyond what the current pool is sized for (what autoscaling reacts to)
-        backlog = max(0, len(idx) * sampling.n - len(w.rollout.engines) * r.backlog_per_engine)
-        dashboard.record(metrics, engines=len(w.rollout.engines), queue_depth=backlog)
-        last_generate_s = timing["generate"]
-        if (p.checkpoint_every and step % p.checkpoint_every == 0) or step == p.steps:
-            save_state(w, ckpt, step, kl_ctl)
-    evals["after"], samples = evaluate(w, eval_ids, eval_prompts, sampling, cfg.seed)
-    (out / "samples_after.json").write_text(json.dumps(samples, indent=1))
-    write_json_atomic(out / "eval_after.json", evals["after"])
-    if "before" not in evals and (out / "eval_before.json").is_file():
-        evals["before"] = json.loads((out / "eval_before.json").read_text())
-    write_json_atomic(out / "memory.json", w.peak_memory_mb())
-    w.policy.export_hf(str(out / "policy"))
-    w.shutdown()
-    print(f"[ppo] after: held-out PM score {evals['after']['eval_pm_score']:.3f} "
-          f"(before {evals.get('before', {}).get('eval_pm_score', float('nan')):.3f}); "
-          f"{len(read_metrics(out / 'metrics.jsonl'))} steps in {out / 'metrics.jsonl'}")
-    return evals
+    sampling = Sampling(r.temperature, r.top_p, r.max_new_tokens, r.samples_per_prompt)
+    batch = prompts.take(batches(len(prompts.ids), p.prompts_per_step, cfg.seed, step - 1))
+    with timer("generate"):
+        w.ready_engines(len(batch.ids) * sampling.n, last.get("time/generate", 0.0))
+        exp = generate(w, batch, sampling, sample_seeds(cfg.seed, step, len(batch.ids), sampling.n))
+    with timer("experience"):
+        make_experience(w, exp, p.old_logprobs, r.temperature)
+    with timer("advantages"):
+        stats = compute_advantages(exp, kl_ctl.coef, p.kl_estimator, p.gamma, p.lam, p.whiten_advantages,
+                                   p.truncation_penalty)
+    with timer("train"):
+        stats |= ppo_update(w, exp, p, r.temperature, rng)
+    with timer("sync"):
+        sync = w.sync.push(step)
+    stats["objective/kl_coef"] = kl_ctl.coef
+    kl_ctl.update(stats["objective/kl"], batch_size(exp))
+    if p.old_logprobs == "trainer":
+        stats["rollout/logprob_gap_mean"], stats["rollout/logprob_gap_max"] = logprob_gap(
+            exp.behaviour_logprobs, exp.old_logprobs)
+    step_s = sum(timer.seconds.values())
+    return stats | timer.seconds | {
+        "time/step": step_s, "perf/samples": batch_size(exp), "perf/samples_per_s": batch_size(exp) / step_s,
+        "rollout/tokens_per_s": sum(map(len, exp.response)) / timer.seconds["time/generate"],
+        "rollout/engines": len(w.rollout.engines), "sync/bytes": sync.bytes, "sync/load_seconds": sync.load_seconds,
+    }
+
+
+def evaluate(w: PPOWorkers, prompts: Prompts, cfg) -> tuple[dict, list[dict]]:
+    """Held-out PM score and KL (the training estimator, and k1), one sample per prompt with fixed seeds."""
+    r = cfg.ppo.rollout
+    sampling = Sampling(r.temperature, r.top_p, r.max_new_tokens, 1)
+    exp = generate(w, prompts, sampling, sample_seeds(cfg.seed, 10**6, len(prompts.ids), 1))
+    make_experience(w, exp, cfg.ppo.old_logprobs, r.temperature, with_values=False)
+    (old, mask), (ref, _) = pad_ragged(exp.old_logprobs), pad_ragged(exp.ref_logprobs)
+    samples = [{"prompt": p, "response": t, "pm_score": s}
+               for p, t, s in zip(exp.prompt_text, exp.response_text, exp.scores)]
+    return {"eval/pm_score": float(torch.tensor(exp.scores).mean()),
+            "eval/kl": float((kl_penalty(old, ref, cfg.ppo.kl_estimator) * mask).sum(1).mean()),
+            "eval/kl_k1": float((kl_k1(old, ref) * mask).sum(1).mean()),
+            "eval/response_length": float(mask.sum(1).mean())}, samples
+
+
+@dataclass
+class PPOSetup:
+    """What a PPO run needs before its first step: model paths, encoded prompts, the KL controller."""
+
+    policy_path: str
+    pm_path: str
+    train: Prompts
+    held_out: Prompts
+    kl_ctl: object
+
+    @classmethod
+    def prepare(cls, cfg) -> "PPOSetup":
+        p, run_dir = cfg.ppo, Path(cfg.run_dir)
+        sft = run_dir / "sft"
+        policy_path = str(sft) if (sft / "config.json").is_file() else initial_policy(cfg)
+        pm_path = p.pm_checkpoint or str(run_dir / "pm")
+        if p.scorer == "pm" and not (Path(pm_path) / "config.json").is_file():
+            raise FileNotFoundError(f"no PM at {pm_path}; run `hh-ray pm` first or set ppo.pm_checkpoint")
+        tok = load_tokenizer(policy_path)
+        train, held, _ = load_train_holdout(cfg.data, cfg.seed)
+        train_texts, held_texts = unique_prompts(train), unique_prompts(held)[: p.eval_prompts]
+        if not train_texts:
+            raise DataError(f"no training prompts in {cfg.data.data_dir} (subsets {cfg.data.subsets})")
+        if not held_texts:
+            raise DataError("no held-out prompts to evaluate PPO on (data.holdout_fraction="
+                            f"{cfg.data.holdout_fraction} left none); set data.holdout_fraction > 0, e.g. 0.1")
+        encode = lambda texts: Prompts([truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in texts], texts)
+        kl_ctl = (AdaptiveKLController(p.kl_coef, p.adaptive_kl_target, p.adaptive_kl_horizon)
+                  if p.adaptive_kl_target > 0 else FixedKLController(p.kl_coef))
+        return cls(policy_path, pm_path, encode(train_texts), encode(held_texts), kl_ctl)
+
+
+def resume(w: PPOWorkers, ckpt: Path, kl_ctl) -> int:
+    """Load the last saved step's policy, critic and KL controller; returns that step (0 for a fresh run)."""
+    if not (ckpt / STATE).is_file():
+        return 0
+    state = json.loads((ckpt / STATE).read_text())
+    w.policy.load_checkpoint(str(ckpt / "policy"), state["tag"])
+    w.critic.load_checkpoint(str(ckpt / "critic"), state["tag"])
+    kl_ctl.load_state_dict(state["kl_controller"])
+    print(f"[ppo] resumed from {ckpt} at step {state['step']}")
+    return state["step"]
 
 
 def save_state(w: PPOWorkers, ckpt: Path, step: int, kl_ctl) -> None:
@@ -288,3 +264,52 @@ def save_state(w: PPOWorkers, ckpt: Path, step: int, kl_ctl) -> None:
     w.policy.save_checkpoint(str(ckpt / "policy"), tag, {"step": step})
     w.critic.save_checkpoint(str(ckpt / "critic"), tag, {"step": step})
     write_json_atomic(ckpt / STATE, {"step": step, "tag": tag, "kl_controller": kl_ctl.state_dict()})
+
+
+def run_ppo(cfg) -> dict:
+    """Run (or resume) PPO; returns the before/after held-out evaluation."""
+    p, run_dir = cfg.ppo, Path(cfg.run_dir)
+    out, ckpt = run_dir / "ppo", run_dir / "checkpoints" / "ppo"
+    out.mkdir(parents=True, exist_ok=True)
+    setup = PPOSetup.prepare(cfg)
+    connect(cfg.ray)
+    t_start = time.perf_counter()
+    w = PPOWorkers.start(cfg, setup.policy_path, setup.pm_path)
+    try:
+        w.sync.connect()
+        start = resume(w, ckpt, setup.kl_ctl)
+        w.sync.push(start)
+        print(f"[ppo] {len(setup.train.ids)} train prompts, {len(setup.held_out.ids)} held-out prompts; groups up in "
+              f"{time.perf_counter() - t_start:.0f}s")
+        if start == 0:
+            before, samples = evaluate(w, setup.held_out, cfg)
+            write_json_atomic(out / "samples_before.json", samples)
+            write_json_atomic(out / "eval_before.json", before)
+            print(f"[ppo] before: held-out PM score {before['eval/pm_score']:.3f}")
+        log = RunLog(out, "ppo", p.steps, 1, resume_step=start, logging_cfg=cfg.logging, run_name=cfg.name)
+        dashboard = PPOMetrics(cfg.name)
+        rng, metrics = random.Random(cfg.seed), {}
+        for step in range(start + 1, p.steps + 1):
+            rng.seed(cfg.seed * 7919 + step)
+            metrics = ppo_step(w, step, setup.train, cfg, setup.kl_ctl, rng, metrics)
+            if p.eval_every and step % p.eval_every == 0 and step < p.steps:
+                metrics |= evaluate(w, setup.held_out, cfg)[0]
+            log.log(step, metrics, show=("objective/pm_score", "objective/kl", "objective/reward", "policy/entropy",
+                                         "rollout/logprob_gap_mean", "perf/samples_per_s"))
+            backlog = max(0, p.prompts_per_step * p.rollout.samples_per_prompt
+                          - len(w.rollout.engines) * p.rollout.backlog_per_engine)
+            dashboard.record(metrics, queue_depth=backlog)
+            if (p.checkpoint_every and step % p.checkpoint_every == 0) or step == p.steps:
+                save_state(w, ckpt, step, setup.kl_ctl)
+        log.close()
+        after, samples = evaluate(w, setup.held_out, cfg)
+        write_json_atomic(out / "samples_after.json", samples)
+        write_json_atomic(out / "eval_after.json", after)
+        write_json_atomic(out / "memory.json", w.peak_memory_mb())
+        w.policy.export_hf(str(out / "policy"))
+    finally:
+        w.shutdown()
+    before = json.loads((out / "eval_before.json").read_text())
+    print(f"[ppo] after: held-out PM score {after['eval/pm_score']:.3f} (before {before['eval/pm_score']:.3f}); "
+          f"{len(read_metrics(out / 'metrics.jsonl'))} steps in {out / 'metrics.jsonl'}")
+    return {"before": before, "after": after}

@@ -1,42 +1,73 @@
-"""A run's record: one JSON line per step in `metrics.jsonl`, and a progress line with rate and ETA."""
+"""A run's record: one JSON line per step in `metrics.jsonl` (plus TensorBoard, and W&B when asked), and a
+progress line with rate and ETA.
+
+Metric names are namespaced as TRL and cleanRL do (`objective/kl`, `policy/clipfrac`, `time/generate`), so
+TensorBoard groups them. A resumed stage first drops the rows after the step it resumes from, so every step is
+in the log exactly once.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 
 class RunLog:
-    """Appends metrics to `<dir>/metrics.jsonl` and prints `[name] step i/n ... ETA` every `every` steps."""
+    """Writes each step's metrics to `<dir>/metrics.jsonl` and the configured sinks; prints progress."""
 
-    def __init__(self, out_dir: str | Path, name: str, total_steps: int, every: int = 1, fresh: bool = True):
+    def __init__(self, out_dir: str | Path, name: str, total_steps: int, every: int = 1, resume_step: int = 0,
+                 logging_cfg=None, run_name: str = ""):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
-        if fresh and self.path.exists():
-            self.path.unlink()
+        kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step] if resume_step else []
+        write_jsonl_atomic(self.path, kept)
         self.name, self.total, self.every = name, total_steps, max(1, every)
         self.t0 = time.perf_counter()
         self.first_step: int | None = None
+        self.tb = self.wandb = None
+        if logging_cfg is not None and logging_cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        if logging_cfg is not None and logging_cfg.wandb:
+            import wandb
+
+            self.wandb = wandb.init(project=logging_cfg.wandb_project, name=f"{run_name}-{name}",
+                                    mode=logging_cfg.wandb_mode, dir=str(self.dir), resume="allow")
 
     def log(self, step: int, metrics: dict, show: tuple[str, ...] = ()) -> None:
         row = {"step": step, "time": round(time.perf_counter() - self.t0, 3)} | {
             k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.tb:
+            for k, v in numbers.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.wandb:
+            self.wandb.log(numbers, step=step)
         if self.first_step is None:
             self.first_step = step
         if step % self.every == 0 or step == self.total:
             done = step - self.first_step + 1
             elapsed = time.perf_counter() - self.t0
             eta = elapsed / done * (self.total - step) if done else 0.0
-            parts = " ".join(f"{k}={metrics[k]:.4g}" if isinstance(metrics.get(k), float) else f"{k}={metrics.get(k)}"
-                             for k in show if k in metrics)
+            parts = " ".join(f"{k.split('/')[-1]}={metrics[k]:.4g}" if isinstance(metrics.get(k), float)
+                             else f"{k.split('/')[-1]}={metrics.get(k)}" for k in show if k in metrics)
             print(f"[{self.name}] step {step}/{self.total} {parts} elapsed={elapsed:.0f}s ETA={eta:.0f}s",
                   file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -44,9 +75,14 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
 
 
-def write_json_atomic(path: str | Path, obj) -> None:
-    import os
+def write_jsonl_atomic(path: str | Path, rows: list[dict]) -> None:
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, p)
 
+
+def write_json_atomic(path: str | Path, obj) -> None:
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2))

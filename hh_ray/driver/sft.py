@@ -5,12 +5,15 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from hh_ray.data import load_train_holdout
+from hh_ray.algo.batch import TokenBatch
+from hh_ray.data import DataError, load_train_holdout
 from hh_ray.data.tokenize import encode_dialogue, load_tokenizer
 from hh_ray.driver.cluster import connect
-from hh_ray.driver.runlog import RunLog, write_json_atomic
+from hh_ray.driver.runlog import write_json_atomic
+from hh_ray.driver.stage import run_stage
+from hh_ray.models.objectives import DialogueNLL, SFTObjective
 from hh_ray.models.presets import ensure_policy
-from hh_ray.workers.trainer import TrainerGroup, latest_tag
+from hh_ray.workers.trainer import TrainerGroup
 
 
 def batches(n_items: int, batch_size: int, seed: int, step: int) -> list[int]:
@@ -38,34 +41,27 @@ def run_sft(cfg) -> str:
     init = initial_policy(cfg)
     tok = load_tokenizer(init)
     train, held, _ = load_train_holdout(cfg.data, cfg.seed)
+    if not train:
+        raise DataError(f"no training dialogues in {cfg.data.data_dir} (subsets {cfg.data.subsets})")
     max_tokens = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens
     encoded = [encode_dialogue(tok, c.chosen_dialogue, max_tokens) for c in train]
     held_enc = [encode_dialogue(tok, c.chosen_dialogue, max_tokens) for c in held[:256]]
+    as_batch = lambda items: TokenBatch([e.input_ids for e in items], [e.loss_mask for e in items])
+    t = cfg.sft.trainer
+    bs = t.micro_batch_size * t.grad_accum_steps * t.num_ranks
 
     connect(cfg.ray)
-    t = cfg.sft.trainer
-    group = TrainerGroup("sft-trainer", init, "causal_lm", t, cfg.seed)
-    ckpt = run_dir / "checkpoints" / "sft"
-    start = 0
-    if latest_tag(str(ckpt)):
-        start = group.load_checkpoint(str(ckpt))["step"]
-        print(f"[sft] resumed from {ckpt} at step {start}")
-    bs = t.micro_batch_size * t.grad_accum_steps * t.num_ranks
-    log = RunLog(out.with_name("sft-logs"), "sft", cfg.sft.steps, cfg.sft.log_every, fresh=start == 0)
-
-    def as_batch(items):
-        return {"input_ids": [e.input_ids for e in items], "loss_mask": [e.loss_mask for e in items]}
-
-    for step in range(start + 1, cfg.sft.steps + 1):
-        idx = batches(len(encoded), bs, cfg.seed, step - 1)
-        stats = group.train(as_batch([encoded[i] for i in idx]), "sft")
-        log.log(step, {"loss": stats["loss"], "lr": stats["lr"], "tokens": stats["units"],
-                       "tokens_per_s": stats["units"] / stats["seconds"]}, show=("loss", "tokens_per_s"))
-    held_stats = group.evaluate(as_batch(held_enc), "sft") if held_enc else {"loss": float("nan")}
-    group.save_checkpoint(str(ckpt), f"step{cfg.sft.steps}", {"step": cfg.sft.steps})
-    group.export_hf(str(out))
-    group.shutdown()
-    write_json_atomic(out.with_name("sft-logs") / "eval.json", {"heldout_nll": held_stats["loss"],
-                                                               "heldout_dialogues": len(held_enc)})
-    print(f"[sft] held-out NLL per assistant token {held_stats['loss']:.3f}; policy saved to {out}")
+    group = TrainerGroup("sft-trainer", init, "causal_lm", t, cfg.seed, cfg.model.dtype)
+    try:
+        run_stage("sft", group, SFTObjective(), cfg.sft.steps,
+                  lambda step: as_batch([encoded[i] for i in batches(len(encoded), bs, cfg.seed, step - 1)]),
+                  run_dir / "checkpoints" / "sft", run_dir / "sft-logs", cfg, cfg.sft.log_every,
+                  cfg.sft.checkpoint_every, show=("sft/loss", "sft/units_per_s"))
+        nll = group.forward(as_batch(held_enc), DialogueNLL()) if held_enc else []
+        group.export_hf(str(out))
+    finally:
+        group.shutdown()
+    heldout = sum(s for s, _ in nll) / max(sum(n for _, n in nll), 1) if nll else float("nan")
+    write_json_atomic(run_dir / "sft-logs" / "eval.json", {"heldout_nll": heldout, "heldout_dialogues": len(held_enc)})
+    print(f"[sft] held-out NLL per assistant token {heldout:.3f}; policy saved to {out}")
     return str(out)

@@ -17,6 +17,18 @@ KINDS = ("causal_lm", "pm", "value")
 PM_STATS = "pm_stats.json"
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, on_gpu: bool) -> torch.dtype:
+    """`model.dtype`: "auto" is bf16 on a GPU and fp32 on CPU (CPU kernels for bf16 are slow and less exact)."""
+    if name == "auto":
+        return torch.bfloat16 if on_gpu else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype: expected auto or one of {', '.join(DTYPES)}, got '{name}'")
+    return DTYPES[name]
+
+
 def load_model(path: str, kind: str, dtype: torch.dtype = torch.float32):
     """`from_pretrained` for a role: causal LM (policy, reference), scalar-head PM, per-token value head."""
     from transformers import (

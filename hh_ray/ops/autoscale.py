@@ -15,14 +15,13 @@ log = logging.getLogger(__name__)
 
 
 class RolloutAutoscaler:
-    def __init__(self, rollout, trainer, min_engines: int, max_engines: int, backlog_per_engine: int,
-                 latency_threshold_s: float = 0.0, scale_down_idle_s: float = 30.0, bucket_bytes: int = 32 * 2**20,
-                 placement_timeout_s: float = 300.0):
-        self.rollout, self.trainer = rollout, trainer
+    def __init__(self, rollout, sync, min_engines: int, max_engines: int, backlog_per_engine: int,
+                 latency_threshold_s: float = 0.0, scale_down_idle_s: float = 30.0, placement_timeout_s: float = 300.0):
+        self.rollout, self.sync = rollout, sync
         self.min, self.max = min_engines, max_engines
         self.backlog_per_engine = max(1, backlog_per_engine)
         self.latency_threshold_s, self.scale_down_idle_s = latency_threshold_s, scale_down_idle_s
-        self.bucket_bytes, self.placement_timeout_s = bucket_bytes, placement_timeout_s
+        self.placement_timeout_s = placement_timeout_s
         self.quiet_since: float | None = None
         self.events: list[dict] = []
 
@@ -41,7 +40,6 @@ class RolloutAutoscaler:
     def adjust(self, pending_prompts: int, last_latency_s: float = 0.0) -> dict:
         """Resize before a generation call; returns {"engines": n, "added": a, "removed": r}."""
         from hh_ray.workers.group import PlacementError
-        from hh_ray.workers.rollout import connect_weight_sync, sync_weights
 
         n = len(self.rollout.engines)
         want = self.desired(pending_prompts, last_latency_s)
@@ -56,9 +54,8 @@ class RolloutAutoscaler:
                 except PlacementError as exc:  # the cluster is at its limit: serve with what we have
                     log.warning("rollout autoscaler: %s", exc)
                     break
-            if added:
-                connect_weight_sync(self.trainer, self.rollout)
-                sync_weights(self.trainer, self.rollout, self.rollout.version, self.bucket_bytes)
+            if added:  # new engines serve only once they hold the current policy (the sync reconnects first)
+                self.sync.push(self.rollout.version)
         elif want < n:
             now = time.monotonic()
             self.quiet_since = self.quiet_since or now
@@ -67,8 +64,7 @@ class RolloutAutoscaler:
                     self.rollout.remove_engine()
                     removed += 1
                 self._request(len(self.rollout.engines))
-                connect_weight_sync(self.trainer, self.rollout)
-                self.quiet_since = None
+                self.quiet_since = None  # the next sync rebuilds its group without the removed engines
         else:
             self.quiet_since = None
         event = {"engines": len(self.rollout.engines), "added": added, "removed": removed, "want": want,

@@ -6,19 +6,20 @@ and the Grafana dashboard `cluster/grafana-hh-ray.json` plots them.
 
 from __future__ import annotations
 
-# name -> (role, description); gauges set once per PPO step
+# gauge name -> (the step metric it shows, role, description); set once per PPO step
 GAUGES = {
-    "generated_tokens_per_s": ("rollout", "tokens generated per second of generation"),
-    "samples_per_s": ("driver", "PPO samples per second of whole step"),
-    "engines": ("rollout", "vLLM engines serving"),
-    "queue_depth": ("rollout", "prompts of the step beyond what the engine pool is sized for (backlog)"),
-    "reward": ("driver", "mean per-sample reward r_PM - lambda_KL * KL"),
-    "kl": ("driver", "mean per-sample KL(policy || reference) in nats"),
-    "pm_score": ("scorer", "mean normalized PM score of the step's samples"),
-    "sync_seconds": ("policy-trainer", "seconds to move the policy into the engines"),
-    "sync_bytes": ("policy-trainer", "bytes broadcast in the last weight sync"),
+    "generated_tokens_per_s": ("rollout/tokens_per_s", "rollout", "tokens generated per second of generation"),
+    "samples_per_s": ("perf/samples_per_s", "driver", "PPO samples per second of whole step"),
+    "engines": ("rollout/engines", "rollout", "vLLM engines serving"),
+    "reward": ("objective/reward", "driver", "mean per-sample reward r_PM - lambda_KL * KL"),
+    "kl": ("objective/kl", "driver", "mean per-sample KL(policy || reference), nats summed over the response"),
+    "pm_score": ("objective/pm_score", "scorer", "mean normalized PM score of the step's samples"),
+    "logprob_gap": ("rollout/logprob_gap_mean", "rollout", "mean |engine - trainer| logprob of sampled tokens"),
+    "sync_seconds": ("time/sync", "policy-trainer", "seconds to move the policy into the engines"),
+    "sync_bytes": ("sync/bytes", "policy-trainer", "bytes broadcast in the last weight sync"),
 }
-PHASES = ("generate", "reference", "score", "train", "sync", "driver")
+QUEUE_DEPTH = "prompts of the step beyond what the engine pool is sized for (backlog)"
+PHASES = ("generate", "experience", "advantages", "train", "sync")
 
 
 class PPOMetrics:
@@ -29,20 +30,18 @@ class PPOMetrics:
 
         self.job = job
         self.gauges = {name: Gauge(f"hh_ray_{name}", description=desc, tag_keys=("job", "role"))
-                       for name, (_, desc) in GAUGES.items()}
+                       for name, (_, _, desc) in GAUGES.items()}
+        self.queue = Gauge("hh_ray_queue_depth", description=QUEUE_DEPTH, tag_keys=("job", "role"))
         self.phase = Gauge("hh_ray_phase_seconds", description="seconds per PPO phase in the last step",
                            tag_keys=("job", "role", "phase"))
         self.steps = Counter("hh_ray_ppo_steps", description="PPO steps completed", tag_keys=("job", "role"))
-        self.tokens = Counter("hh_ray_generated_tokens", description="tokens generated", tag_keys=("job", "role"))
 
-    def record(self, m: dict, engines: int, queue_depth: int = 0) -> None:
-        values = {"generated_tokens_per_s": m["tokens_per_s"], "samples_per_s": m["samples_per_s"],
-                  "engines": engines, "queue_depth": queue_depth, "reward": m["reward"], "kl": m["kl"],
-                  "pm_score": m["pm_score"], "sync_seconds": m["sec_sync"], "sync_bytes": m["sync_bytes"]}
-        for name, v in values.items():
-            self.gauges[name].set(float(v), tags={"job": self.job, "role": GAUGES[name][0]})
+    def record(self, m: dict, queue_depth: int = 0) -> None:
+        for name, (key, role, _) in GAUGES.items():
+            if key in m:
+                self.gauges[name].set(float(m[key]), tags={"job": self.job, "role": role})
+        self.queue.set(float(queue_depth), tags={"job": self.job, "role": "rollout"})
         for phase in PHASES:
-            if f"sec_{phase}" in m:
-                self.phase.set(float(m[f"sec_{phase}"]), tags={"job": self.job, "role": "driver", "phase": phase})
+            if f"time/{phase}" in m:
+                self.phase.set(float(m[f"time/{phase}"]), tags={"job": self.job, "role": "driver", "phase": phase})
         self.steps.inc(1.0, tags={"job": self.job, "role": "driver"})
-        self.tokens.inc(float(m["response_length"] * m["samples"]), tags={"job": self.job, "role": "rollout"})

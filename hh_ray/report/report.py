@@ -33,11 +33,11 @@ def write_report(run_dir: str | Path) -> Path:
     lines = [f"# hh-ray run report: `{run.name}`", ""]
     sft_log = _read_jsonl(run / "sft-logs" / "metrics.jsonl")
     if sft_log:
-        png = plots.line_plot([r["step"] for r in sft_log], {"train NLL": [r["loss"] for r in sft_log]},
+        png = plots.line_plot([r["step"] for r in sft_log], {"train NLL": [r["sft/loss"] for r in sft_log]},
                               "step", "NLL per assistant token", "SFT loss", run / "sft_loss.png")
         ev = _read_json(run / "sft-logs" / "eval.json")
         lines += ["## SFT (initial policy)", "",
-                  f"{len(sft_log)} steps; final train NLL {sft_log[-1]['loss']:.3f}; "
+                  f"{len(sft_log)} steps; final train NLL {sft_log[-1]['sft/loss']:.3f}; "
                   f"held-out NLL {ev.get('heldout_nll', float('nan')):.3f} on {ev.get('heldout_dialogues', 0)} dialogues.",
                   "", f"![SFT loss]({png.name})", ""]
     pm = _read_json(run / "pm" / "pm_eval.json")
@@ -53,26 +53,35 @@ def write_report(run_dir: str | Path) -> Path:
     ppo = _read_jsonl(run / "ppo" / "metrics.jsonl")
     if ppo:
         steps = [r["step"] for r in ppo]
-        plots.score_vs_sqrt_kl([sqrt_kl(r["kl"]) for r in ppo], [r["pm_score"] for r in ppo], steps, run / "ppo_score_vs_sqrt_kl.png")
-        plots.line_plot(steps, {"reward": [r["reward"] for r in ppo], "PM score": [r["pm_score"] for r in ppo]},
+        col = lambda k: [r[k] for r in ppo]
+        plots.score_vs_sqrt_kl([sqrt_kl(k) for k in col("objective/kl")], col("objective/pm_score"), steps,
+                               run / "ppo_score_vs_sqrt_kl.png")
+        plots.line_plot(steps, {"reward": col("objective/reward"), "PM score": col("objective/pm_score")},
                         "PPO step", "per sample", "Reward and PM score", run / "ppo_reward.png")
-        plots.line_plot(steps, {"KL(policy || reference)": [r["kl"] for r in ppo]},
+        plots.line_plot(steps, {"KL(policy || reference)": col("objective/kl")},
                         "PPO step", "nats per sample", "KL", run / "ppo_kl.png")
-        phases = [k for k in ppo[-1] if k.startswith("sec_") and k != "sec_step"]
+        phases = [k for k in ppo[-1] if k.startswith("time/") and k != "time/step"]
         before, after = _read_json(run / "ppo" / "eval_before.json"), _read_json(run / "ppo" / "eval_after.json")
         lines += ["## PPO", "",
-                  f"{len(ppo)} steps, {ppo[-1].get('samples', 0)} samples per step, lambda_KL {ppo[0]['kl_coef']:g}.", ""]
+                  f"{len(ppo)} steps, {ppo[-1]['perf/samples']} samples per step, "
+                  f"lambda_KL {ppo[0]['objective/kl_coef']:g}. KL is per sample, summed over the response's tokens.", ""]
         if before and after:
             lines += ["| held-out prompts | before PPO | after PPO |", "|---|---|---|",
-                      f"| PM score (normalized) | {before['eval_pm_score']:+.3f} | {after['eval_pm_score']:+.3f} |",
-                      f"| KL from initial policy (nats) | {before['eval_kl']:.3f} | {after['eval_kl']:.3f} |",
-                      f"| response length (tokens) | {before['eval_response_length']:.1f} | "
-                      f"{after['eval_response_length']:.1f} |", ""]
-        mean = lambda k: sum(r[k] for r in ppo) / len(ppo)
-        lines += ["Mean seconds per step by phase: " + ", ".join(f"{k[4:]} {mean(k):.2f}" for k in phases)
-                  + f"; whole step {mean('sec_step'):.2f}; {mean('samples_per_s'):.1f} samples/s, "
-                  f"{mean('tokens_per_s'):.0f} generated tokens/s.", "",
-                  "![PM score vs sqrt(KL)](ppo_score_vs_sqrt_kl.png)", "", "![reward](ppo_reward.png)", "",
+                      f"| PM score (normalized) | {before['eval/pm_score']:+.3f} | {after['eval/pm_score']:+.3f} |",
+                      f"| KL from initial policy (nats, training estimator) | {before['eval/kl']:.3f} | "
+                      f"{after['eval/kl']:.3f} |",
+                      f"| KL, k1 estimate (nats) | {before['eval/kl_k1']:.3f} | {after['eval/kl_k1']:.3f} |",
+                      f"| response length (tokens) | {before['eval/response_length']:.1f} | "
+                      f"{after['eval/response_length']:.1f} |", ""]
+        mean = lambda k: sum(r.get(k, 0.0) for r in ppo) / len(ppo)
+        lines += ["Mean seconds per step by phase: " + ", ".join(f"{k[5:]} {mean(k):.2f}" for k in phases)
+                  + f"; whole step {mean('time/step'):.2f}; {mean('perf/samples_per_s'):.1f} samples/s, "
+                  f"{mean('rollout/tokens_per_s'):.0f} generated tokens/s.", ""]
+        if "rollout/logprob_gap_mean" in ppo[-1]:
+            lines += [f"Engine vs trainer logprobs of the sampled tokens: mean |gap| "
+                      f"{mean('rollout/logprob_gap_mean'):.2e}, largest {max(col('rollout/logprob_gap_max')):.2e} "
+                      f"(the trainer's are the PPO ratio's denominator).", ""]
+        lines += ["![PM score vs sqrt(KL)](ppo_score_vs_sqrt_kl.png)", "", "![reward](ppo_reward.png)", "",
                   "![KL](ppo_kl.png)", ""]
         sb, sa = _read_json(run / "ppo" / "samples_before.json"), _read_json(run / "ppo" / "samples_after.json")
         if sb and sa:

@@ -141,21 +141,3 @@ def largest_peaks(reports: Sequence[dict[str, float]]) -> dict[str, float]:
         for k, v in report.items():
             out[k] = max(out.get(k, 0.0), v)
     return out
-
-
-def shard(items: Sequence, parts: int) -> list[list]:
-    """Split into `parts` contiguous, nearly equal pieces (the first ones one longer when uneven)."""
-    n = len(items)
-    base, extra = divmod(n, parts)
-    out, start = [], 0
-    for i in range(parts):
-        end = start + base + (1 if i < extra else 0)
-        out.append(list(items[start:end]))
-        start = end
-    return out
-
-
-def shard_batch(batch: dict[str, Sequence], parts: int) -> list[dict[str, list]]:
-    """Shard every column of a column-oriented batch the same way."""
-    cols = {k: shard(v, parts) for k, v in batch.items()}
-    return [{k: cols[k][i] for k in batch} for i in range(parts)]

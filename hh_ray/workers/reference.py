@@ -2,48 +2,47 @@
 
 from __future__ import annotations
 
-from hh_ray.workers.group import Worker, WorkerGroup, shard
+from hh_ray.algo.batch import SequenceBatch, split
+from hh_ray.workers.group import Worker, WorkerGroup
 
 
 class ReferenceWorker(Worker):
     """A frozen HF causal LM in inference mode (no optimizer, no DeepSpeed)."""
 
-    def __init__(self, model_path: str, micro_batch_size: int = 16):
-        import torch
-
+    def __init__(self, model_path: str, on_gpu: bool, dtype: str = "auto", micro_batch_size: int = 16):
         from hh_ray.data.tokenize import load_tokenizer
-        from hh_ray.models.forward import load_model
+        from hh_ray.models.forward import load_model, resolve_dtype
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.model = load_model(model_path, "causal_lm", dtype).to(self.device).eval()
+        self.device = "cuda" if on_gpu else "cpu"
+        self.model = load_model(model_path, "causal_lm", resolve_dtype(dtype, on_gpu)).to(self.device).eval()
         self.model.requires_grad_(False)
         self.pad_id = load_tokenizer(model_path).pad_token_id
         self.micro = micro_batch_size
 
-    def logprobs(self, prompts: list[list[int]], responses: list[list[int]], temperature: float = 1.0):
+    def logprobs(self, batch: SequenceBatch, temperature: float) -> list[list[float]]:
         import torch
 
-        from hh_ray.models.forward import response_logprobs
+        from hh_ray.models.objectives import TokenLogprobs
 
-        out: list[list[float]] = []
+        probe = TokenLogprobs(temperature)
         with torch.no_grad():
-            for i in range(0, len(prompts), self.micro):
-                lp, _, _ = response_logprobs(self.model, prompts[i:i + self.micro], responses[i:i + self.micro],
-                                             self.pad_id, temperature)
-                out += [row[: len(r)].tolist() for row, r in zip(lp.cpu(), responses[i:i + self.micro])]
-        return out
+            return [row for mb in split(batch, max(1, -(-len(batch.prompt) // self.micro)))
+                    for row in probe(self.model, mb, self.pad_id)]
 
 
 class ReferenceGroup:
-    def __init__(self, model_path: str, num_workers: int = 1, cpus: float = 0.25, gpus: float = 0.0):
-        self.group = WorkerGroup(ReferenceWorker, num_workers, "reference", cpus, gpus,
-                                 actor_kwargs=[{"model_path": model_path}] * num_workers)
+    def __init__(self, model_path: str, num_workers: int = 1, cpus: float = 0.25, gpus: float = 0.0,
+                 dtype: str = "auto"):
+        kw = {"model_path": model_path, "on_gpu": gpus > 0, "dtype": dtype}
+        self.group = WorkerGroup(ReferenceWorker, num_workers, "reference", cpus, gpus, actor_kwargs=[kw] * num_workers)
 
-    def logprobs_async(self, prompts, responses, temperature: float = 1.0) -> list:
-        n = len(self.group)
-        return [a.logprobs.remote(p, r, temperature)
-                for a, p, r in zip(self.group.actors, shard(prompts, n), shard(responses, n)) if p]
+    def logprobs_async(self, batch: SequenceBatch, temperature: float):
+        """Start the pass on every worker's shard; returns a callable that waits and concatenates in order."""
+        import ray
+
+        refs = [a.logprobs.remote(s, temperature)
+                for a, s in zip(self.group.actors, split(batch, len(self.group))) if s.prompt]
+        return lambda: [row for part in ray.get(refs) for row in part]
 
     def peak_memory_mb(self) -> dict[str, float]:
         return self.group.peak_memory_mb()

@@ -10,8 +10,9 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 
+from hh_ray.algo.batch import cut
 from hh_ray.data.hh import HUMAN
-from hh_ray.workers.group import Worker, WorkerGroup, largest_peaks, shard
+from hh_ray.workers.group import Worker, WorkerGroup, largest_peaks
 
 
 class StaleWeightsError(RuntimeError):
@@ -21,10 +22,10 @@ class StaleWeightsError(RuntimeError):
 class WeightSyncExtension:
     """Mixed into every vLLM worker (`worker_extension_cls`); called through `collective_rpc`."""
 
-    def hh_init_weight_sync(self, master, rank_offset: int, world: int, backend: str) -> None:
+    def hh_init_weight_sync(self, master, rank_offset: int, world: int, backend: str, timeout_s: float) -> None:
         from hh_ray.workers.weight_sync import make_group
 
-        self.hh_sync_group = make_group(tuple(master), rank_offset + self.rank, world, backend)
+        self.hh_sync_group = make_group(tuple(master), rank_offset + self.rank, world, backend, timeout_s)
 
     def hh_receive_weights(self, metas, bucket_bytes: int) -> dict:
         from hh_ray.workers.weight_sync import receive_buckets
@@ -42,6 +43,16 @@ class WeightSyncExtension:
 
 
 @dataclass
+class Sample:
+    """One generated response: token ids, the engine's sampling logprobs of them, text, why it stopped."""
+
+    response: list[int]
+    logprobs: list[float]
+    text: str
+    finish: str  # "stop" (end of turn or eos) or "length" (cut at max_new_tokens)
+
+
+@dataclass
 class Sampling:
     """What the driver asks of generation; engines map it onto vLLM's SamplingParams."""
 
@@ -55,17 +66,18 @@ class Sampling:
 class RolloutWorker(Worker):
     """One vLLM engine (tensor-parallel inside when asked) serving prompt token ids."""
 
-    def __init__(self, model_path: str, rollout_cfg, max_model_len: int, seed: int = 0):
-        import torch
+    def __init__(self, model_path: str, rollout_cfg, max_model_len: int, seed: int = 0, dtype: str = "auto"):
         from vllm import LLM
 
-        self.on_gpu = torch.cuda.is_available()
+        from hh_ray.models.forward import resolve_dtype
+
+        self.on_gpu = rollout_cfg.gpus_per_engine > 0
         kwargs = dict(
             model=model_path, tokenizer=model_path, seed=seed, enforce_eager=True,
             tensor_parallel_size=rollout_cfg.tensor_parallel_size, max_model_len=max_model_len,
             worker_extension_cls="hh_ray.workers.rollout.WeightSyncExtension",
             logprobs_mode="processed_logprobs",  # logprobs after temperature, as the trainer computes them
-            dtype="bfloat16" if self.on_gpu else "float32",
+            dtype=str(resolve_dtype(dtype, self.on_gpu)).removeprefix("torch."),
         )
         if self.on_gpu:
             kwargs["gpu_memory_utilization"] = rollout_cfg.gpu_memory_utilization
@@ -89,7 +101,7 @@ class RolloutWorker(Worker):
 
         return ray.get_runtime_context().get_node_id()
 
-    def generate(self, prompt_ids: list[list[int]], sampling: Sampling, version: int, seeds: list[int]) -> list[dict]:
+    def generate(self, prompt_ids: list[list[int]], sampling: Sampling, version: int, seeds: list[int]) -> list[Sample]:
         """Per prompt, `n` samples: response ids, their logprobs, text and why generation stopped."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -111,8 +123,8 @@ class RolloutWorker(Worker):
             for c in out.outputs:
                 ids = list(c.token_ids)
                 lps = [lp[t].logprob for lp, t in zip(c.logprobs, ids)]
-                results.append({"response": ids, "logprobs": lps, "text": c.text, "finish": c.finish_reason})
-        self.tokens_generated += sum(len(r["response"]) for r in results)
+                results.append(Sample(ids, lps, c.text, c.finish_reason))
+        self.tokens_generated += sum(len(r.response) for r in results)
         self.last_seconds = time.perf_counter() - t0
         return results
 
@@ -126,9 +138,9 @@ class RolloutWorker(Worker):
         return [[o.prompt_logprobs[i][s[i]].logprob for i in range(st, len(s))]
                 for o, s, st in zip(outs, sequences, start)]
 
-    def init_weight_sync(self, master, rank_offset: int, world: int) -> None:
+    def init_weight_sync(self, master, rank_offset: int, world: int, timeout_s: float) -> None:
         backend = "nccl" if self.on_gpu else "gloo"
-        self.llm.collective_rpc("hh_init_weight_sync", args=(tuple(master), rank_offset, world, backend))
+        self.llm.collective_rpc("hh_init_weight_sync", args=(tuple(master), rank_offset, world, backend, timeout_s))
 
     def receive_weights(self, metas, bucket_bytes: int, version: int) -> dict:
         """Load the broadcast weights; `wait_seconds` is time the engine sat waiting for bytes, the rest loading."""
@@ -149,8 +161,8 @@ class RolloutGroup:
     """
 
     def __init__(self, model_path: str, rollout_cfg, max_model_len: int, seed: int = 0, name: str = "rollout",
-                 placement_timeout_s: float = 120.0):
-        self.cfg = rollout_cfg
+                 placement_timeout_s: float = 120.0, dtype: str = "auto"):
+        self.cfg, self.dtype = rollout_cfg, dtype
         self.model_path, self.max_model_len, self.seed, self.name = model_path, max_model_len, seed, name
         self.placement_timeout_s = placement_timeout_s
         self._groups: list[WorkerGroup] = []
@@ -180,7 +192,8 @@ class RolloutGroup:
         group = WorkerGroup(RolloutWorker, 1, f"{self.name}-{i}", b["CPU"], b.get("GPU", 0.0),
                             placement_timeout_s=timeout_s or self.placement_timeout_s,
                             actor_kwargs=[dict(model_path=self.model_path, rollout_cfg=self.cfg,
-                                               max_model_len=self.max_model_len, seed=self.seed + i)])
+                                               max_model_len=self.max_model_len, seed=self.seed + i,
+                                               dtype=self.dtype)])
         self._groups.append(group)
         return group.actors[0]
 
@@ -197,15 +210,26 @@ class RolloutGroup:
                 except Exception:  # the actor is already gone; its placement group still goes
                     pass
 
-    def generate(self, prompt_ids: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[dict]:
+    def replenish(self) -> int:
+        """Start engines until `num_engines` serve again (after deaths); returns how many were started.
+
+        New engines hold version 0 and are refused until the weight sync gives them the current policy.
+        """
+        added = 0
+        while len(self._groups) < self.cfg.num_engines:
+            self.add_engine()
+            added += 1
+        return added
+
+    def generate(self, prompt_ids: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[Sample]:
         """n samples per prompt, flattened prompt-major: result[i * n + j] is sample j of prompt i."""
         import ray
         from ray.exceptions import RayActorError
 
-        queue = deque(c for c in shard(list(range(len(prompt_ids))), max(1, len(self.engines))) if c)
+        queue = deque(c for c in cut(list(range(len(prompt_ids))), max(1, len(self.engines))) if c)
         idle = list(self.engines)
         in_flight: dict = {}
-        results: dict[int, list[dict]] = {}
+        results: dict[int, list[Sample]] = {}
         while queue or in_flight:
             while queue and idle:
                 engine, idx = idle.pop(), queue.popleft()
@@ -237,36 +261,3 @@ class RolloutGroup:
     def shutdown(self) -> None:
         while self._groups:
             self.remove_engine()
-
-def sync_world(rollout: RolloutGroup) -> int:
-    return 1 + len(rollout.engines) * rollout.cfg.tensor_parallel_size
-
-
-def sync_weights(trainer, rollout: RolloutGroup, version: int, bucket_bytes: int, metas=None) -> dict:
-    """Broadcast the policy from trainer rank 0 into every engine, then mark them with `version`.
-
-    `sync_load_seconds` is the slowest engine's time inside vLLM's loader, not waiting on the wire.
-    """
-    import ray
-
-    metas = metas or trainer.weight_metas()
-    t0 = time.perf_counter()
-    send = trainer.group.call_async("broadcast_weights", bucket_bytes)
-    rollout.version = version
-    recv = [e.receive_weights.remote(metas, bucket_bytes, version) for e in rollout.engines]
-    stats = ray.get(send)[0]
-    engines = ray.get(recv)
-    return {"sync_seconds": time.perf_counter() - t0, "sync_bytes": stats["bytes"],
-            "sync_load_seconds": max((e["seconds"] - e["wait_seconds"] for e in engines), default=0.0)}
-
-
-def connect_weight_sync(trainer, rollout: RolloutGroup) -> None:
-    """(Re)build the private group joining trainer rank 0 and every engine worker (after engines change)."""
-    import ray
-
-    master = trainer.address()
-    world, tp = sync_world(rollout), rollout.cfg.tensor_parallel_size
-    refs = trainer.group.call_async("init_weight_sync", master, world) + [
-        e.init_weight_sync.remote(master, 1 + i * tp, world) for i, e in enumerate(rollout.engines)]
-    ray.get(refs)
-

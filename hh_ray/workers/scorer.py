@@ -9,13 +9,13 @@ normalized with the mean/std the PM measured on its own eval set (`pm_stats.json
 
 from __future__ import annotations
 
-from hh_ray.workers.group import Worker, WorkerGroup, shard
+from hh_ray.algo.batch import cut
+from hh_ray.workers.group import Worker, WorkerGroup
 
 
 class ScorerWorker(Worker):
-    def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int = 384):
-        import torch
-
+    def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int, on_gpu: bool,
+                 dtype: str = "auto"):
         from hh_ray.data.tokenize import load_tokenizer
 
         self.kind = "substring" if scorer.startswith("substring:") else "pm"
@@ -27,10 +27,10 @@ class ScorerWorker(Worker):
             if not text or not self.targets:
                 raise ValueError(f"scorer '{scorer}': no token of {policy_tokenizer} contains {text!r}")
             return
-        from hh_ray.models.forward import load_model, read_pm_stats
+        from hh_ray.models.forward import load_model, read_pm_stats, resolve_dtype
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_model(pm_path, "pm", torch.bfloat16 if self.device == "cuda" else torch.float32)
+        self.device = "cuda" if on_gpu else "cpu"
+        self.model = load_model(pm_path, "pm", resolve_dtype(dtype, on_gpu))
         self.model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = load_tokenizer(pm_path)
         stats = read_pm_stats(pm_path)
@@ -51,15 +51,20 @@ class ScorerWorker(Worker):
 
 
 class ScorerGroup:
-    def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, num_workers: int = 1, cpus: float = 0.25,
-                 gpus: float = 0.0, max_tokens: int = 384):
-        kw = dict(scorer=scorer, pm_path=pm_path, policy_tokenizer=policy_tokenizer, max_tokens=max_tokens)
+    def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int, num_workers: int = 1,
+                 cpus: float = 0.25, gpus: float = 0.0, dtype: str = "auto"):
+        kw = dict(scorer=scorer, pm_path=pm_path, policy_tokenizer=policy_tokenizer, max_tokens=max_tokens,
+                  on_gpu=gpus > 0, dtype=dtype)
         self.group = WorkerGroup(ScorerWorker, num_workers, "pm-scorer", cpus, gpus, actor_kwargs=[kw] * num_workers)
 
-    def score_async(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]) -> list:
+    def score_async(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]):
+        """Start scoring on every worker's shard; returns a callable that waits and concatenates in order."""
+        import ray
+
         n = len(self.group)
-        return [a.score.remote(p, r, i) for a, p, r, i in
-                zip(self.group.actors, shard(prompts, n), shard(responses, n), shard(response_ids, n)) if p]
+        refs = [a.score.remote(p, r, i) for a, p, r, i in
+                zip(self.group.actors, cut(prompts, n), cut(responses, n), cut(response_ids, n)) if p]
+        return lambda: [s for part in ray.get(refs) for s in part]
 
     def peak_memory_mb(self) -> dict[str, float]:
         return self.group.peak_memory_mb()

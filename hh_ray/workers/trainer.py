@@ -1,7 +1,7 @@
 """DeepSpeed trainer groups: N Ray actors forming one torch.distributed world, one engine per rank.
 
 The same group trains the SFT policy, the PM, and PPO's policy and critic; what differs is the model kind and
-the objective named in each call. Losses are normalized by the unit count of the *whole* batch (tokens or
+the objective object passed with each batch (`hh_ray.models.objectives`). Losses are normalized by the unit count of the *whole* batch (tokens or
 pairs), so N ranks with batch b take exactly the step one rank takes with batch N*b.
 """
 
@@ -16,32 +16,42 @@ from typing import Any
 
 import torch
 
-from hh_ray.workers.group import Worker, WorkerGroup, free_port, node_ip, shard, shard_batch
+from hh_ray.algo.batch import PairBatch, SequenceBatch, TokenBatch, batch_size, split
+from hh_ray.models.objectives import StepResult, merge_results, probe_tokens
+from hh_ray.workers.group import Worker, WorkerGroup, free_port, node_ip
 
-OBJECTIVES = ("sft", "pm", "policy", "value")
 COMPLETE = "COMPLETE"  # marker written last into a checkpoint folder
 
 
-def count_units(objective: str, batch: dict[str, list]) -> int:
-    """What a batch's loss is averaged over: predicted tokens (sft), pairs (pm), response tokens (ppo)."""
-    if objective == "sft":
-        return sum(sum(m[1:]) for m in batch["loss_mask"])
-    if objective == "pm":
-        return len(batch["chosen"])
-    if objective in ("policy", "value"):
-        return sum(len(r) for r in batch["response"])
-    raise ValueError(f"unknown objective '{objective}'; objectives: {', '.join(OBJECTIVES)}")
+def filler(batch_type: type, pad_id: int):
+    """A one-sample, one-token batch of `batch_type`: the forward a rank runs when its shard is used up."""
+    if batch_type is PairBatch:
+        return PairBatch([[pad_id]], [[pad_id]])
+    if batch_type is TokenBatch:
+        return TokenBatch([[pad_id, pad_id]], [[0, 0]])
+    return SequenceBatch([[pad_id]], [[pad_id]])
 
 
-def ds_config(t, world: int, on_gpu: bool) -> dict:
+def forward_micro_batches(shard_tokens: list[list[int]], max_samples: int, token_budget: int) -> int:
+    """How many forward calls every rank makes: enough that no rank's call exceeds either limit."""
+    def calls(tokens: list[int]) -> int:
+        by_samples = -(-len(tokens) // max(max_samples, 1))
+        by_tokens = -(-sum(tokens) // max(token_budget, 1))
+        return max(by_samples, by_tokens, 1)
+    return max(calls(t) for t in shard_tokens)
+
+
+def ds_config(t, world: int, dtype: torch.dtype) -> dict:
     """DeepSpeed config from a TrainerConfig: ZeRO stage, batch geometry, AdamW, clipping, LR schedule."""
+    on_gpu = t.gpus_per_rank > 0
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.grad_accum_steps,
         "train_batch_size": t.micro_batch_size * t.grad_accum_steps * world,
         "gradient_clipping": t.grad_clip,
         "zero_optimization": {"stage": t.zero_stage},
-        "bf16": {"enabled": on_gpu},
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16},
         "optimizer": {
             "type": "AdamW",
             # torch's AdamW (its fused kernel on GPU): DeepSpeed's own fused/CPU Adam would JIT-compile first
@@ -71,125 +81,70 @@ class TrainerWorker(Worker):
         return node_ip(), free_port()
 
     def setup(self, rank: int, world: int, master: tuple[str, int], model_path: str, kind: str, trainer_cfg,
-              seed: int) -> dict:
+              seed: int, dtype: str = "auto") -> int:
+        """Join the group's torch.distributed world and build the engine; returns the parameter count."""
         import deepspeed
 
         from hh_ray.data.tokenize import load_tokenizer
-        from hh_ray.models.forward import load_model
+        from hh_ray.models.forward import load_model, resolve_dtype
 
         os.environ.update({"MASTER_ADDR": master[0], "MASTER_PORT": str(master[1]), "RANK": str(rank),
                            "WORLD_SIZE": str(world), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"})
-        self.on_gpu = torch.cuda.is_available()
+        self.on_gpu = trainer_cfg.gpus_per_rank > 0
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo", auto_mpi_discovery=False)
-        self.rank, self.world, self.kind, self.cfg = rank, world, kind, trainer_cfg
-        config = ds_config(trainer_cfg, world, self.on_gpu)
+        self.rank, self.world, self.cfg = rank, world, trainer_cfg
+        self.dtype = resolve_dtype(dtype, self.on_gpu)
+        config = ds_config(trainer_cfg, world, self.dtype)
         self._hf_ds = None
         if trainer_cfg.zero_stage == 3:  # must be alive while the model is built so weights load sharded
             from transformers.integrations import HfDeepSpeedConfig
 
             self._hf_ds = HfDeepSpeedConfig(config)
         torch.manual_seed(seed)  # new heads (PM score, value) start identical on every rank
-        model = load_model(model_path, kind, torch.bfloat16 if self.on_gpu else torch.float32)
+        model = load_model(model_path, kind, self.dtype)
         self.tokenizer = load_tokenizer(model_path)
         self.pad_id = self.tokenizer.pad_token_id
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
         self.steps = 0
-        return {"rank": rank, "parameters": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel()
-                                                for p in model.parameters())}
+        return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
 
-    # ---- objectives -------------------------------------------------------------------------------------
-    def _loss(self, objective: str, mb: dict[str, list], hyper: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        from hh_ray.algo.pm import pairwise_loss
-        from hh_ray.algo.ppo import clipped_policy_loss, clipped_value_loss, masked_sum, pad_ragged
-        from hh_ray.models.forward import collate, response_logprobs, response_values, sequence_scores
-
-        model = self.engine
-        dev = self.engine.device
-        if objective == "sft":
-            ids, att = collate(mb["input_ids"], self.pad_id)
-            mask = collate(mb["loss_mask"], 0)[0].float()
-            logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:].to(dev), reduction="none")
-            loss = masked_sum(nll, mask[:, 1:].to(dev))
-            return loss, {"nll_sum": float(loss.detach())}
-        if objective == "pm":
-            n = len(mb["chosen"])
-            scores = sequence_scores(model, mb["chosen"] + mb["rejected"], self.pad_id)
-            per_pair, correct = pairwise_loss(scores[:n], scores[n:], hyper.get("margin", 0.0),
-                                              hyper.get("center_coef", 0.0))
-            pairs = torch.stack([scores[:n], scores[n:]], 1).detach().tolist()
-            return per_pair.sum(), {"correct": float(correct.sum()), "score_sum": float(scores.detach().sum()),
-                                    "scores": pairs}
-        if objective == "policy":
-            logp, mask, ent = response_logprobs(model, mb["prompt"], mb["response"], self.pad_id,
-                                                hyper.get("temperature", 1.0), with_entropy=True)
-            old = pad_ragged(mb["old_logprobs"])[0].to(dev)
-            adv = pad_ragged(mb["advantages"])[0].to(dev)
-            loss, stats = clipped_policy_loss(logp, old, adv, mask, hyper["clip_ratio"])
-            ent_sum = masked_sum(ent, mask)
-            loss = loss - hyper.get("entropy_coef", 0.0) * ent_sum
-            return loss, {"clipped_tokens": float(stats["clipped_tokens"]),
-                          "approx_kl_sum": float(stats["approx_kl_sum"]), "entropy_sum": float(ent_sum.detach())}
-        if objective == "value":
-            values, mask = response_values(model, mb["prompt"], mb["response"], self.pad_id)
-            old_values, returns = pad_ragged(mb["old_values"])[0].to(dev), pad_ragged(mb["returns"])[0].to(dev)
-            loss, stats = clipped_value_loss(values, old_values, returns, mask, hyper["value_clip"])
-            return loss * hyper.get("value_coef", 1.0), {"value_clipped_tokens": float(stats["value_clipped_tokens"])}
-        raise ValueError(f"unknown objective '{objective}'")
-
-    def train(self, batch: dict[str, list], objective: str, total_units: int, hyper: dict) -> dict:
+    def train(self, batch, objective, total_units: int) -> StepResult:
         """One optimizer step over this rank's shard, in grad_accum_steps micro batches."""
         t0 = time.perf_counter()
         self.engine.train()
         gas = self.cfg.grad_accum_steps
-        n = len(next(iter(batch.values())))
-        if n < gas:
-            raise ValueError(f"rank {self.rank} got {n} samples for {gas} accumulation steps")
+        if batch_size(batch) < gas:
+            raise ValueError(f"rank {self.rank} got {batch_size(batch)} samples for {gas} accumulation steps")
         scale = self.world * gas / max(total_units, 1)
-        sums: dict[str, float] = {"loss_sum": 0.0}
-        for mb in shard_batch(batch, gas):
-            loss, stats = self._loss(objective, mb, hyper)
+        sums: dict[str, float] = {"loss": 0.0}
+        for mb in split(batch, gas):
+            loss, stats = objective.loss(self.engine, mb, self.pad_id)
             self.engine.backward(loss * scale)
             self.engine.step()
-            sums["loss_sum"] += float(loss.detach())
-            for k, v in stats.items():
-                if k != "scores":
-                    sums[k] = sums.get(k, 0.0) + v
-        self.steps += 1
-        sums["lr"] = float(self.engine.get_lr()[0]) if self.engine.get_lr() else self.cfg.lr
-        gn = self.engine.get_global_grad_norm()
-        if gn is not None:
-            sums["grad_norm"] = float(gn)
-        sums["seconds"] = time.perf_counter() - t0
-        return sums
-
-    @torch.no_grad()
-    def evaluate(self, batch: dict[str, list], objective: str, hyper: dict, micro_batch_size: int = 16) -> dict:
-        """Loss sums (and PM scores, in batch order) without a step."""
-        self.engine.eval()
-        n = len(next(iter(batch.values())))
-        sums: dict[str, Any] = {"loss_sum": 0.0, "scores": []}
-        for mb in shard_batch(batch, max(1, -(-n // micro_batch_size))):
-            if not next(iter(mb.values())):
-                continue
-            loss, stats = self._loss(objective, mb, hyper)
-            sums["loss_sum"] += float(loss)
-            sums["scores"] += stats.pop("scores", [])
+            sums["loss"] += float(loss.detach())
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
-        return sums
+        self.steps += 1
+        lr = self.engine.get_lr()
+        gn = self.engine.get_global_grad_norm()
+        return StepResult(sums, objective.units(batch), float(lr[0]) if lr else self.cfg.lr,
+                          float(gn) if gn is not None else float("nan"), time.perf_counter() - t0)
 
     @torch.no_grad()
-    def infer(self, what: str, prompts: list[list[int]], responses: list[list[int]], temperature: float = 1.0):
-        """Per-token values (critic) or logprobs (policy) for a shard, as ragged lists."""
-        from hh_ray.models.forward import response_logprobs, response_values
+    def forward(self, batch, probe, micro_batches: int) -> list:
+        """A probe over this rank's shard in exactly `micro_batches` forward calls (one output per sample).
 
+        Under ZeRO-3 every forward gathers parameters from all ranks, so every rank must run the same number of
+        forwards: the group decides the count, and a rank whose shard runs out runs a one-token filler.
+        """
         self.engine.eval()
-        if what == "values":
-            out, _ = response_values(self.engine, prompts, responses, self.pad_id)
-        else:
-            out, _, _ = response_logprobs(self.engine, prompts, responses, self.pad_id, temperature)
-        return [row[: len(r)].tolist() for row, r in zip(out.cpu(), responses)]
+        out: list = []
+        for mb in split(batch, micro_batches):
+            if batch_size(mb):
+                out += probe(self.engine, mb, self.pad_id)
+            elif self.cfg.zero_stage == 3:
+                probe(self.engine, filler(type(batch), self.pad_id), self.pad_id)
+        return out
 
     # ---- state ------------------------------------------------------------------------------------------
     def save_checkpoint(self, root: str, tag: str, client_state: dict) -> None:
@@ -238,34 +193,35 @@ class TrainerWorker(Worker):
             save_atomic(self.engine.module, self.tokenizer, out_dir, state_dict=state)
 
     # ---- weight sync to rollout engines (rank 0 sends; every rank helps gather ZeRO-3 shards) -------------
-    def weight_metas(self) -> list:
-        from hh_ray.workers.weight_sync import ParamMeta
-
-        return [ParamMeta(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
-                for n, p in self.engine.module.named_parameters()]
-
-    def init_weight_sync(self, master: tuple[str, int], world: int) -> None:
-        from hh_ray.workers.weight_sync import make_group
+    def init_weight_sync(self, master: tuple[str, int], world: int, timeout_s: float) -> list:
+        """Rank 0 joins the engines' sync group; every rank returns the parameter layout the engines receive."""
+        from hh_ray.workers.weight_sync import ParamMeta, make_group
 
         if self.rank == 0:
-            self.sync_group = make_group(master, 0, world, "nccl" if self.on_gpu else "gloo")
+            self.sync_group = make_group(master, 0, world, "nccl" if self.on_gpu else "gloo", timeout_s)
+        return [ParamMeta(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
+                for n, p in self.engine.module.named_parameters()]
 
     def broadcast_weights(self, bucket_bytes: int) -> dict:
         """Send every parameter in buckets; under ZeRO-3 all ranks gather each bucket's shards first."""
         import deepspeed
 
-        from hh_ray.workers.weight_sync import BucketSender, buckets
+        from hh_ray.workers.weight_sync import BucketSender, ParamMeta, buckets
 
         t0 = time.perf_counter()
         params = dict(self.engine.module.named_parameters())
         sender = BucketSender(self.sync_group) if self.rank == 0 else None
-        for bucket in buckets(self.weight_metas(), bucket_bytes):
+        metas = [ParamMeta(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
+                 for n, p in params.items()]
+        for bucket in buckets(metas, bucket_bytes):
             tensors = [params[m.name] for m in bucket]
             with deepspeed.zero.GatheredParameters(tensors, enabled=self.cfg.zero_stage == 3):
                 if sender:
                     sender.send(tensors)
         if sender:
             sender.flush()
+        if self.on_gpu:
+            torch.cuda.synchronize()  # NCCL waits do not block the host: without this the clock reads queueing
         return {"bytes": sender.sent if sender else 0, "seconds": time.perf_counter() - t0}
 
     def param_vector(self) -> torch.Tensor:
@@ -287,61 +243,53 @@ def latest_tag(root: str) -> str | None:
 
 
 class TrainerGroup:
-    """N DeepSpeed ranks in one placement group. The driver hands it whole batches; it shards them."""
+    """N DeepSpeed ranks in one placement group. The driver hands it whole typed batches; it shards them."""
 
-    def __init__(self, name: str, model_path: str, kind: str, trainer_cfg, seed: int = 0):
-        self.cfg = trainer_cfg
-        self.group = WorkerGroup(TrainerWorker, trainer_cfg.num_ranks, name, trainer_cfg.cpus_per_rank,
-                                 trainer_cfg.gpus_per_rank)
+    def __init__(self, name: str, model_path: str, kind: str, trainer_cfg, seed: int = 0, dtype: str = "auto"):
         import ray
 
+        self.cfg, self.kind = trainer_cfg, kind
+        self.group = WorkerGroup(TrainerWorker, trainer_cfg.num_ranks, name, trainer_cfg.cpus_per_rank,
+                                 trainer_cfg.gpus_per_rank)
         master = ray.get(self.group.actors[0].address.remote())
-        infos = ray.get([a.setup.remote(r, len(self.group), master, model_path, kind, trainer_cfg, seed)
-                         for r, a in enumerate(self.group.actors)])
-        self.num_parameters = infos[0]["parameters"]
+        counts = ray.get([a.setup.remote(r, len(self.group), master, model_path, kind, trainer_cfg, seed, dtype)
+                          for r, a in enumerate(self.group.actors)])
+        self.num_parameters = counts[0]
 
     @property
     def world(self) -> int:
         return len(self.group)
 
-    def train(self, batch: dict[str, list], objective: str, hyper: dict | None = None) -> dict:
-        """One optimizer step on the whole batch; returns summed stats and `loss` per unit."""
-        return self.train_async(batch, objective, hyper)()
+    def train(self, batch, objective) -> StepResult:
+        """One optimizer step on the whole batch."""
+        return self.train_async(batch, objective)()
 
-    def train_async(self, batch: dict[str, list], objective: str, hyper: dict | None = None):
+    def train_async(self, batch, objective):
         """Start the step and return a callable that waits for it (lets policy and critic steps overlap)."""
         import ray
 
-        n = len(next(iter(batch.values())))
+        if objective.kind != self.kind:
+            raise ValueError(f"{type(objective).__name__} needs a {objective.kind} model; this group holds {self.kind}")
         need = self.world * self.cfg.grad_accum_steps
-        if n < need:
-            raise ValueError(f"batch of {n} is smaller than ranks x grad_accum_steps = {need}")
-        units = count_units(objective, batch)
-        refs = self.group.call_each_async(
-            "train", [((s, objective, units, hyper or {}), {}) for s in shard_batch(batch, self.world)])
-        return lambda: _merge(ray.get(refs), units)
+        if batch_size(batch) < need:
+            raise ValueError(f"batch of {batch_size(batch)} is smaller than ranks x grad_accum_steps = {need}")
+        units = objective.units(batch)
+        refs = self.group.call_each_async("train", [((s, objective, units), {}) for s in split(batch, self.world)])
+        return lambda: merge_results(ray.get(refs))
 
-    def evaluate(self, batch: dict[str, list], objective: str, hyper: dict | None = None) -> dict:
+    def forward_async(self, batch, probe):
+        """Start a probe on every rank (each on its shard, all with the same number of forward calls)."""
         import ray
 
-        units = count_units(objective, batch)
-        shards = [s for s in shard_batch(batch, self.world) if next(iter(s.values()))]
-        results = ray.get(self.group.call_each_async("evaluate", [((s, objective, hyper or {}), {}) for s in shards]))
-        out = _merge(results, units)
-        if objective == "pm":
-            out["scores"] = [pair for r in results for pair in r["scores"]]
-        return out
+        shards = split(batch, self.world)
+        calls = forward_micro_batches([probe_tokens(s) for s in shards], self.cfg.forward_micro_batch_size,
+                                      self.cfg.forward_token_budget)
+        refs = self.group.call_each_async("forward", [((s, probe, calls), {}) for s in shards])
+        return lambda: [o for part in ray.get(refs) for o in part]
 
-    def infer_async(self, what: str, prompts: list[list[int]], responses: list[list[int]],
-                    temperature: float = 1.0) -> list:
-        """Refs to per-token values/logprobs, sharded across ranks; concatenate the results in order."""
-        parts = [(p, r) for p, r in zip(shard(prompts, self.world), shard(responses, self.world)) if p]
-        return [a.infer.remote(what, p, r, temperature) for a, (p, r) in zip(self.group.actors, parts)]
-
-    def infer(self, what: str, prompts: list[list[int]], responses: list[list[int]], temperature: float = 1.0):
-        import ray
-
-        return [row for part in ray.get(self.infer_async(what, prompts, responses, temperature)) for row in part]
+    def forward(self, batch, probe) -> list:
+        """One output per sample, in batch order."""
+        return self.forward_async(batch, probe)()
 
     def save_checkpoint(self, root: str, tag: str, client_state: dict | None = None) -> None:
         self.group.call("save_checkpoint", root, tag, client_state or {})
@@ -352,14 +300,6 @@ class TrainerGroup:
     def export_hf(self, out_dir: str) -> None:
         self.group.call("export_hf", out_dir)
 
-    def weight_metas(self) -> list:
-        return self.group.call("weight_metas")[0]
-
-    def address(self) -> tuple[str, int]:
-        import ray
-
-        return ray.get(self.group.actors[0].address.remote())
-
     def param_vector(self) -> torch.Tensor:
         return self.group.call("param_vector")[0]
 
@@ -368,18 +308,3 @@ class TrainerGroup:
 
     def shutdown(self) -> None:
         self.group.shutdown()
-
-
-def _merge(results: list[dict], units: int) -> dict:
-    out: dict[str, float] = {}
-    for r in results:
-        for k, v in r.items():
-            if k in ("scores",):
-                continue
-            if k in ("lr", "grad_norm", "seconds"):
-                out[k] = max(out.get(k, float("-inf")), v) if k == "seconds" else v
-            else:
-                out[k] = out.get(k, 0.0) + v
-    out["units"] = units
-    out["loss"] = out.get("loss_sum", 0.0) / max(units, 1)
-    return out

@@ -15,9 +15,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-DEFAULT_BUCKET_BYTES = 64 * 2**20
-
-
 @dataclass(frozen=True)
 class ParamMeta:
     name: str
@@ -25,13 +22,19 @@ class ParamMeta:
     dtype: str  # e.g. "float32"
 
 
-def make_group(master: tuple[str, int], rank: int, world: int, backend: str, timeout_s: float = 600.0):
-    """A process group of `world` members that does not touch the default (trainer) group."""
+def make_group(master: tuple[str, int], rank: int, world: int, backend: str, timeout_s: float):
+    """A process group of `world` members that does not touch the default (trainer) group.
+
+    Both backends get the timeout: a peer that died makes the next broadcast fail after `timeout_s` instead of
+    hanging until NCCL's watchdog kills the trainer.
+    """
     timeout = datetime.timedelta(seconds=timeout_s)
     store = dist.TCPStore(master[0], master[1], world, is_master=rank == 0, timeout=timeout)
     prefixed = dist.PrefixStore("hh-ray-weight-sync", store)
     if backend == "nccl":
-        return dist.ProcessGroupNCCL(prefixed, rank, world)
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        return dist.ProcessGroupNCCL(prefixed, rank, world, opts)
     return dist.ProcessGroupGloo(prefixed, rank, world, timeout)
 
 
@@ -109,3 +112,56 @@ def receive_buckets(group, metas: list[ParamMeta], bucket_bytes: int, device: st
             offset += n
     if stats is not None:
         stats["wait_seconds"] = waited
+
+
+@dataclass
+class SyncStats:
+    seconds: float  # the whole sync as the driver waited for it
+    bytes: int  # what trainer rank 0 broadcast
+    load_seconds: float  # the slowest engine's time inside vLLM's loader (not waiting on the wire)
+
+
+class WeightSync:
+    """The one owner of moving the policy into the engines: trainer rank 0, the engines, the layout, the version.
+
+    It rebuilds the private group whenever the engine set changed (an engine added, removed or dead), so a
+    broadcast never waits on a peer that is gone. Engines report the version they hold; `push` checks them.
+    """
+
+    def __init__(self, policy, rollout, bucket_bytes: int, timeout_s: float):
+        self.policy, self.rollout = policy, rollout
+        self.bucket_bytes, self.timeout_s = bucket_bytes, timeout_s
+        self.metas: list[ParamMeta] = []
+        self._members: tuple = ()
+
+    def connect(self) -> None:
+        """(Re)build the group joining trainer rank 0 and every engine worker."""
+        import ray
+
+        engines = self.rollout.engines
+        tp = self.rollout.cfg.tensor_parallel_size
+        world = 1 + len(engines) * tp
+        master = ray.get(self.policy.group.actors[0].address.remote())
+        refs = self.policy.group.call_async("init_weight_sync", master, world, self.timeout_s)
+        refs += [e.init_weight_sync.remote(master, 1 + i * tp, world, self.timeout_s) for i, e in enumerate(engines)]
+        self.metas = ray.get(refs[0])
+        ray.get(refs)
+        self._members = tuple(engines)
+
+    def push(self, version: int) -> SyncStats:
+        """Broadcast the trainer's weights into every engine and mark them with `version`."""
+        import ray
+
+        if tuple(self.rollout.engines) != self._members:
+            self.connect()
+        t0 = time.perf_counter()
+        send = self.policy.group.call_async("broadcast_weights", self.bucket_bytes)
+        recv = [e.receive_weights.remote(self.metas, self.bucket_bytes, version) for e in self.rollout.engines]
+        sent = ray.get(send)[0]
+        loads = ray.get(recv)
+        self.rollout.version = version
+        held = ray.get([e.policy_version.remote() for e in self.rollout.engines])
+        if any(v != version for v in held):
+            raise RuntimeError(f"weight sync to version {version} left engines at versions {held}")
+        return SyncStats(time.perf_counter() - t0, sent["bytes"],
+                         max((x["seconds"] - x["wait_seconds"] for x in loads), default=0.0))

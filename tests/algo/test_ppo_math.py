@@ -98,3 +98,40 @@ def test_pad_ragged_left_aligns_and_masks():
     x, m = pad_ragged([[1.0, 2.0], [], [3.0]])
     assert x.tolist() == [[1.0, 2.0], [0.0, 0.0], [3.0, 0.0]]
     assert m.tolist() == [[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]
+
+
+def test_minibatches_use_every_sample_once_per_epoch():
+    import random
+
+    from hh_ray.algo.batch import minibatches
+
+    rng = random.Random(0)
+    for n, parts in ((10, 3), (7, 7), (33, 4)):
+        mbs = minibatches(n, parts, rng)
+        assert len(mbs) == parts and sorted(i for mb in mbs for i in mb) == list(range(n))
+        assert max(map(len, mbs)) - min(map(len, mbs)) <= 1
+
+
+def test_advantages_use_trainer_logprobs_and_penalize_truncation():
+    from hh_ray.algo.batch import Experience
+    from hh_ray.algo.ppo import compute_advantages
+
+    # two samples; the second was cut at the cap. Behaviour logprobs differ from the trainer's (old): only old counts
+    exp = Experience(prompt=[[1], [1]], response=[[5, 6], [7]], prompt_text=["p", "p"], response_text=["a", "b"],
+                     finish=["stop", "length"], behaviour_logprobs=[[-9.0, -9.0], [-9.0]],
+                     old_logprobs=[[-1.0, -2.0], [-1.0]], ref_logprobs=[[-1.5, -2.0], [-0.5]],
+                     scores=[1.0, 1.0], old_values=[[0.0, 0.0], [0.0]])
+    stats = compute_advantages(exp, kl_coef=0.1, estimator="k1", gamma=1.0, lam=1.0, whiten_advantages=False,
+                               truncation_penalty=0.5)
+    # k1 per sample: (0.5 + 0) and (-0.5); mean 0.0
+    assert stats["objective/kl"] == approx(0.0) and stats["objective/kl_k1"] == approx(0.0)
+    # rewards: sample 1 = [-0.05, 0 + 1.0]; sample 2 = [+0.05 + (1.0 - 0.5)]; with V = 0, gamma = lam = 1,
+    # advantages are reward-to-go
+    assert exp.advantages[0] == approx([0.95, 1.0]) and exp.advantages[1] == approx([0.55])
+    assert stats["objective/truncated_share"] == approx(0.5) and stats["objective/pm_score"] == approx(1.0)
+
+
+def test_logprob_gap():
+    from hh_ray.algo.ppo import logprob_gap
+
+    assert logprob_gap([[-1.0, -2.0], [-3.0]], [[-1.0, -2.5], [-2.0]]) == approx((0.5, 1.0))

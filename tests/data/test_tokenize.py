@@ -44,3 +44,25 @@ def test_pm_input_ends_with_end_of_context(tokenizer):
     ids = pm_input_ids(tokenizer, "\n\nHuman: hi\n\nAssistant:", " hello there", 64)
     assert ids[-1] == end_of_context_id(tokenizer)
     assert tokenizer.decode(ids[:-1]) == "\n\nHuman: hi\n\nAssistant: hello there"
+
+
+def test_pm_sees_the_last_token_of_a_long_response(tokenizer, tiny_model_dir):
+    """A 300-token response with a 384-token PM budget: the prompt gives way, the response is kept whole, so a
+    score that depends on the response's last token changes when that token changes."""
+    import torch
+
+    from hh_ray.models.forward import load_model, score_texts
+
+    words = " ".join(f"word{i % 50}" for i in range(2000))
+    prompt = f"\n\nHuman: {words}\n\nAssistant:"
+    ids = tokenizer(" " + words, add_special_tokens=False)["input_ids"][:300]
+    a = tokenizer.decode(ids[:-1] + [tokenizer(" yes", add_special_tokens=False)["input_ids"][0]])
+    b = tokenizer.decode(ids[:-1] + [tokenizer(" no", add_special_tokens=False)["input_ids"][0]])
+    ids_a = pm_input_ids(tokenizer, prompt, a, 384)
+    assert len(ids_a) <= 384 and ids_a[-1] == end_of_context_id(tokenizer)
+    assert ids_a[-1 - len(tokenizer(a, add_special_tokens=False)["input_ids"]):-1] == \
+        tokenizer(a, add_special_tokens=False)["input_ids"]  # the whole response, right before the end token
+    torch.manual_seed(0)
+    pm = load_model(str(tiny_model_dir), "pm")
+    s = score_texts(pm, tokenizer, [prompt, prompt], [a, b], 384)
+    assert abs(float(s[0] - s[1])) > 1e-6

@@ -26,8 +26,9 @@ def test_run_writes_the_run_folder(tmp_path):
         assert (run / f).is_file(), f
     rows = [json.loads(x) for x in (run / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
-    for key in ("reward", "kl", "pm_score", "entropy", "response_length", "sec_generate", "sec_reference",
-                "sec_score", "sec_train", "sec_sync", "tokens_per_s"):
+    for key in ("objective/reward", "objective/kl", "objective/pm_score", "policy/entropy",
+                "objective/response_length", "time/generate", "time/experience", "time/train", "time/sync",
+                "rollout/tokens_per_s", "rollout/logprob_gap_mean"):
         assert key in rows[0], key
     report = (run / "report.md").read_text()
     assert "PM score vs sqrt(KL)" in report and "before PPO" in report

@@ -37,12 +37,18 @@ def shared_run_root(tmp_path_factory):
 
 def test_ppo_raises_a_known_reward_and_kl_penalty_holds_policy(ray_local, shared_run_root):
     evals, rows = _run(shared_run_root, "free", "ppo.steps=14", "ppo.kl_coef=0.001")
-    before, after = evals["before"]["eval_pm_score"], evals["after"]["eval_pm_score"]
-    trace = [(r["step"], round(r["pm_score"], 3), round(r["kl"], 2)) for r in rows]
+    before, after = evals["before"]["eval/pm_score"], evals["after"]["eval/pm_score"]
+    trace = [(r["step"], round(r["objective/pm_score"], 3), round(r["objective/kl"], 2)) for r in rows]
     assert after > before + 0.05, (before, after, trace)  # share of "e" on held-out prompts clearly up
-    assert rows[-1]["pm_score"] > rows[0]["pm_score"]
-    assert all(r["kl"] < 20 for r in rows), trace  # bounded: nats per 24-token sample
-    assert {"sec_generate", "sec_reference", "sec_score", "sec_train", "sec_sync", "entropy", "tokens_per_s"} <= set(rows[0])
+    assert rows[-1]["objective/pm_score"] > rows[0]["objective/pm_score"]
+    assert all(r["objective/kl"] < 20 for r in rows), trace  # bounded: nats per 24-token sample
+    assert {"time/generate", "time/experience", "time/advantages", "time/train", "time/sync", "policy/entropy",
+            "policy/clipfrac", "critic/loss", "rollout/tokens_per_s", "objective/truncated_share"} <= set(rows[0])
+    # the trainer recomputes the old logprobs; on CPU in fp32 the engine's agree with them
+    assert max(r["rollout/logprob_gap_mean"] for r in rows) < 1e-3, [r["rollout/logprob_gap_mean"] for r in rows]
+    # the first epoch of the first step starts at the sampling policy: nothing is clipped yet
+    assert rows[0]["policy/clipfrac"] < 0.05
+    assert (shared_run_root / "free" / "ppo" / "tensorboard").is_dir()
     memory = json.loads((shared_run_root / "free" / "ppo" / "memory.json").read_text())
     assert set(memory) == {"rollout", "reference", "scorer", "policy", "critic"}
     assert all(100 < m["rss_peak_mb"] < 20_000 for m in memory.values()), memory  # each is a live process's peak
@@ -50,20 +56,28 @@ def test_ppo_raises_a_known_reward_and_kl_penalty_holds_policy(ray_local, shared
     assert memory["rollout"]["rss_peak_mb"] > memory["scorer"]["rss_peak_mb"] + 128, memory
 
     held, rows_held = _run(shared_run_root, "held", "ppo.steps=14", "ppo.kl_coef=5.0")
-    print(f"\nlambda_KL 0.001: held-out score {before:.4f} -> {after:.4f}, final KL {rows[-1]['kl']:.3f}; "
-          f"lambda_KL 5: {held['before']['eval_pm_score']:.4f} -> {held['after']['eval_pm_score']:.4f}, "
-          f"final KL {rows_held[-1]['kl']:.3f}")
-    assert abs(rows_held[-1]["kl"]) < 0.5 * max(rows[-1]["kl"], 0.2)
-    assert held["after"]["eval_pm_score"] - held["before"]["eval_pm_score"] < after - before
+    print(f"\nlambda_KL 0.001: held-out score {before:.4f} -> {after:.4f}, final KL {rows[-1]['objective/kl']:.3f}; "
+          f"lambda_KL 5: {held['before']['eval/pm_score']:.4f} -> {held['after']['eval/pm_score']:.4f}, "
+          f"final KL {rows_held[-1]['objective/kl']:.3f}")
+    assert abs(rows_held[-1]["objective/kl"]) < 0.5 * max(rows[-1]["objective/kl"], 0.2)
+    assert held["after"]["eval/pm_score"] - held["before"]["eval/pm_score"] < after - before
 
 
-def test_resume_continues_the_same_run(ray_local, shared_run_root):
-    _, full = _run(shared_run_root, "full", "ppo.steps=4", "ppo.checkpoint_every=2")
-    _, first = _run(shared_run_root, "split", "ppo.steps=2")
-    _, resumed = _run(shared_run_root, "split", "ppo.steps=4")
-    assert [r["step"] for r in resumed] == [1, 2, 3, 4]  # the log continues, it does not restart
+def test_resume_continues_the_same_run_and_kl_is_one_estimator(ray_local, shared_run_root):
+    k3 = "ppo.kl_estimator=k3"
+    evals, full = _run(shared_run_root, "full", "ppo.steps=4", "ppo.checkpoint_every=2", k3)
+    _, first = _run(shared_run_root, "split", "ppo.steps=3", "ppo.checkpoint_every=2", k3)
+    _, resumed = _run(shared_run_root, "split", "ppo.steps=4", k3)
+    # resumed from step 2: step 3 of the first run is dropped from the log and redone, never logged twice
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     for a, b in zip(full[2:], resumed[2:]):
-        for key in ("pm_score", "kl", "reward", "policy_loss", "value_loss", "response_length"):
+        for key in ("objective/pm_score", "objective/kl", "objective/reward", "policy/loss", "critic/loss",
+                    "objective/response_length"):
             assert a[key] == pytest.approx(b[key], abs=1e-4), (key, a["step"])
+    # training and held-out evaluation measure KL with the configured estimator (k3 >= 0), k1 beside it
+    assert all(r["objective/kl"] >= 0 for r in full)
+    assert any(abs(r["objective/kl"] - r["objective/kl_k1"]) > 1e-6 for r in full)
+    after = evals["after"]
+    assert after["eval/kl"] >= 0 and abs(after["eval/kl"] - after["eval/kl_k1"]) > 1e-6
     state = json.loads((shared_run_root / "split" / "checkpoints" / "ppo" / "state.json").read_text())
     assert state["step"] == 4

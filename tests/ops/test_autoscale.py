@@ -36,6 +36,7 @@ def test_engines_grow_on_new_nodes_survive_a_death_and_shrink():
     assert max(obs["weight_sums"]) - min(obs["weight_sums"]) < 1e-6
     # an engine killed mid-batch: its prompts were re-queued, nothing lost, nothing delivered twice
     assert obs["after_kill_outputs"] == 24 and obs["requeued_chunks"] >= 1 and obs["engines_after_kill"] == 2
+    assert obs["sync_after_kill_bytes"] > 0 and obs["versions_after_kill"] == [2, 2]
     assert obs["generated_counts"] == [1] and obs["generated_keys"] == 4 + 24 + 8
     # quiet: back to min_engines, and the autoscaler retires the idle nodes
     assert obs["shrink"]["engines"] == 1 and obs["generate_after_shrink"] == 2

@@ -67,7 +67,7 @@ def test_prometheus_endpoint_has_every_metric_during_a_run(ray_head, hh_dir, tmp
            "--no-follow", "--runtime-env", str(_runtime_env(tmp_path, hh_dir)), *_job_args(tmp_path / "run", 12)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ray_head["env"])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    want = {f"ray_hh_ray_{g}" for g in GAUGES} | {"ray_hh_ray_phase_seconds"}
+    want = {f"ray_hh_ray_{g}" for g in GAUGES} | {"ray_hh_ray_phase_seconds", "ray_hh_ray_queue_depth"}
     seen: dict = {}
     deadline = time.time() + 400
     while time.time() < deadline:

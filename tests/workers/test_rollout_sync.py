@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 import ray
 
+from hh_ray.algo.batch import PolicyBatch, SequenceBatch
+from hh_ray.algo.ppo import logprob_gap
 from hh_ray.config import RolloutConfig, TrainerConfig
-from hh_ray.workers.rollout import RolloutGroup, Sampling, StaleWeightsError, connect_weight_sync, sync_weights
+from hh_ray.models.objectives import PolicyObjective, TokenLogprobs
+from hh_ray.workers.rollout import RolloutGroup, Sampling, StaleWeightsError
 from hh_ray.workers.trainer import TrainerGroup
+from hh_ray.workers.weight_sync import WeightSync
 
-
-def _max_diff(a, b):
-    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+QUESTIONS = ("\n\nHuman: How do I bake bread?\n\nAssistant:", "\n\nHuman: hi\n\nAssistant:")
 
 
 @pytest.mark.parametrize("zero_stage", [0, 3])
@@ -22,39 +24,71 @@ def test_engine_matches_trainer_before_and_after_sync(ray_local, tiny_model_dir,
                           TrainerConfig(num_ranks=2 if zero_stage == 3 else 1, zero_stage=zero_stage,
                                         micro_batch_size=2, lr=5e-3))
     try:
-        prompts = [tokenizer(t)["input_ids"] for t in ("\n\nHuman: How do I bake bread?\n\nAssistant:",
-                                                        "\n\nHuman: hi\n\nAssistant:")]
+        prompts = [tokenizer(t)["input_ids"] for t in QUESTIONS]
         out = rollout.generate(prompts, Sampling(max_new_tokens=12, n=2), seeds=[10, 20])
-        assert len(out) == 4 and all(len(o["response"]) == len(o["logprobs"]) > 0 for o in out)
-        pr = [prompts[i // 2] for i in range(4)]
-        resp = [o["response"] for o in out]
+        assert len(out) == 4 and all(len(o.response) == len(o.logprobs) > 0 for o in out)
+        seqs = SequenceBatch([prompts[i // 2] for i in range(4)], [o.response for o in out])
         # the engine's sampling logprobs are the trainer's logprobs of the same tokens
-        assert _max_diff(policy.infer("logprobs", pr, resp), [o["logprobs"] for o in out]) < 1e-3
+        mean_gap, max_gap = logprob_gap(policy.forward(seqs, TokenLogprobs()), [o.logprobs for o in out])
+        assert max_gap < 1e-3 and mean_gap < 1e-3
 
-        connect_weight_sync(policy, rollout)
+        sync = WeightSync(policy, rollout, 1 << 20, timeout_s=60)
+        sync.connect()
         engine = rollout.engines[0]
-        seqs = [p + r for p, r in zip(pr, resp)]
-        starts = [len(p) for p in pr]
-        before = ray.get(engine.prompt_logprobs.remote(seqs, starts))
-        lp = policy.infer("logprobs", pr, resp)
-        batch = {"prompt": pr, "response": resp, "old_logprobs": lp, "advantages": [[1.0] * len(r) for r in resp]}
-        policy.train(batch, "policy", {"clip_ratio": 0.2})
+        full = [p + r for p, r in zip(seqs.prompt, seqs.response)]
+        starts = [len(p) for p in seqs.prompt]
+        before = ray.get(engine.prompt_logprobs.remote(full, starts))
+        lp = policy.forward(seqs, TokenLogprobs())
+        policy.train(PolicyBatch(seqs.prompt, seqs.response, lp, [[1.0] * len(r) for r in seqs.response]),
+                     PolicyObjective())
         with pytest.raises(StaleWeightsError):  # the driver asked for v1 before syncing it
             ray.get(engine.generate.remote(prompts, Sampling(max_new_tokens=4), 1, [1, 2]))
-        stats = sync_weights(policy, rollout, 1, 1 << 20)
-        assert stats["sync_bytes"] == 4 * policy.num_parameters  # every fp32 parameter crossed, once
-        assert 0 < stats["sync_load_seconds"] <= stats["sync_seconds"]
+        stats = sync.push(1)
+        assert stats.bytes == 4 * policy.num_parameters  # every fp32 parameter crossed, once
+        assert 0 < stats.load_seconds <= stats.seconds
         assert ray.get(engine.policy_version.remote()) == 1
-        after = ray.get(engine.prompt_logprobs.remote(seqs, starts))
-        trainer_after = policy.infer("logprobs", pr, resp)
-        assert _max_diff(after, trainer_after) < 1e-3
-        assert _max_diff(after, before) > 1e-2  # the engine really serves new weights
+        after = ray.get(engine.prompt_logprobs.remote(full, starts))
+        assert logprob_gap(after, policy.forward(seqs, TokenLogprobs()))[1] < 1e-3
+        assert logprob_gap(after, before)[1] > 1e-2  # the engine really serves new weights
         # the engine's prefix cache was reset: generating again uses the new weights, too
         out2 = rollout.generate(prompts, Sampling(max_new_tokens=12, n=2), seeds=[10, 20])
-        lp2 = policy.infer("logprobs", pr, [o["response"] for o in out2])
-        assert _max_diff(lp2, [o["logprobs"] for o in out2]) < 1e-3
+        lp2 = policy.forward(SequenceBatch(seqs.prompt, [o.response for o in out2]), TokenLogprobs())
+        assert logprob_gap(lp2, [o.logprobs for o in out2])[1] < 1e-3
         fixed = rollout.generate(prompts, Sampling(max_new_tokens=40, n=2, ignore_eos=True), seeds=[1, 2])
-        assert [len(o["response"]) for o in fixed] == [40] * 4  # throughput runs get exactly the asked length
+        assert [len(o.response) for o in fixed] == [40] * 4  # throughput runs get exactly the asked length
+        assert {o.finish for o in fixed} == {"length"}
+    finally:
+        rollout.shutdown()
+        policy.shutdown()
+
+
+def test_gap_detects_a_mismatched_engine_and_sync_survives_a_dead_engine(ray_local, tiny_model_dir, tokenizer):
+    """An engine sampling at another temperature than the trainer assumes shows up in the logprob gap; a dead
+    engine leaves the sync group, which the next push rebuilds, and a replacement engine gets the weights."""
+    path = str(tiny_model_dir)
+    rollout = RolloutGroup(path, RolloutConfig(num_engines=2, max_engines=2, kv_cache_gb=0.25), 256, name="rollout-gap")
+    policy = TrainerGroup("policy-gap", path, "causal_lm", TrainerConfig(micro_batch_size=2, lr=5e-3))
+    try:
+        prompts = [tokenizer(t)["input_ids"] for t in QUESTIONS]
+        out = rollout.generate(prompts, Sampling(temperature=0.7, max_new_tokens=16, n=2), seeds=[3, 4])
+        seqs = SequenceBatch([prompts[i // 2] for i in range(4)], [o.response for o in out])
+        mean_gap, _ = logprob_gap([o.logprobs for o in out], policy.forward(seqs, TokenLogprobs(temperature=1.0)))
+        assert mean_gap > 0.05, mean_gap  # the trainer is told 1.0: the gap metric exposes the mismatch
+        assert logprob_gap([o.logprobs for o in out], policy.forward(seqs, TokenLogprobs(0.7)))[0] < 1e-3
+
+        sync = WeightSync(policy, rollout, 1 << 20, timeout_s=30)
+        sync.connect()
+        sync.push(1)
+        dead = rollout.engines[0]
+        ray.kill(dead)
+        out = rollout.generate(prompts * 4, Sampling(max_new_tokens=8), list(range(8)))
+        assert len(out) == 8 and len(rollout.engines) == 1  # its prompts were re-queued to the survivor
+        assert sync.push(2).bytes == 4 * policy.num_parameters  # the group was rebuilt without the dead engine
+        assert rollout.replenish() == 1
+        sync.push(2)
+        assert ray.get([e.policy_version.remote() for e in rollout.engines]) == [2, 2]
+        sums = ray.get([e.weight_sum.remote() for e in rollout.engines])
+        assert abs(sums[0] - sums[1]) < 1e-6
     finally:
         rollout.shutdown()
         policy.shutdown()

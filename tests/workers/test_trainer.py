@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from hh_ray.algo.batch import PairBatch, SequenceBatch, TokenBatch
 from hh_ray.config import TrainerConfig
 from hh_ray.data.hh import SUBSETS, load_comparisons
 from hh_ray.data.tokenize import pm_input_ids
-from hh_ray.workers.trainer import TrainerGroup, ds_config, latest_tag
+from hh_ray.models.objectives import PMObjective, SFTObjective, TokenLogprobs
+from hh_ray.workers.trainer import TrainerGroup, ds_config, forward_micro_batches, latest_tag
 
 
 @pytest.fixture(scope="module")
 def pm_batches(tokenizer, hh_dir):
     items, _ = load_comparisons(str(hh_dir), SUBSETS)
     items = items[:48]
-    enc = lambda cs: {"chosen": [pm_input_ids(tokenizer, c.prompt, c.chosen, 96) for c in cs],
-                      "rejected": [pm_input_ids(tokenizer, c.prompt, c.rejected, 96) for c in cs]}
+    enc = lambda cs: PairBatch([pm_input_ids(tokenizer, c.prompt, c.chosen, 96) for c in cs],
+                               [pm_input_ids(tokenizer, c.prompt, c.rejected, 96) for c in cs])
     return [enc(items[i:i + 8]) for i in range(0, 48, 8)]
 
 
 def test_ds_config_geometry_and_optimizer():
     t = TrainerConfig(num_ranks=2, micro_batch_size=4, grad_accum_steps=3, zero_stage=3, lr=2e-5, total_steps=10)
-    cpu, gpu = ds_config(t, 2, on_gpu=False), ds_config(t, 2, on_gpu=True)
+    cpu = ds_config(t, 2, torch.float32)
+    gpu = ds_config(dataclasses.replace(t, gpus_per_rank=1.0), 2, torch.bfloat16)
     assert cpu["train_batch_size"] == 4 * 3 * 2 and cpu["gradient_accumulation_steps"] == 3
     # torch's AdamW everywhere (no DeepSpeed JIT build); its fused kernel and bf16 on GPU only
     assert cpu["optimizer"]["params"]["torch_adam"] and "fused" not in cpu["optimizer"]["params"]
@@ -33,8 +38,8 @@ def test_ds_config_geometry_and_optimizer():
     assert torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], **(params | {"fused": False})).defaults["lr"] == 2e-5
 
 
-def _train(group, batches, objective="pm"):
-    return [group.train(b, objective, {"center_coef": 0.01}) for b in batches]
+def _train(group, batches):
+    return [group.train(b, PMObjective(center_coef=0.01)) for b in batches]
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -50,8 +55,8 @@ def test_two_ranks_equal_one_rank_with_double_batch(ray_local, tiny_model_dir, p
     s2 = _train(two, pm_batches[:3])
     v2 = two.param_vector()
     two.shutdown()
-    assert [s["units"] for s in s1] == [s["units"] for s in s2] == [8, 8, 8]
-    assert [s["loss"] for s in s1] == pytest.approx([s["loss"] for s in s2], abs=1e-5)
+    assert [s.units for s in s1] == [s.units for s in s2] == [8, 8, 8]
+    assert [s.loss for s in s1] == pytest.approx([s.loss for s in s2], abs=1e-5)
     assert torch.allclose(v1, v2, atol=1e-4), f"max diff {(v1 - v2).abs().max():.2e}"
     assert (v1 - v0).abs().max() > 1e-3  # the steps moved the weights, so equality is not trivial
 
@@ -100,8 +105,8 @@ def test_sft_export_round_trips_through_from_pretrained(ray_local, tiny_model_di
 
     g = TrainerGroup("export", str(tiny_model_dir), "causal_lm", TrainerConfig(micro_batch_size=2, lr=1e-3))
     enc = [encode_dialogue(tokenizer, "\n\nHuman: hi there\n\nAssistant: hello, how can I help?", 64)] * 2
-    stats = g.train({"input_ids": [e.input_ids for e in enc], "loss_mask": [e.loss_mask for e in enc]}, "sft")
-    assert stats["units"] == 2 * sum(enc[0].loss_mask[1:])
+    stats = g.train(TokenBatch([e.input_ids for e in enc], [e.loss_mask for e in enc]), SFTObjective())
+    assert stats.units == 2 * sum(enc[0].loss_mask[1:])
     g.export_hf(str(tmp_path / "out"))
     v = g.param_vector()
     g.shutdown()
@@ -120,16 +125,41 @@ def test_pretrained_minilm_encoder_trains_as_a_pm(ray_local, hh_dir, tmp_path):
     path = _resolve_model_id("all-MiniLM-L6-v2")
     tok = load_tokenizer(path)
     items, _ = load_comparisons(str(hh_dir), ["helpful-base"])
-    batch = {"chosen": [pm_input_ids(tok, c.prompt, c.chosen, 96) for c in items[:8]],
-             "rejected": [pm_input_ids(tok, c.prompt, c.rejected, 96) for c in items[:8]]}
-    assert batch["chosen"][0][0] == tok.cls_token_id and batch["chosen"][0][-1] == tok.sep_token_id
+    batch = PairBatch([pm_input_ids(tok, c.prompt, c.chosen, 96) for c in items[:8]],
+                      [pm_input_ids(tok, c.prompt, c.rejected, 96) for c in items[:8]])
+    assert batch.chosen[0][0] == tok.cls_token_id and batch.chosen[0][-1] == tok.sep_token_id
     g = TrainerGroup("minilm-pm", path, "pm", TrainerConfig(micro_batch_size=8, lr=1e-4, cpus_per_rank=1.0))
-    first = g.train(batch, "pm")
+    first = g.train(batch, PMObjective())
     for _ in range(4):
-        last = g.train(batch, "pm")
+        last = g.train(batch, PMObjective())
     g.export_hf(str(tmp_path / "pm"))
     g.shutdown()
-    assert last["loss"] < first["loss"]  # same batch: the encoder PM fits it
+    assert last.loss < first.loss  # same batch: the encoder PM fits it
     model = load_model(str(tmp_path / "pm"), "pm")
     s = score_texts(model, load_tokenizer(tmp_path / "pm"), [c.prompt for c in items[:8]], [c.chosen for c in items[:8]], 96)
     assert s.shape == (8,) and torch.isfinite(s).all()
+
+
+def test_forward_calls_cover_the_largest_shard_by_samples_and_tokens():
+    # 9 and 8 sequences, 8 per call: the 9-sequence rank needs 2 calls, so both ranks make 2
+    assert forward_micro_batches([[10] * 9, [10] * 8], max_samples=8, token_budget=10_000) == 2
+    # 3 sequences of 100 tokens with a 150-token budget: 2 calls by tokens although samples allow 1
+    assert forward_micro_batches([[100] * 3, [100] * 2], max_samples=16, token_budget=150) == 2
+    assert forward_micro_batches([[], []], max_samples=4, token_budget=100) == 1
+
+
+def test_zero3_ranks_with_uneven_shards_all_finish(ray_local, tiny_model_dir, tokenizer):
+    """2 ZeRO-3 ranks, 17 sequences, 8 per forward call: shards of 9 and 8 (2 and 1 calls unless the group
+    evens them out), and 1 sequence (one rank with nothing): every rank must run the same number of forwards,
+    or the parameter all-gather of the rank with more calls waits forever."""
+    cfg = TrainerConfig(num_ranks=2, zero_stage=3, micro_batch_size=2, forward_micro_batch_size=8, cpus_per_rank=0.5)
+    g = TrainerGroup("zero3-uneven", str(tiny_model_dir), "causal_lm", cfg)
+    try:
+        prompts = [tokenizer(f"\n\nHuman: question {i}\n\nAssistant:")["input_ids"] for i in range(17)]
+        responses = [[5 + i, 7, 9][: 1 + i % 3] for i in range(17)]
+        out = g.forward(SequenceBatch(prompts, responses), TokenLogprobs())
+        assert [len(o) for o in out] == [len(r) for r in responses]
+        one = g.forward(SequenceBatch(prompts[:1], responses[:1]), TokenLogprobs())
+        assert one[0] == pytest.approx(out[0], abs=1e-5)
+    finally:
+        g.shutdown()

@@ -1,0 +1,120 @@
+"""Typed, column-oriented batches: what the driver hands a trainer group, and one PPO batch (`Experience`).
+
+Every batch is a dataclass whose fields are equal-length lists (one entry per sample), so one pair of helpers
+(`select`, `split`) slices any of them, and a trainer rank never has to guess which string keys a batch holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+B = TypeVar("B")
+
+
+def batch_size(batch) -> int:
+    return len(getattr(batch, dataclasses.fields(batch)[0].name))
+
+
+def select(batch: B, idx: list[int]) -> B:
+    """The samples at `idx`, in that order, as a batch of the same type (columns left empty stay empty)."""
+    cols = {}
+    for f in dataclasses.fields(batch):
+        col = getattr(batch, f.name)
+        cols[f.name] = [col[i] for i in idx] if col else []
+    return type(batch)(**cols)
+
+
+def cut(items: list, parts: int) -> list[list]:
+    """`parts` contiguous, nearly equal pieces (the first ones one longer when uneven; some may be empty)."""
+    base, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + base + (1 if i < extra else 0)
+        out.append(list(items[start:end]))
+        start = end
+    return out
+
+
+def split(batch: B, parts: int) -> list[B]:
+    """`parts` contiguous pieces of a batch, cut as `cut` does."""
+    return [select(batch, idx) for idx in cut(list(range(batch_size(batch))), parts)]
+
+
+@dataclass
+class TokenBatch:
+    """SFT: whole dialogues and a 0/1 mask of the tokens the loss is taken on."""
+
+    input_ids: list[list[int]]
+    loss_mask: list[list[int]]
+
+
+@dataclass
+class PairBatch:
+    """PM training: PM input ids of the chosen and the rejected side of each comparison."""
+
+    chosen: list[list[int]]
+    rejected: list[list[int]]
+
+
+@dataclass
+class SequenceBatch:
+    """Forward-only passes (logprobs, values): prompt ids and response ids."""
+
+    prompt: list[list[int]]
+    response: list[list[int]]
+
+
+@dataclass
+class PolicyBatch:
+    prompt: list[list[int]]
+    response: list[list[int]]
+    old_logprobs: list[list[float]]
+    advantages: list[list[float]]
+
+
+@dataclass
+class ValueBatch:
+    prompt: list[list[int]]
+    response: list[list[int]]
+    old_values: list[list[float]]
+    returns: list[list[float]]
+
+
+@dataclass
+class Experience:
+    """One PPO batch, filled phase by phase: generate -> reference/score/values/old logprobs -> advantages.
+
+    `behaviour_logprobs` are the engine's sampling logprobs; `old_logprobs` are the policy trainer's own on the
+    same tokens (the PPO ratio's denominator and the policy side of the KL penalty).
+    """
+
+    prompt: list[list[int]]
+    response: list[list[int]]
+    prompt_text: list[str]
+    response_text: list[str]
+    finish: list[str]  # vLLM's finish reason per sample: "stop" (end of turn) or "length" (cut at the cap)
+    behaviour_logprobs: list[list[float]]
+    old_logprobs: list[list[float]] = field(default_factory=list)
+    ref_logprobs: list[list[float]] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    old_values: list[list[float]] = field(default_factory=list)
+    advantages: list[list[float]] = field(default_factory=list)
+    returns: list[list[float]] = field(default_factory=list)
+
+    def sequences(self) -> SequenceBatch:
+        return SequenceBatch(self.prompt, self.response)
+
+    def policy_batch(self) -> PolicyBatch:
+        return PolicyBatch(self.prompt, self.response, self.old_logprobs, self.advantages)
+
+    def value_batch(self) -> ValueBatch:
+        return ValueBatch(self.prompt, self.response, self.old_values, self.returns)
+
+
+def minibatches(n: int, parts: int, rng) -> list[list[int]]:
+    """One epoch's minibatches: a shuffled order cut into `parts` nearly equal pieces; every sample is in one."""
+    order = list(range(n))
+    rng.shuffle(order)
+    return cut(order, parts)
