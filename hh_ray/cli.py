@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from hh_ray.config import ConfigError
     from hh_ray.data.hh import DataError
+    from hh_ray.ops.submit import SubmitError
     from hh_ray.workers.group import PlacementError
     from hh_ray.workers.rollout import StaleWeightsError
 
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_pipeline(cfg)
         return 0
-    except (ConfigError, DataError, FileNotFoundError, PlacementError, StaleWeightsError) as exc:
+    except (ConfigError, DataError, FileNotFoundError, PlacementError, StaleWeightsError, SubmitError) as exc:
         print(f"hh-ray: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the drivers' `finally` blocks have torn their actor groups down by now

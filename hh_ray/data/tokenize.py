@@ -118,12 +118,6 @@ def encode_dialogue(tokenizer, transcript: str, max_tokens: int) -> Encoded:
     return Encoded(ids, mask)
 
 
-def encode_response(tokenizer, prompt_ids: list[int], response: str, max_response_tokens: int) -> Encoded:
-    """Prompt ids followed by response ids (cut on the right); the mask marks the response."""
-    r = _ids(tokenizer, response)[:max_response_tokens]
-    return Encoded(prompt_ids + r, [0] * len(prompt_ids) + [1] * len(r))
-
-
 def pm_input_ids(tokenizer, prompt: str, response: str, max_tokens: int) -> list[int]:
     """PM input: the dialogue, then the end-of-context token for decoders (encoders add their own specials).
 
@@ -141,10 +135,3 @@ def pm_input_ids(tokenizer, prompt: str, response: str, max_tokens: int) -> list
     if pair:
         return [cls] + p + [sep] + r + [sep]
     return p + r + ([eoc] if eoc is not None else [])
-
-
-def pad_right(seqs: list[list[int]], pad_id: int, value_pad: int | None = None) -> list[list[int]]:
-    """Right-pad to a rectangle, so every sequence starts at position 0 as it does in the rollout engine."""
-    n = max(len(s) for s in seqs)
-    fill = pad_id if value_pad is None else value_pad
-    return [s + [fill] * (n - len(s)) for s in seqs]

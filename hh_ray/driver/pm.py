@@ -70,8 +70,6 @@ def run_pm(cfg) -> str:
     backbone = resolve_backbone(cfg)
     tok = load_tokenizer(backbone)
     train, held, _ = load_train_holdout(cfg.data, cfg.seed)
-    if not train:
-        raise DataError(f"no training comparisons in {cfg.data.data_dir} (subsets {cfg.data.subsets})")
     encode = lambda items: PairBatch([pm_input_ids(tok, c.prompt, c.chosen, cfg.pm.max_tokens) for c in items],
                                      [pm_input_ids(tok, c.prompt, c.rejected, cfg.pm.max_tokens) for c in items])
     train_enc, held_enc = encode(train), encode(held)

@@ -235,8 +235,6 @@ class PPOSetup:
         tok = load_tokenizer(policy_path)
         train, held, _ = load_train_holdout(cfg.data, cfg.seed)
         train_texts, held_texts = unique_prompts(train), unique_prompts(held)[: p.eval_prompts]
-        if not train_texts:
-            raise DataError(f"no training prompts in {cfg.data.data_dir} (subsets {cfg.data.subsets})")
         if not held_texts:
             raise DataError("no held-out prompts to evaluate PPO on (data.holdout_fraction="
                             f"{cfg.data.holdout_fraction} left none); set data.holdout_fraction > 0, e.g. 0.1")

@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 
 from hh_ray.algo.batch import TokenBatch
-from hh_ray.data import DataError, load_train_holdout
+from hh_ray.data import load_train_holdout
 from hh_ray.data.tokenize import encode_dialogue, load_tokenizer
 from hh_ray.driver.cluster import connect
 from hh_ray.driver.runlog import write_json_atomic
@@ -41,8 +41,6 @@ def run_sft(cfg) -> str:
     init = initial_policy(cfg)
     tok = load_tokenizer(init)
     train, held, _ = load_train_holdout(cfg.data, cfg.seed)
-    if not train:
-        raise DataError(f"no training dialogues in {cfg.data.data_dir} (subsets {cfg.data.subsets})")
     max_tokens = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens
     encoded = [encode_dialogue(tok, c.chosen_dialogue, max_tokens) for c in train]
     held_enc = [encode_dialogue(tok, c.chosen_dialogue, max_tokens) for c in held[:256]]

@@ -72,10 +72,6 @@ def save_atomic(model, tokenizer, out_dir: str | Path, state_dict: dict | None =
         shutil.rmtree(old)
 
 
-def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def ensure_tokenizer(out_dir: str | Path, texts_fn, vocab_size: int):
     """The run's offline BPE tokenizer: loaded if already trained, else trained on `texts_fn()` and saved."""
     from hh_ray.data.tokenize import load_tokenizer, train_tokenizer

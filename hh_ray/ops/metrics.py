@@ -1,7 +1,10 @@
-"""PPO metrics on Ray's Prometheus endpoint (`ray.util.metrics`), tagged by job and role.
+"""PPO metrics on Ray's Prometheus endpoint (`ray.util.metrics`), tagged by run and role.
 
-Ray exports every process's metrics on its metrics port; Prometheus scrapes it (see `cluster/prometheus.yml`)
-and the Grafana dashboard `cluster/grafana-hh-ray.json` plots them.
+The driver sets every gauge once per step from the step's metrics, so all series come from the driver's node.
+`run` is the config's `name` (Prometheus keeps `job` for its own scrape job, so a `job` tag would be renamed
+`exported_job`); `role` says which actor group measured the quantity (rollout, scorer, policy-trainer, driver),
+not which process exports it. Prometheus scrapes Ray's metrics port through Ray's service-discovery file
+(`cluster/prometheus.yml`) and `cluster/grafana-hh-ray.json` plots them.
 """
 
 from __future__ import annotations
@@ -25,23 +28,23 @@ PHASES = ("generate", "experience", "advantages", "train", "sync")
 class PPOMetrics:
     """One gauge per quantity plus `hh_ray_phase_seconds{phase=...}`; `record` maps a step's metrics onto them."""
 
-    def __init__(self, job: str):
+    def __init__(self, run: str):
         from ray.util.metrics import Counter, Gauge
 
-        self.job = job
-        self.gauges = {name: Gauge(f"hh_ray_{name}", description=desc, tag_keys=("job", "role"))
+        self.run = run
+        self.gauges = {name: Gauge(f"hh_ray_{name}", description=desc, tag_keys=("run", "role"))
                        for name, (_, _, desc) in GAUGES.items()}
-        self.queue = Gauge("hh_ray_queue_depth", description=QUEUE_DEPTH, tag_keys=("job", "role"))
+        self.queue = Gauge("hh_ray_queue_depth", description=QUEUE_DEPTH, tag_keys=("run", "role"))
         self.phase = Gauge("hh_ray_phase_seconds", description="seconds per PPO phase in the last step",
-                           tag_keys=("job", "role", "phase"))
-        self.steps = Counter("hh_ray_ppo_steps", description="PPO steps completed", tag_keys=("job", "role"))
+                           tag_keys=("run", "role", "phase"))
+        self.steps = Counter("hh_ray_ppo_steps", description="PPO steps completed", tag_keys=("run", "role"))
 
     def record(self, m: dict, queue_depth: int = 0) -> None:
         for name, (key, role, _) in GAUGES.items():
             if key in m:
-                self.gauges[name].set(float(m[key]), tags={"job": self.job, "role": role})
-        self.queue.set(float(queue_depth), tags={"job": self.job, "role": "rollout"})
+                self.gauges[name].set(float(m[key]), tags={"run": self.run, "role": role})
+        self.queue.set(float(queue_depth), tags={"run": self.run, "role": "rollout"})
         for phase in PHASES:
             if f"time/{phase}" in m:
-                self.phase.set(float(m[f"time/{phase}"]), tags={"job": self.job, "role": "driver", "phase": phase})
-        self.steps.inc(1.0, tags={"job": self.job, "role": "driver"})
+                self.phase.set(float(m[f"time/{phase}"]), tags={"run": self.run, "role": "driver", "phase": phase})
+        self.steps.inc(1.0, tags={"run": self.run, "role": "driver"})

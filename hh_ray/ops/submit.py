@@ -1,11 +1,14 @@
 """`hh-ray submit`: send a job to a Ray cluster through the Jobs API, print its id, follow logs and status.
 
-Ray 2.60 turns token authentication on by default. The token comes from `--token`, else from where Ray's own
-clients look (`RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH`, `~/.ray/auth_token`); nothing here switches auth off.
+Ray 2.60 turns token authentication on by default. hh-ray finds the token itself, in this order: `--token`,
+`RAY_AUTH_TOKEN`, the file named by `RAY_AUTH_TOKEN_PATH`, `~/.ray/auth_token` (where `ray start` writes it),
+and sends it as a bearer header, so no `RAY_AUTH_MODE` setting is needed on the laptop. Every failure to
+reach or be admitted by the cluster is one `SubmitError` line that names the problem and the fix.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -40,11 +43,50 @@ def load_runtime_env(path: str | None, config_path: str | None) -> dict:
     return {}
 
 
+class SubmitError(RuntimeError):
+    """The cluster could not be reached, refused the token, or is not a Ray dashboard; one line says which."""
+
+
+def resolve_token(flag: str | None) -> str | None:
+    """The Ray auth token: --token, RAY_AUTH_TOKEN, the file at RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    if flag:
+        return flag.strip()
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise SubmitError(f"RAY_AUTH_TOKEN_PATH={path} names no file; point it at the cluster's auth_token file")
+        return p.read_text().strip()
+    default = Path.home() / ".ray" / "auth_token"
+    return default.read_text().strip() if default.is_file() else None
+
+
+def explain(address: str, exc: BaseException) -> SubmitError:
+    """One line for the ways reaching a cluster fails, from the exception text Ray's client raises."""
+    text = f"{type(exc).__name__}: {exc}"
+    if "Invalid authentication token" in text or "Forbidden" in text or "403" in text:
+        return SubmitError(f"the Ray cluster at {address} refused the auth token; pass the cluster's token with "
+                           f"--token or RAY_AUTH_TOKEN (on the head: cat ~/.ray/auth_token)")
+    if "Missing authentication token" in text or "Unauthorized" in text or "401" in text:
+        return SubmitError(f"the Ray cluster at {address} requires an auth token and none was found; pass --token, "
+                           f"set RAY_AUTH_TOKEN, or copy the head's ~/.ray/auth_token to this machine")
+    if "Version check returned" in text or "404" in text:
+        return SubmitError(f"{address} answers HTTP but is not a Ray dashboard (Jobs API not found); use the "
+                           f"dashboard address, e.g. http://<head>:8265")
+    return SubmitError(f"cannot reach a Ray dashboard at {address} ({type(exc).__name__}); check the address and "
+                       f"that the cluster is up (e.g. `ray dashboard cluster/aws-gpu.yaml` or a kubectl port-forward)")
+
+
 def client_for(address: str, token: str | None):
     from ray.job_submission import JobSubmissionClient
 
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    return JobSubmissionClient(address, headers=headers)
+    try:
+        return JobSubmissionClient(address, headers=headers)
+    except Exception as exc:  # noqa: BLE001 - every way of not reaching the cluster becomes one line
+        raise explain(address, exc) from None
 
 
 def follow(client, job_id: str, poll_s: float = 1.0, out=sys.stdout) -> str:
@@ -87,10 +129,13 @@ def submit_job(args) -> int:
         from hh_ray.config import load_config
 
         load_config(args.config, args.overrides)
-    client = client_for(args.address, args.token)
+    client = client_for(args.address, resolve_token(args.token))
     runtime_env = load_runtime_env(args.runtime_env, args.config)
     entrypoint = entrypoint_for(args.entrypoint, args.config, list(args.overrides))
-    job_id = _submit_with_retry(client, entrypoint, runtime_env or None)
+    try:
+        job_id = _submit_with_retry(client, entrypoint, runtime_env or None)
+    except Exception as exc:  # noqa: BLE001
+        raise explain(args.address, exc) from None
     print(job_id, flush=True)
     if args.no_follow:
         return 0

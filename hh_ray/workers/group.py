@@ -63,7 +63,8 @@ class Worker:
 
 
 class WorkerGroup:
-    """`size` actors of `actor_cls`, one placement-group bundle each, named `<name>-<rank>` in the dashboard."""
+    """`size` actors of `actor_cls`, one placement-group bundle each, named `<name>-<rank>` in the dashboard
+    (or `<name>` alone when `rank_suffix` is off: an elastic pool's one-actor groups are already numbered)."""
 
     def __init__(
         self,
@@ -74,6 +75,7 @@ class WorkerGroup:
         gpus: float = 0.0,
         placement_timeout_s: float = 120.0,
         actor_kwargs: Sequence[dict] | None = None,
+        rank_suffix: bool = True,
     ):
         import ray
         from ray.util.placement_group import placement_group, remove_placement_group
@@ -94,7 +96,7 @@ class WorkerGroup:
         kwargs = list(actor_kwargs) if actor_kwargs is not None else [{} for _ in range(size)]
         self.actors = [
             remote_cls.options(
-                name=f"{name}-{rank}",
+                name=f"{name}-{rank}" if rank_suffix else name,
                 num_cpus=cpus,
                 num_gpus=gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(

@@ -193,7 +193,7 @@ class RolloutGroup:
                             placement_timeout_s=timeout_s or self.placement_timeout_s,
                             actor_kwargs=[dict(model_path=self.model_path, rollout_cfg=self.cfg,
                                                max_model_len=self.max_model_len, seed=self.seed + i,
-                                               dtype=self.dtype)])
+                                               dtype=self.dtype)], rank_suffix=False)
         self._groups.append(group)
         return group.actors[0]
 
