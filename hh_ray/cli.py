@@ -10,6 +10,8 @@ import sys
 
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="job YAML (see jobs/); defaults apply when omitted")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: delete the stages' checkpoints and metrics in run_dir first (same as fresh=true)")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. ppo.steps=5")
 
 
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args):
     from hh_ray.config import load_config
 
-    return load_config(args.config, args.overrides)
+    return load_config(args.config, list(args.overrides) + (["fresh=true"] if args.fresh else []))
 
 
 def _data_stats(args) -> int:
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from hh_ray.config import ConfigError
     from hh_ray.data.hh import DataError
+    from hh_ray.driver.stage import ResumeError
     from hh_ray.ops.submit import SubmitError
     from hh_ray.workers.group import PlacementError
     from hh_ray.workers.rollout import StaleWeightsError
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run_pipeline(cfg)
         return 0
-    except (ConfigError, DataError, FileNotFoundError, PlacementError, StaleWeightsError, SubmitError) as exc:
+    except (ConfigError, DataError, FileNotFoundError, PlacementError, StaleWeightsError, SubmitError,
+            ResumeError) as exc:
         print(f"hh-ray: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the drivers' `finally` blocks have torn their actor groups down by now

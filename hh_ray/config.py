@@ -156,6 +156,7 @@ class PPOConfig:
     truncation_penalty: float = 0.0  # subtracted from the score of a response cut at max_new_tokens (0 = off)
     sync_bucket_mb: int = 32  # weight sync: parameters travel in flat buckets of this size
     sync_timeout_s: float = 600.0  # weight sync: a broadcast that waits longer fails (gloo and NCCL alike)
+    max_failures: int = 3  # trainer-rank deaths survived in one command (both trainer groups rebuilt each time)
     scorer: str = "pm"  # "pm" = the PM of this run (or pm_checkpoint); "substring:<t>" = share of tokens containing t
     pm_checkpoint: str = ""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -192,6 +193,7 @@ class JobConfig:
     name: str = "hh-ray"
     run_dir: str = "runs/hh-ray"
     seed: int = 0
+    fresh: bool = False  # start each stage over: delete its checkpoints and metrics first (else it resumes)
     stages: list[str] = field(default_factory=lambda: ["data", "tokenizer", "sft", "pm", "ppo", "report"])
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -347,7 +349,7 @@ def validate(cfg: JobConfig) -> None:
     _check(p.gamma <= 1 and p.lam <= 1, f"ppo.gamma and ppo.lam must be in [0, 1], got {p.gamma}, {p.lam}")
     for key in ("steps", "prompts_per_step", "epochs", "minibatches", "eval_prompts", "sync_bucket_mb"):
         _check(getattr(p, key) >= 1, f"ppo.{key}: must be >= 1, got {getattr(p, key)}")
-    for key in ("eval_every", "checkpoint_every"):
+    for key in ("eval_every", "checkpoint_every", "max_failures"):
         _check(getattr(p, key) >= 0, f"ppo.{key}: must be >= 0 (0 = off), got {getattr(p, key)}")
     _check(r.temperature > 0 and math.isfinite(r.temperature),
            f"ppo.rollout.temperature: must be > 0, got {r.temperature}")

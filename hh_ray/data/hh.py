@@ -31,7 +31,12 @@ NO_FINAL_ASSISTANT = "no_final_assistant"
 PROMPT_MISMATCH = "prompt_mismatch"
 IDENTICAL = "identical"
 EMPTY_RESPONSE = "empty_response"
-REASONS = (BAD_JSON, MISSING_KEY, NO_FINAL_ASSISTANT, PROMPT_MISMATCH, IDENTICAL, EMPTY_RESPONSE)
+BAD_UTF8 = "bad_utf8"
+TRUNCATED = "truncated_file"  # a gzip stream that ends early: the lines before it are kept
+NOT_GZIP = "not_gzip"  # named .gz, but not gzip
+FILE_PROBLEMS = (BAD_JSON, BAD_UTF8, TRUNCATED, NOT_GZIP)
+REASONS = (BAD_JSON, MISSING_KEY, NO_FINAL_ASSISTANT, PROMPT_MISMATCH, IDENTICAL, EMPTY_RESPONSE, BAD_UTF8, TRUNCATED,
+           NOT_GZIP)
 
 
 class DataError(ValueError):
@@ -129,10 +134,25 @@ def parse_record(obj: object, subset: str, source: str) -> Comparison | str:
 
 
 def _read_lines(path: Path) -> Iterator[str]:
+    """Lines of a (gzipped) JSONL file; a line that is not UTF-8 comes back as BAD_UTF8, and a file that ends
+    early or is not gzip at all ends with one TRUNCATED or NOT_GZIP entry after the lines that could be read."""
+    import zlib
+
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as fh:
-        for line in fh:
-            yield line
+    try:
+        with opener(path, "rb") as fh:
+            for raw in fh:
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    yield BAD_UTF8
+    except (EOFError, zlib.error) as exc:
+        log.warning("%s: ends early (%s)", path, exc)
+        yield TRUNCATED
+    except gzip.BadGzipFile:
+        yield NOT_GZIP
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
 
 
 def _files_of(root: Path, subset: str, split: str | None) -> list[Path]:
@@ -146,9 +166,13 @@ def _records_local(root: Path, subset: str, split: str | None) -> Iterator[tuple
     files = _files_of(root, subset, split)
     if not files:
         want = f"{split}.jsonl.gz" if split else "*.jsonl.gz"
-        raise DataError(f"no {want} for subset '{subset}' under {root / subset}")
+        have = ", ".join(local_subsets(str(root))) or "none"
+        raise DataError(f"no {want} for subset '{subset}' under {root / subset} (subsets there: {have})")
     for path in files:
         for lineno, line in enumerate(_read_lines(path), start=1):
+            if line in (BAD_UTF8, TRUNCATED, NOT_GZIP):
+                yield str(path), lineno, line
+                continue
             if not line.strip():
                 continue
             try:
@@ -204,7 +228,7 @@ def load_comparisons(
             else _records_hub(data_dir, subset, split or "train")
         )
         for file, lineno, obj in records:
-            result = BAD_JSON if obj == BAD_JSON else parse_record(obj, subset, f"{file}:{lineno}")
+            result = obj if obj in FILE_PROBLEMS else parse_record(obj, subset, f"{file}:{lineno}")
             if isinstance(result, str):
                 if strict:
                     raise DataError(f"{file}:{lineno}: {result}")

@@ -1,13 +1,57 @@
-"""Connecting the driver to Ray: an in-process local cluster by default, else the given address."""
+"""Connecting the driver to Ray: an in-process local cluster by default, else the given address.
+
+A local cluster lives as long as its driver. A driver killed with SIGKILL cannot stop it, so the driver
+records the cluster's session in the run folder, and the next driver on that folder first ends every process
+of a recorded session whose driver is gone (Ray's dashboard and agents would otherwise linger for minutes).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+from pathlib import Path
 
 from hh_ray.workers.group import actor_env
 
+SESSION_FILE = ".ray-local-session.json"
 
-def connect(ray_cfg) -> None:
+
+def session_processes(session_name: str) -> list:
+    """Processes of the local Ray session `session_name` (its name appears in their command lines)."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(session_name in part for part in proc.info["cmdline"] or []):
+                out.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+def end_stale_session(run_dir: Path) -> int:
+    """Kill the processes of a local cluster whose driver died; returns how many were killed."""
+    import psutil
+
+    f = run_dir / SESSION_FILE
+    if not f.is_file():
+        return 0
+    rec = json.loads(f.read_text())
+    if psutil.pid_exists(rec["driver_pid"]) and rec["driver_pid"] != os.getpid():
+        return 0  # its driver still runs (e.g. another command on the same folder)
+    procs = session_processes(rec["session"])
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    f.unlink()
+    return len(procs)
+
+
+def connect(ray_cfg, run_dir: str | os.PathLike | None = None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -15,9 +59,19 @@ def connect(ray_cfg) -> None:
     address = os.environ.get("RAY_ADDRESS") or ray_cfg.address
     env = {"env_vars": actor_env()}
     if address == "local":
+        run = Path(run_dir) if run_dir else None
+        if run is not None:
+            killed = end_stale_session(run)
+            if killed:
+                print(f"[ray] ended {killed} processes of a local cluster whose driver died")
         kwargs = {"num_cpus": ray_cfg.num_cpus} if ray_cfg.num_cpus else {}
         # A small machine still hosts every group: fractional CPUs per bundle, a floor of 4 logical CPUs.
         kwargs.setdefault("num_cpus", max(4, os.cpu_count() or 1))
-        ray.init(address="local", include_dashboard=False, runtime_env=env, log_to_driver=True, **kwargs)
+        ray.init(address="local", include_dashboard=False, runtime_env=env, log_to_driver=True,
+                 _node_ip_address="127.0.0.1", **kwargs)
+        if run is not None:
+            run.mkdir(parents=True, exist_ok=True)
+            session = ray._private.worker._global_node.session_name  # names every process of this cluster
+            (run / SESSION_FILE).write_text(json.dumps({"session": session, "driver_pid": os.getpid()}))
     else:
         ray.init(address=address)  # a submitted job keeps its own runtime env; groups set their env vars

@@ -77,7 +77,7 @@ def run_pm(cfg) -> str:
     bs = t.micro_batch_size * t.grad_accum_steps * t.num_ranks
     steps = max(1, int(cfg.pm.epochs * len(train) / bs))
     objective = PMObjective(cfg.pm.margin, cfg.pm.center_coef)
-    connect(cfg.ray)
+    connect(cfg.ray, cfg.run_dir)
     group = TrainerGroup("pm-trainer", backbone, "pm", t, cfg.seed, cfg.model.dtype)
 
     def heldout() -> dict:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from ray.exceptions import RayActorError
 
 from hh_ray.algo.batch import Experience, batch_size, minibatches, select
 from hh_ray.algo.ppo import (
@@ -28,17 +31,16 @@ from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver.cluster import connect
 from hh_ray.driver.runlog import RunLog, read_metrics, write_json_atomic
 from hh_ray.driver.sft import batches, initial_policy
+from hh_ray.driver.stage import ResumeError
 from hh_ray.models.objectives import PolicyObjective, TokenLogprobs, TokenValues, ValueObjective
 from hh_ray.ops.autoscale import RolloutAutoscaler
 from hh_ray.ops.metrics import PPOMetrics
+from hh_ray.workers.checkpoint import has_checkpoints, intact_tags
 from hh_ray.workers.reference import ReferenceGroup
-from hh_ray.workers.rollout import RolloutGroup, Sampling
+from hh_ray.workers.rollout import NoEnginesError, RolloutGroup, Sampling
 from hh_ray.workers.scorer import ScorerGroup
 from hh_ray.workers.trainer import TrainerGroup
 from hh_ray.workers.weight_sync import WeightSync
-
-STATE = "state.json"
-
 
 class Timer:
     """`with timer("phase"):` records that phase's seconds as `time/phase`."""
@@ -90,8 +92,7 @@ class PPOWorkers:
             reference = up(ReferenceGroup(policy_path, cpus=p.reference_cpus, gpus=p.reference_gpus, dtype=dtype))
             scorer = up(ScorerGroup(p.scorer, pm_path, policy_path, cfg.pm.max_tokens, cpus=p.scorer_cpus,
                                     gpus=p.scorer_gpus, dtype=dtype))
-            policy = up(TrainerGroup("policy-trainer", policy_path, "causal_lm", p.policy_trainer, cfg.seed, dtype))
-            critic = up(TrainerGroup("critic-trainer", policy_path, "value", p.critic_trainer, cfg.seed, dtype))
+            policy, critic = start_trainers(cfg, policy_path, up)
         except BaseException:
             for g in started:
                 g.shutdown()
@@ -102,6 +103,16 @@ class PPOWorkers:
                                         r.latency_threshold_s, r.scale_down_idle_s)
                       if r.max_engines > r.min_engines else None)
         return cls(rollout, reference, scorer, policy, critic, sync, autoscaler)
+
+    def restart_trainers(self, cfg, policy_path: str) -> None:
+        """Replace both trainer groups (after a rank died) and the weight sync that joins rank 0 to the engines."""
+        self.policy.shutdown()
+        self.critic.shutdown()
+        self.policy, self.critic = start_trainers(cfg, policy_path, lambda g: g)
+        self.sync = WeightSync(self.policy, self.rollout, self.sync.bucket_bytes, self.sync.timeout_s)
+        if self.autoscaler:
+            self.autoscaler.sync = self.sync
+        self.sync.connect()
 
     def groups(self) -> dict:
         return {"rollout": self.rollout, "reference": self.reference, "scorer": self.scorer, "policy": self.policy,
@@ -123,6 +134,13 @@ class PPOWorkers:
             g.shutdown()
 
 
+def start_trainers(cfg, policy_path: str, up) -> tuple[TrainerGroup, TrainerGroup]:
+    p, dtype = cfg.ppo, cfg.model.dtype
+    policy = up(TrainerGroup("policy-trainer", policy_path, "causal_lm", p.policy_trainer, cfg.seed, dtype))
+    critic = up(TrainerGroup("critic-trainer", policy_path, "value", p.critic_trainer, cfg.seed, dtype))
+    return policy, critic
+
+
 def sample_seeds(seed: int, step: int, count: int, n: int) -> list[int]:
     """Per-prompt vLLM seeds; spaced by n because an engine seeds sample j of a request with seed + j."""
     base = (seed * 100_003 + step) * 1_000_000
@@ -130,7 +148,17 @@ def sample_seeds(seed: int, step: int, count: int, n: int) -> list[int]:
 
 
 def generate(w: PPOWorkers, prompts: Prompts, sampling: Sampling, seeds: list[int]) -> Experience:
-    samples = w.rollout.generate(prompts.ids, sampling, seeds)
+    """Samples for every prompt; if every engine dies, new ones get the current weights and the batch reruns."""
+    for attempt in range(3):
+        try:
+            samples = w.rollout.generate(prompts.ids, sampling, seeds)
+            break
+        except NoEnginesError:
+            if attempt == 2:
+                raise
+            print("[ppo] every rollout engine died; starting new ones", file=sys.stderr, flush=True)
+            w.rollout.replenish()
+            w.sync.push(w.rollout.version)
     owner = [i // sampling.n for i in range(len(samples))]
     return Experience(prompt=[prompts.ids[i] for i in owner], response=[s.response for s in samples],
                       prompt_text=[prompts.texts[i] for i in owner], response_text=[s.text for s in samples],
@@ -244,11 +272,37 @@ class PPOSetup:
         return cls(policy_path, pm_path, encode(train_texts), encode(held_texts), kl_ctl)
 
 
-def resume(w: PPOWorkers, ckpt: Path, kl_ctl) -> int:
-    """Load the last saved step's policy, critic and KL controller; returns that step (0 for a fresh run)."""
-    if not (ckpt / STATE).is_file():
+def state_file(ckpt: Path, tag: str) -> Path:
+    return ckpt / f"state-{tag}.json"
+
+
+def resume_point(ckpt: Path, fresh: bool) -> dict | None:
+    """The driver state of the newest step whose policy and critic checkpoints are both intact, or None.
+
+    `fresh` deletes the run's PPO checkpoints first. Checkpoints without any usable driver state stop the run
+    instead of silently starting over (which would overwrite them and the metrics log).
+    """
+    if fresh:
+        shutil.rmtree(ckpt, ignore_errors=True)
+        return None
+    usable = set(intact_tags(ckpt / "policy")) & set(intact_tags(ckpt / "critic"))
+    states = sorted(ckpt.glob("state-*.json"), key=lambda f: json.loads(f.read_text())["step"], reverse=True)
+    for i, f in enumerate(states):
+        state = json.loads(f.read_text())
+        if state["tag"] in usable:
+            if i:
+                print(f"[ppo] newer checkpoints are damaged; resuming from {state['tag']}", file=sys.stderr)
+            return state
+    if has_checkpoints(ckpt / "policy") or has_checkpoints(ckpt / "critic") or states:
+        raise ResumeError(f"{ckpt} holds PPO checkpoints but no step with intact policy, critic and driver state; "
+                          f"rerun with --fresh (or fresh=true) to start PPO over, which deletes them")
+    return None
+
+
+def resume(w: PPOWorkers, ckpt: Path, state: dict | None, kl_ctl) -> int:
+    """Load a saved step's policy, critic and KL controller; returns that step (0 when there is none)."""
+    if state is None:
         return 0
-    state = json.loads((ckpt / STATE).read_text())
     w.policy.load_checkpoint(str(ckpt / "policy"), state["tag"])
     w.critic.load_checkpoint(str(ckpt / "critic"), state["tag"])
     kl_ctl.load_state_dict(state["kl_controller"])
@@ -261,7 +315,7 @@ def save_state(w: PPOWorkers, ckpt: Path, step: int, kl_ctl) -> None:
     tag = f"step{step}"
     w.policy.save_checkpoint(str(ckpt / "policy"), tag, {"step": step})
     w.critic.save_checkpoint(str(ckpt / "critic"), tag, {"step": step})
-    write_json_atomic(ckpt / STATE, {"step": step, "tag": tag, "kl_controller": kl_ctl.state_dict()})
+    write_json_atomic(state_file(ckpt, tag), {"step": step, "tag": tag, "kl_controller": kl_ctl.state_dict()})
 
 
 def run_ppo(cfg) -> dict:
@@ -270,12 +324,12 @@ def run_ppo(cfg) -> dict:
     out, ckpt = run_dir / "ppo", run_dir / "checkpoints" / "ppo"
     out.mkdir(parents=True, exist_ok=True)
     setup = PPOSetup.prepare(cfg)
-    connect(cfg.ray)
+    connect(cfg.ray, cfg.run_dir)
     t_start = time.perf_counter()
     w = PPOWorkers.start(cfg, setup.policy_path, setup.pm_path)
     try:
         w.sync.connect()
-        start = resume(w, ckpt, setup.kl_ctl)
+        start = resume(w, ckpt, resume_point(ckpt, cfg.fresh), setup.kl_ctl)
         w.sync.push(start)
         print(f"[ppo] {len(setup.train.ids)} train prompts, {len(setup.held_out.ids)} held-out prompts; groups up in "
               f"{time.perf_counter() - t_start:.0f}s")
@@ -286,10 +340,28 @@ def run_ppo(cfg) -> dict:
             print(f"[ppo] before: held-out PM score {before['eval/pm_score']:.3f}")
         log = RunLog(out, "ppo", p.steps, 1, resume_step=start, logging_cfg=cfg.logging, run_name=cfg.name)
         dashboard = PPOMetrics(cfg.name)
-        rng, metrics = random.Random(cfg.seed), {}
-        for step in range(start + 1, p.steps + 1):
-            rng.seed(cfg.seed * 7919 + step)
-            metrics = ppo_step(w, step, setup.train, cfg, setup.kl_ctl, rng, metrics)
+        rng, metrics, step, failures = random.Random(cfg.seed), {}, start, 0
+        kl_at_start = setup.kl_ctl.state_dict()
+        while step < p.steps:
+            rng.seed(cfg.seed * 7919 + step + 1)
+            try:
+                metrics = ppo_step(w, step + 1, setup.train, cfg, setup.kl_ctl, rng, metrics)
+            except RayActorError as exc:  # a trainer rank died: both groups restart from the last checkpoint
+                failures += 1
+                if failures > p.max_failures:
+                    raise
+                print(f"[ppo] step {step + 1}: a trainer died ({type(exc).__name__}); failure {failures} of "
+                      f"{p.max_failures} allowed, restarting both trainer groups from the last checkpoint",
+                      file=sys.stderr, flush=True)
+                w.restart_trainers(cfg, setup.policy_path)
+                state = resume_point(ckpt, fresh=False)
+                if state is None:  # no checkpoint yet: the new trainers start from the initial weights
+                    setup.kl_ctl.load_state_dict(kl_at_start)
+                step = resume(w, ckpt, state, setup.kl_ctl)
+                w.sync.push(step)
+                log.truncate(step)
+                continue
+            step += 1
             if p.eval_every and step % p.eval_every == 0 and step < p.steps:
                 metrics |= evaluate(w, setup.held_out, cfg)[0]
             log.log(step, metrics, show=("objective/pm_score", "objective/kl", "objective/reward", "policy/entropy",

@@ -40,6 +40,10 @@ class RunLog:
             self.wandb = wandb.init(project=logging_cfg.wandb_project, name=f"{run_name}-{name}",
                                     mode=logging_cfg.wandb_mode, dir=str(self.dir), resume="allow")
 
+    def truncate(self, step: int) -> None:
+        """Drop the rows after `step` (a stage rolled back to a checkpoint and redoes them)."""
+        write_jsonl_atomic(self.path, [r for r in read_metrics(self.path) if r["step"] <= step])
+
     def log(self, step: int, metrics: dict, show: tuple[str, ...] = ()) -> None:
         row = {"step": step, "time": round(time.perf_counter() - self.t0, 3)} | {
             k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}

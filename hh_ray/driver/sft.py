@@ -48,7 +48,7 @@ def run_sft(cfg) -> str:
     t = cfg.sft.trainer
     bs = t.micro_batch_size * t.grad_accum_steps * t.num_ranks
 
-    connect(cfg.ray)
+    connect(cfg.ray, cfg.run_dir)
     group = TrainerGroup("sft-trainer", init, "causal_lm", t, cfg.seed, cfg.model.dtype)
     try:
         run_stage("sft", group, SFTObjective(), cfg.sft.steps,

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable
 
 from hh_ray.driver.runlog import RunLog
-from hh_ray.workers.trainer import latest_tag
+from hh_ray.workers.checkpoint import has_checkpoints, latest_tag
+
+
+class ResumeError(RuntimeError):
+    """A run folder holds a stage's checkpoints but none it can resume from; `fresh=true` starts over."""
+
+
+def resume_step(ckpt: Path, log_dir: Path, fresh: bool, load) -> int:
+    """The step to continue after: the newest intact checkpoint's (loaded with `load`), or 0 for a new stage.
+
+    `fresh` deletes the stage's checkpoints and log first. Checkpoints that are all damaged stop the run rather
+    than silently starting over on top of them.
+    """
+    if fresh:
+        shutil.rmtree(ckpt, ignore_errors=True)
+        (log_dir / "metrics.jsonl").unlink(missing_ok=True)
+        return 0
+    if latest_tag(ckpt):
+        return load(str(ckpt))["step"]
+    if has_checkpoints(ckpt):
+        raise ResumeError(f"{ckpt} holds checkpoints but none is intact (see the warnings above); rerun with "
+                          f"--fresh (or fresh=true) to start this stage over, which deletes them")
+    return 0
 
 
 def run_stage(name: str, group, objective, steps: int, batch_at: Callable[[int], object], ckpt: Path, log_dir: Path,
@@ -17,7 +40,7 @@ def run_stage(name: str, group, objective, steps: int, batch_at: Callable[[int],
     `batch_at(step)` must be a pure function of the step (resumed runs see the same data); the stage is
     checkpointed every `checkpoint_every` steps and at its end.
     """
-    start = group.load_checkpoint(str(ckpt))["step"] if latest_tag(str(ckpt)) else 0
+    start = resume_step(ckpt, log_dir, cfg.fresh, group.load_checkpoint)
     if start:
         print(f"[{name}] resumed from {ckpt} at step {start}")
     log = RunLog(log_dir, name, steps, log_every, resume_step=start, logging_cfg=cfg.logging, run_name=cfg.name)

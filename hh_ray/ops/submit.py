@@ -131,7 +131,8 @@ def submit_job(args) -> int:
         load_config(args.config, args.overrides)
     client = client_for(args.address, resolve_token(args.token))
     runtime_env = load_runtime_env(args.runtime_env, args.config)
-    entrypoint = entrypoint_for(args.entrypoint, args.config, list(args.overrides))
+    overrides = list(args.overrides) + (["fresh=true"] if getattr(args, "fresh", False) else [])
+    entrypoint = entrypoint_for(args.entrypoint, args.config, overrides)
     try:
         job_id = _submit_with_retry(client, entrypoint, runtime_env or None)
     except Exception as exc:  # noqa: BLE001

@@ -13,6 +13,9 @@ import socket
 from typing import Any, Sequence
 
 
+STATELESS_RESTARTS = 3  # how often Ray restarts a dead reference or scorer actor in place
+
+
 class PlacementError(RuntimeError):
     """A group's resources cannot be had from the cluster; the message says what was asked and what exists."""
 
@@ -61,10 +64,18 @@ class Worker:
             out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         return out
 
+    def pid(self) -> int:
+        """This actor's process id (fault-injection tests kill it)."""
+        return os.getpid()
+
 
 class WorkerGroup:
     """`size` actors of `actor_cls`, one placement-group bundle each, named `<name>-<rank>` in the dashboard
-    (or `<name>` alone when `rank_suffix` is off: an elastic pool's one-actor groups are already numbered)."""
+    (or `<name>` alone when `rank_suffix` is off: an elastic pool's one-actor groups are already numbered).
+
+    `restarts` > 0 is for stateless roles (reference, scorer): Ray restarts a dead actor in its bundle with the
+    same arguments and retries the calls it was running, so a step goes on as if nothing had happened.
+    """
 
     def __init__(
         self,
@@ -76,6 +87,7 @@ class WorkerGroup:
         placement_timeout_s: float = 120.0,
         actor_kwargs: Sequence[dict] | None = None,
         rank_suffix: bool = True,
+        restarts: int = 0,
     ):
         import ray
         from ray.util.placement_group import placement_group, remove_placement_group
@@ -103,6 +115,8 @@ class WorkerGroup:
                     placement_group=self.pg, placement_group_bundle_index=rank
                 ),
                 runtime_env={"env_vars": actor_env(cpus)},
+                max_restarts=restarts,
+                max_task_retries=restarts,
             ).remote(**kwargs[rank])
             for rank in range(size)
         ]
@@ -115,9 +129,7 @@ class WorkerGroup:
         return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
 
     def call(self, method: str, *args, **kwargs) -> list[Any]:
-        import ray
-
-        return ray.get(self.call_async(method, *args, **kwargs))
+        return get_all(self.call_async(method, *args, **kwargs))
 
     def call_each_async(self, method: str, per_actor: Sequence[tuple[tuple, dict]]) -> list[ray.ObjectRef]:
         """One (args, kwargs) per actor, e.g. a shard of a batch each."""
@@ -131,9 +143,24 @@ class WorkerGroup:
         from ray.util.placement_group import remove_placement_group
 
         for a in self.actors:
-            ray.kill(a)
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
         remove_placement_group(self.pg)
         self.actors = []
+
+
+def get_all(refs: list) -> list:
+    """`ray.get` that fails as soon as any call fails: when one rank of a collective dies, the others block in the
+    collective, and waiting for them in order would wait out the collective's timeout."""
+    import ray
+
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done)  # raises the first failure now
+    return ray.get(list(refs))
 
 
 def largest_peaks(reports: Sequence[dict[str, float]]) -> dict[str, float]:

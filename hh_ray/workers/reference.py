@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hh_ray.algo.batch import SequenceBatch, split
-from hh_ray.workers.group import Worker, WorkerGroup
+from hh_ray.workers.group import STATELESS_RESTARTS, Worker, WorkerGroup
 
 
 class ReferenceWorker(Worker):
@@ -34,7 +34,8 @@ class ReferenceGroup:
     def __init__(self, model_path: str, num_workers: int = 1, cpus: float = 0.25, gpus: float = 0.0,
                  dtype: str = "auto"):
         kw = {"model_path": model_path, "on_gpu": gpus > 0, "dtype": dtype}
-        self.group = WorkerGroup(ReferenceWorker, num_workers, "reference", cpus, gpus, actor_kwargs=[kw] * num_workers)
+        self.group = WorkerGroup(ReferenceWorker, num_workers, "reference", cpus, gpus, actor_kwargs=[kw] * num_workers,
+                                 restarts=STATELESS_RESTARTS)
 
     def logprobs_async(self, batch: SequenceBatch, temperature: float):
         """Start the pass on every worker's shard; returns a callable that waits and concatenates in order."""

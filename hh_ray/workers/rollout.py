@@ -19,6 +19,10 @@ class StaleWeightsError(RuntimeError):
     """An engine was asked to generate with a policy version it does not hold."""
 
 
+class NoEnginesError(RuntimeError):
+    """Every engine died before the batch was done; the caller starts new ones (`replenish`) and retries."""
+
+
 class WeightSyncExtension:
     """Mixed into every vLLM worker (`worker_extension_cls`); called through `collective_rpc`."""
 
@@ -201,6 +205,11 @@ class RolloutGroup:
         """Stop the newest engine and free its placement group."""
         self._groups.pop().shutdown()
 
+    def drop_dead(self, actors) -> None:
+        """Forget engines found dead elsewhere (e.g. during a weight sync)."""
+        for a in actors:
+            self._drop(a)
+
     def _drop(self, actor) -> None:
         for g in list(self._groups):
             if g.actors and g.actors[0] == actor:
@@ -237,7 +246,7 @@ class RolloutGroup:
                                              [seeds[i] for i in idx])
                 in_flight[ref] = (engine, idx)
             if not in_flight:
-                raise RuntimeError("every rollout engine died; no engine left to generate")
+                raise NoEnginesError("every rollout engine died; no engine left to generate")
             (ref,), _ = ray.wait(list(in_flight), num_returns=1)
             engine, idx = in_flight.pop(ref)
             try:

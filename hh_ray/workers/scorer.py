@@ -10,7 +10,7 @@ normalized with the mean/std the PM measured on its own eval set (`pm_stats.json
 from __future__ import annotations
 
 from hh_ray.algo.batch import cut
-from hh_ray.workers.group import Worker, WorkerGroup
+from hh_ray.workers.group import STATELESS_RESTARTS, Worker, WorkerGroup
 
 
 class ScorerWorker(Worker):
@@ -55,7 +55,8 @@ class ScorerGroup:
                  cpus: float = 0.25, gpus: float = 0.0, dtype: str = "auto"):
         kw = dict(scorer=scorer, pm_path=pm_path, policy_tokenizer=policy_tokenizer, max_tokens=max_tokens,
                   on_gpu=gpus > 0, dtype=dtype)
-        self.group = WorkerGroup(ScorerWorker, num_workers, "pm-scorer", cpus, gpus, actor_kwargs=[kw] * num_workers)
+        self.group = WorkerGroup(ScorerWorker, num_workers, "pm-scorer", cpus, gpus, actor_kwargs=[kw] * num_workers,
+                                 restarts=STATELESS_RESTARTS)
 
     def score_async(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]):
         """Start scoring on every worker's shard; returns a callable that waits and concatenates in order."""

@@ -7,7 +7,6 @@ pairs), so N ranks with batch b take exactly the step one rank takes with batch 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -18,10 +17,8 @@ import torch
 
 from hh_ray.algo.batch import PairBatch, SequenceBatch, TokenBatch, batch_size, split
 from hh_ray.models.objectives import StepResult, merge_results, probe_tokens
-from hh_ray.workers.group import Worker, WorkerGroup, free_port, node_ip
-
-COMPLETE = "COMPLETE"  # marker written last into a checkpoint folder
-
+from hh_ray.workers.checkpoint import checkpoint_problem, latest_tag, write_manifest
+from hh_ray.workers.group import Worker, WorkerGroup, free_port, get_all, node_ip
 
 def filler(batch_type: type, pad_id: int):
     """A one-sample, one-token batch of `batch_type`: the forward a rank runs when its shard is used up."""
@@ -161,7 +158,7 @@ class TrainerWorker(Worker):
                                     save_latest=False)
         dist.barrier()
         if self.rank == 0:
-            (staging / tag / COMPLETE).write_text(json.dumps({"time": time.time()}))
+            write_manifest(staging / tag)
             final = rootp / tag
             if final.exists():
                 shutil.rmtree(final)
@@ -175,7 +172,10 @@ class TrainerWorker(Worker):
     def load_checkpoint(self, root: str, tag: str | None = None) -> dict:
         tag = tag or latest_tag(root)
         if tag is None:
-            raise FileNotFoundError(f"no complete checkpoint under {root}")
+            raise FileNotFoundError(f"no intact checkpoint under {root}")
+        problem = checkpoint_problem(root, tag)
+        if problem:
+            raise FileNotFoundError(f"checkpoint {root}/{tag} cannot be loaded: {problem}")
         _, client = self.engine.load_checkpoint(root, tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
         self.steps = client.get("worker_steps", 0)
@@ -233,15 +233,6 @@ class TrainerWorker(Worker):
             return torch.cat([p.detach().float().reshape(-1).cpu() for p in params])
 
 
-def latest_tag(root: str) -> str | None:
-    """The tag named by `root/latest` if that checkpoint is complete, else None."""
-    p = Path(root) / "latest"
-    if not p.is_file():
-        return None
-    tag = p.read_text().strip()
-    return tag if (Path(root) / tag / COMPLETE).is_file() else None
-
-
 class TrainerGroup:
     """N DeepSpeed ranks in one placement group. The driver hands it whole typed batches; it shards them."""
 
@@ -252,7 +243,7 @@ class TrainerGroup:
         self.group = WorkerGroup(TrainerWorker, trainer_cfg.num_ranks, name, trainer_cfg.cpus_per_rank,
                                  trainer_cfg.gpus_per_rank)
         master = ray.get(self.group.actors[0].address.remote())
-        counts = ray.get([a.setup.remote(r, len(self.group), master, model_path, kind, trainer_cfg, seed, dtype)
+        counts = get_all([a.setup.remote(r, len(self.group), master, model_path, kind, trainer_cfg, seed, dtype)
                           for r, a in enumerate(self.group.actors)])
         self.num_parameters = counts[0]
 
@@ -266,8 +257,6 @@ class TrainerGroup:
 
     def train_async(self, batch, objective):
         """Start the step and return a callable that waits for it (lets policy and critic steps overlap)."""
-        import ray
-
         if objective.kind != self.kind:
             raise ValueError(f"{type(objective).__name__} needs a {objective.kind} model; this group holds {self.kind}")
         need = self.world * self.cfg.grad_accum_steps
@@ -275,17 +264,15 @@ class TrainerGroup:
             raise ValueError(f"batch of {batch_size(batch)} is smaller than ranks x grad_accum_steps = {need}")
         units = objective.units(batch)
         refs = self.group.call_each_async("train", [((s, objective, units), {}) for s in split(batch, self.world)])
-        return lambda: merge_results(ray.get(refs))
+        return lambda: merge_results(get_all(refs))
 
     def forward_async(self, batch, probe):
         """Start a probe on every rank (each on its shard, all with the same number of forward calls)."""
-        import ray
-
         shards = split(batch, self.world)
         calls = forward_micro_batches([probe_tokens(s) for s in shards], self.cfg.forward_micro_batch_size,
                                       self.cfg.forward_token_budget)
         refs = self.group.call_each_async("forward", [((s, probe, calls), {}) for s in shards])
-        return lambda: [o for part in ray.get(refs) for o in part]
+        return lambda: [o for part in get_all(refs) for o in part]
 
     def forward(self, batch, probe) -> list:
         """One output per sample, in batch order."""

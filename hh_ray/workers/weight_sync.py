@@ -148,15 +148,38 @@ class WeightSync:
         ray.get(refs)
         self._members = tuple(engines)
 
-    def push(self, version: int) -> SyncStats:
-        """Broadcast the trainer's weights into every engine and mark them with `version`."""
-        import ray
+    def push(self, version: int, attempts: int = 3) -> SyncStats:
+        """Broadcast the trainer's weights into every engine and mark them with `version`.
 
-        if tuple(self.rollout.engines) != self._members:
-            self.connect()
-        t0 = time.perf_counter()
-        send = self.policy.group.call_async("broadcast_weights", self.bucket_bytes)
-        recv = [e.receive_weights.remote(self.metas, self.bucket_bytes, version) for e in self.rollout.engines]
+        An engine that dies during the broadcast is dropped, the group rebuilt without it, and the push repeated.
+        """
+        import ray
+        from ray.exceptions import RayActorError
+
+        for attempt in range(attempts):
+            if tuple(self.rollout.engines) != self._members:
+                self.connect()
+            t0 = time.perf_counter()
+            send = self.policy.group.call_async("broadcast_weights", self.bucket_bytes)
+            engines = list(self.rollout.engines)
+            recv = [e.receive_weights.remote(self.metas, self.bucket_bytes, version) for e in engines]
+            dead = []
+            for e, ref in zip(engines, recv):
+                try:
+                    ray.get(ref)
+                except RayActorError:
+                    dead.append(e)
+            if not dead:
+                break
+            self.rollout.drop_dead(dead)
+            try:
+                ray.get(send)  # rank 0's broadcast failed with the peer gone (gloo) or timed out
+            except ray.exceptions.RayTaskError:
+                pass
+            if attempt == attempts - 1:
+                raise RuntimeError(f"weight sync to version {version}: engines kept dying ({attempts} attempts)")
+            if not self.rollout.engines:
+                self.rollout.replenish()
         sent = ray.get(send)[0]
         loads = ray.get(recv)
         self.rollout.version = version

@@ -57,12 +57,15 @@ MALFORMED = [
 
 
 def test_every_reject_reason_is_counted_and_good_rows_survive(tmp_path):
-    assert {r for _, r in MALFORMED} == set(REASONS)
+    from hh_ray.data.hh import BAD_UTF8, NOT_GZIP, TRUNCATED
+
+    # record-level reasons here; the file-level ones in test_damaged_files_are_counted_per_file_and_reason
+    assert {r for _, r in MALFORMED} == set(REASONS) - {BAD_UTF8, TRUNCATED, NOT_GZIP}
     _write(tmp_path / "helpful-base" / "test.jsonl.gz", [GOOD] + [row for row, _ in MALFORMED] + [GOOD])
     items, report = load_comparisons(str(tmp_path), ["helpful-base"])
     assert len(items) == 2
     counts = report.rejected[str(tmp_path / "helpful-base" / "test.jsonl.gz")]
-    assert counts == Counter({r: 1 for r in REASONS})
+    assert counts == Counter({r: 1 for _, r in MALFORMED})
 
 
 @pytest.mark.parametrize("row,reason", MALFORMED)
@@ -103,3 +106,25 @@ def test_holdout_split_is_by_prompt_and_mixing_weights(hh_dir):
     assert mix_subsets(train, {"harmless-base": 2.0}, seed=1) == mix_subsets(train, {"harmless-base": 2.0}, seed=1)
     with pytest.raises(DataError, match="not loaded: bogus"):
         mix_subsets(train, {"bogus": 1.0}, seed=0)
+
+
+def test_damaged_files_are_counted_per_file_and_reason(tmp_path):
+    import gzip
+    import json as _json
+
+    from hh_ray.data.hh import BAD_UTF8, NOT_GZIP, TRUNCATED, load_comparisons
+
+    good = {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
+    lines = "".join(_json.dumps(good) + "\n" for _ in range(200)).encode()
+    for name in ("truncated", "plain", "utf8"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "truncated" / "test.jsonl.gz").write_bytes(gzip.compress(lines)[:-40])  # cut inside the stream
+    (tmp_path / "plain" / "test.jsonl.gz").write_bytes(lines)  # text wearing a .gz name
+    (tmp_path / "utf8" / "test.jsonl.gz").write_bytes(gzip.compress(lines + b"\xff\xfe not utf-8\n" + lines))
+    items, report = load_comparisons(str(tmp_path), ["truncated", "plain", "utf8"])
+    by_file = {k.split("/")[-2]: dict(v) for k, v in report.rejected.items()}
+    assert by_file["truncated"] == {TRUNCATED: 1} and by_file["plain"] == {NOT_GZIP: 1}
+    assert by_file["utf8"] == {BAD_UTF8: 1}
+    assert report.kept[str(tmp_path / "utf8" / "test.jsonl.gz")] == 400
+    assert 0 < report.kept[str(tmp_path / "truncated" / "test.jsonl.gz")] < 200  # what could be read is kept
+    assert len(items) == sum(report.kept.values())

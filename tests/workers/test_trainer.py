@@ -12,7 +12,8 @@ from hh_ray.config import TrainerConfig
 from hh_ray.data.hh import SUBSETS, load_comparisons
 from hh_ray.data.tokenize import pm_input_ids
 from hh_ray.models.objectives import PMObjective, SFTObjective, TokenLogprobs
-from hh_ray.workers.trainer import TrainerGroup, ds_config, forward_micro_batches, latest_tag
+from hh_ray.workers.checkpoint import latest_tag
+from hh_ray.workers.trainer import TrainerGroup, ds_config, forward_micro_batches
 
 
 @pytest.fixture(scope="module")
