@@ -63,6 +63,23 @@ def write_eval(out_dir: Path, metrics: dict, extra: dict | None = None) -> dict:
     return metrics
 
 
+def require_pm(path: Path, need_stats: bool = False) -> None:
+    """A folder holding a trained PM (a scalar-head model), else one clear error; a random head scores noise."""
+    import json as _json
+
+    from hh_ray.models.forward import PM_STATS
+
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no saved PM at {path} (config.json missing)")
+    archs = _json.loads((path / "config.json").read_text()).get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise DataError(f"{path} is not a preference model (architectures {archs}); pass a folder written by "
+                        f"`hh-ray pm`, e.g. <run_dir>/pm")
+    if need_stats and not (path / PM_STATS).is_file():
+        raise DataError(f"{path} has no {PM_STATS} (score mean/std measured on held-out pairs), so PPO rewards "
+                        f"would be raw scores; train the PM with data.holdout_fraction > 0 or run `hh-ray pm eval`")
+
+
 def run_pm(cfg) -> str:
     """Train on the train side, evaluate on held-out prompts, export to `<run_dir>/pm`; returns that path."""
     run_dir = Path(cfg.run_dir)
@@ -120,8 +137,7 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str, as_json: bool, batch_siz
     from hh_ray.models.forward import load_model, score_texts
 
     ck = Path(checkpoint)
-    if not (ck / "config.json").is_file():
-        raise FileNotFoundError(f"no saved PM at {ck} (config.json missing)")
+    require_pm(ck)
     if not Path(data_dir).is_dir():
         raise DataError(f"data folder not found: {data_dir}")
     subsets = local_subsets(data_dir)

@@ -29,6 +29,7 @@ from hh_ray.algo.ppo import (
 from hh_ray.data import DataError, load_train_holdout, unique_prompts
 from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver.cluster import connect
+from hh_ray.driver.pm import require_pm
 from hh_ray.driver.runlog import RunLog, read_metrics, write_json_atomic
 from hh_ray.driver.sft import batches, initial_policy
 from hh_ray.driver.stage import ResumeError
@@ -258,8 +259,10 @@ class PPOSetup:
         sft = run_dir / "sft"
         policy_path = str(sft) if (sft / "config.json").is_file() else initial_policy(cfg)
         pm_path = p.pm_checkpoint or str(run_dir / "pm")
-        if p.scorer == "pm" and not (Path(pm_path) / "config.json").is_file():
-            raise FileNotFoundError(f"no PM at {pm_path}; run `hh-ray pm` first or set ppo.pm_checkpoint")
+        if p.scorer == "pm":
+            if not (Path(pm_path) / "config.json").is_file():
+                raise FileNotFoundError(f"no PM at {pm_path}; run `hh-ray pm` first or set ppo.pm_checkpoint")
+            require_pm(Path(pm_path), need_stats=True)
         tok = load_tokenizer(policy_path)
         train, held, _ = load_train_holdout(cfg.data, cfg.seed)
         train_texts, held_texts = unique_prompts(train), unique_prompts(held)[: p.eval_prompts]
@@ -324,12 +327,13 @@ def run_ppo(cfg) -> dict:
     out, ckpt = run_dir / "ppo", run_dir / "checkpoints" / "ppo"
     out.mkdir(parents=True, exist_ok=True)
     setup = PPOSetup.prepare(cfg)
+    resume_state = resume_point(ckpt, cfg.fresh)  # a file check: refuse a damaged run before any cluster starts
     connect(cfg.ray, cfg.run_dir)
     t_start = time.perf_counter()
     w = PPOWorkers.start(cfg, setup.policy_path, setup.pm_path)
     try:
         w.sync.connect()
-        start = resume(w, ckpt, resume_point(ckpt, cfg.fresh), setup.kl_ctl)
+        start = resume(w, ckpt, resume_state, setup.kl_ctl)
         w.sync.push(start)
         print(f"[ppo] {len(setup.train.ids)} train prompts, {len(setup.held_out.ids)} held-out prompts; groups up in "
               f"{time.perf_counter() - t_start:.0f}s")

@@ -87,10 +87,30 @@ def ensure_tokenizer(out_dir: str | Path, texts_fn, vocab_size: int):
     return load_tokenizer(out)
 
 
+def check_model(name: str, key: str = "model.policy") -> str:
+    """`name` if it is a local model folder or a hub id whose config loads here; else one clear error."""
+    from hh_ray.config import ConfigError
+
+    p = Path(name).expanduser()
+    if p.exists() or name.startswith((".", "/", "~")):
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"{key}: {name} is not a model folder (no config.json there)")
+        return str(p)
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:160]
+        raise ConfigError(f"{key}: '{name}' is not a preset ({', '.join(PRESETS)}), a local folder, or a hub id that "
+                          f"loads here (offline?): {reason}") from None
+    return name
+
+
 def ensure_policy(policy: str, run_dir: str | Path, texts_fn, vocab_size: int, seed: int) -> str:
-    """Path or id of the initial policy: a preset is built once under `run_dir`, anything else passes through."""
+    """Path or id of the initial policy: a preset is built once under `run_dir`; anything else is checked."""
     if not is_preset(policy):
-        return policy
+        return check_model(policy)
     out = Path(run_dir) / f"init-{policy}"
     if not (out / "config.json").is_file():
         tok = ensure_tokenizer(Path(run_dir) / "tokenizer", texts_fn, vocab_size)
