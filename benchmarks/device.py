@@ -102,45 +102,50 @@ def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str, ze
     """hh-ray's TrainerWorker on one device: SFT and PPO-policy steps, tokens/s and achieved TFLOP/s."""
     import torch
 
+    from hh_ray.algo.batch import PolicyBatch, SequenceBatch, TokenBatch
     from hh_ray.config import TrainerConfig
+    from hh_ray.models.objectives import PolicyObjective, SFTObjective, TokenLogprobs, probe_tokens
     from hh_ray.workers.group import free_port
-    from hh_ray.workers.trainer import TrainerWorker, count_units
+    from hh_ray.workers.trainer import TrainerWorker, forward_micro_batches
 
     B, P, R, steps = size["batch"], size["prompt"], size["response"], size["steps"]
     layers, width = size["num_hidden_layers"], size["hidden_size"]
     worker = TrainerWorker()
-    cfg = TrainerConfig(micro_batch_size=B, zero_stage=zero_stage, lr=1e-5)
-    info = worker.setup(0, 1, ("127.0.0.1", free_port()), path, "causal_lm", cfg, 0)
+    # the trainer places itself (and picks bf16, NCCL, fused AdamW) by its GPU share, as a Ray actor would
+    cfg = TrainerConfig(micro_batch_size=B, zero_stage=zero_stage, lr=1e-5,
+                        gpus_per_rank=1.0 if device == "cuda" else 0.0)
+    parameters = worker.setup(0, 1, ("127.0.0.1", free_port()), path, "causal_lm", cfg, 0)
     g = torch.Generator().manual_seed(0)
     ids = lambda n, t: torch.randint(10, size["vocab_size"], (n, t), generator=g).tolist()
     seq = P + R
     attention = 12 * layers * width * seq  # per token, forward + backward
-    batches = {
-        "sft": ({"input_ids": ids(B, seq), "loss_mask": [[1] * seq] * B}, {},
-                (6 * matmul + attention) * B * seq),
-        "policy": ({"prompt": ids(B, P), "response": ids(B, R), "old_logprobs": [[-5.0] * R] * B,
-                    "advantages": torch.randn(B, R, generator=g).tolist()}, {"clip_ratio": 0.2},
+    policy = PolicyBatch(prompt=ids(B, P), response=ids(B, R), old_logprobs=[[-5.0] * R] * B,
+                         advantages=torch.randn(B, R, generator=g).tolist())
+    runs = {  # objective, its batch, FLOPs per step
+        "sft": (SFTObjective(), TokenBatch(ids(B, seq), [[1] * seq] * B), (6 * matmul + attention) * B * seq),
+        "policy": (PolicyObjective(clip_ratio=0.2), policy,
                    (6 * (matmul - head) + attention) * B * seq + 6 * head * B * R),
     }
-    out: dict = {"parameters": info["parameters"], "zero_stage": cfg.zero_stage, "batch": B, "sequence": seq}
-    for objective, (batch, hyper, flops) in batches.items():
-        units = count_units(objective, batch)
+    out: dict = {"parameters": parameters, "zero_stage": cfg.zero_stage, "batch": B, "sequence": seq}
+    for name, (objective, batch, flops) in runs.items():
+        units = objective.units(batch)
         for _ in range(2):  # warm-up: allocator, kernels, optimizer state
-            worker.train(batch, objective, units, hyper)
+            worker.train(batch, objective, units)
         sync(device)
         times = []
         for _ in range(steps):
             t0 = time.perf_counter()
-            worker.train(batch, objective, units, hyper)
+            worker.train(batch, objective, units)
             sync(device)
             times.append(time.perf_counter() - t0)
         step = statistics.median(times)
-        out[objective] = {"step_seconds": step, "tokens_per_s": B * seq / step, "tflops": flops / step / 1e12}
-    prompt, response = batches["policy"][0]["prompt"], batches["policy"][0]["response"]
+        out[name] = {"step_seconds": step, "tokens_per_s": B * seq / step, "tflops": flops / step / 1e12}
+    sequences = SequenceBatch(policy.prompt, policy.response)
+    calls = forward_micro_batches([probe_tokens(sequences)], cfg.forward_micro_batch_size, cfg.forward_token_budget)
     times = []
     for i in range(4):  # the first call warms the eval path
         t0 = time.perf_counter()
-        worker.infer("logprobs", prompt, response)
+        worker.forward(sequences, TokenLogprobs(), calls)
         sync(device)
         times.append(time.perf_counter() - t0)
     out["reference_logprobs_tokens_per_s"] = B * seq / statistics.median(times[1:])
