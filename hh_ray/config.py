@@ -284,7 +284,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form key.sub=value")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': the value of {key.strip()} is not valid YAML "
+                          f"({str(exc).splitlines()[0]})") from None
 
 
 def load_section(cls: type, path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()):

@@ -77,7 +77,7 @@ def require_pm(path: Path, need_stats: bool = False) -> None:
                         f"`hh-ray pm`, e.g. <run_dir>/pm")
     if need_stats and not (path / PM_STATS).is_file():
         raise DataError(f"{path} has no {PM_STATS} (score mean/std measured on held-out pairs), so PPO rewards "
-                        f"would be raw scores; train the PM with data.holdout_fraction > 0 or run `hh-ray pm eval`")
+                        f"would be raw scores; retrain the PM with data.holdout_fraction > 0 (e.g. 0.1)")
 
 
 def run_pm(cfg) -> str:

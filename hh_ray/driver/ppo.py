@@ -255,20 +255,21 @@ class PPOSetup:
 
     @classmethod
     def prepare(cls, cfg) -> "PPOSetup":
+        """Checks first (PM, data), then the policy: bad input fails before anything is built."""
         p, run_dir = cfg.ppo, Path(cfg.run_dir)
-        sft = run_dir / "sft"
-        policy_path = str(sft) if (sft / "config.json").is_file() else initial_policy(cfg)
         pm_path = p.pm_checkpoint or str(run_dir / "pm")
         if p.scorer == "pm":
             if not (Path(pm_path) / "config.json").is_file():
                 raise FileNotFoundError(f"no PM at {pm_path}; run `hh-ray pm` first or set ppo.pm_checkpoint")
             require_pm(Path(pm_path), need_stats=True)
-        tok = load_tokenizer(policy_path)
         train, held, _ = load_train_holdout(cfg.data, cfg.seed)
         train_texts, held_texts = unique_prompts(train), unique_prompts(held)[: p.eval_prompts]
         if not held_texts:
             raise DataError("no held-out prompts to evaluate PPO on (data.holdout_fraction="
                             f"{cfg.data.holdout_fraction} left none); set data.holdout_fraction > 0, e.g. 0.1")
+        sft = run_dir / "sft"
+        policy_path = str(sft) if (sft / "config.json").is_file() else initial_policy(cfg)
+        tok = load_tokenizer(policy_path)
         encode = lambda texts: Prompts([truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in texts], texts)
         kl_ctl = (AdaptiveKLController(p.kl_coef, p.adaptive_kl_target, p.adaptive_kl_horizon)
                   if p.adaptive_kl_target > 0 else FixedKLController(p.kl_coef))
@@ -326,8 +327,8 @@ def run_ppo(cfg) -> dict:
     p, run_dir = cfg.ppo, Path(cfg.run_dir)
     out, ckpt = run_dir / "ppo", run_dir / "checkpoints" / "ppo"
     out.mkdir(parents=True, exist_ok=True)
-    setup = PPOSetup.prepare(cfg)
     resume_state = resume_point(ckpt, cfg.fresh)  # a file check: refuse a damaged run before any cluster starts
+    setup = PPOSetup.prepare(cfg)
     connect(cfg.ray, cfg.run_dir)
     t_start = time.perf_counter()
     w = PPOWorkers.start(cfg, setup.policy_path, setup.pm_path)

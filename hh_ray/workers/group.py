@@ -147,6 +147,11 @@ class WorkerGroup:
                 ray.kill(a)
             except Exception:  # noqa: BLE001 - already gone
                 pass
+        for a in self.actors:  # dead for sure, so a replacement group can take the same names at once
+            try:
+                ray.get(a.pid.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - the expected outcome: the actor is gone
+                pass
         remove_placement_group(self.pg)
         self.actors = []
 

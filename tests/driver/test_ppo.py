@@ -79,5 +79,5 @@ def test_resume_continues_the_same_run_and_kl_is_one_estimator(ray_local, shared
     assert any(abs(r["objective/kl"] - r["objective/kl_k1"]) > 1e-6 for r in full)
     after = evals["after"]
     assert after["eval/kl"] >= 0 and abs(after["eval/kl"] - after["eval/kl_k1"]) > 1e-6
-    state = json.loads((shared_run_root / "split" / "checkpoints" / "ppo" / "state.json").read_text())
-    assert state["step"] == 4
+    state = json.loads((shared_run_root / "split" / "checkpoints" / "ppo" / "state-step4.json").read_text())
+    assert state["step"] == 4 and state["tag"] == "step4"

@@ -1,0 +1,154 @@
+"""Fault injection into running PPO jobs: SIGKILL of an actor as soon as a given step is logged (so the next
+step is under way), and of the driver itself. Stateless groups come back and the step goes on; a dead trainer
+rank rebuilds both trainer groups from the last checkpoint; a killed driver is resumed by rerunning the command.
+Afterwards `metrics.jsonl` has every step once and matches an uninterrupted run, and nothing is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hh_ray.config import load_config
+from hh_ray.driver.runlog import read_metrics
+
+BASE = [
+    "model.policy=tiny", "model.tokenizer_vocab_size=320", "data.max_prompt_tokens=64", "data.subsets=[helpful-base]",
+    "ppo.scorer=substring:e", "ppo.prompts_per_step=8", "ppo.eval_prompts=8", "ppo.rollout.max_new_tokens=16",
+    "ppo.rollout.kv_cache_gb=0.25", "ppo.policy_trainer.micro_batch_size=16", "ppo.policy_trainer.lr=1e-3",
+    "ppo.critic_trainer.micro_batch_size=16", "ppo.critic_trainer.lr=1e-3", "ppo.checkpoint_every=2",
+    "logging.tensorboard=false",
+]
+COMPARED = ("objective/pm_score", "objective/kl", "objective/reward", "policy/loss", "critic/loss")
+
+
+class Killer(threading.Thread):
+    """Kills the named actor's process with SIGKILL as soon as `step` appears in the metrics log."""
+
+    def __init__(self, metrics: Path, plan: list[tuple[int, str]]):
+        super().__init__(daemon=True)
+        self.metrics, self.plan, self.done = metrics, sorted(plan), []
+
+    def run(self) -> None:
+        import ray
+
+        deadline = time.time() + 900
+        for step, name in self.plan:
+            while time.time() < deadline and not any(r["step"] >= step for r in read_metrics(self.metrics)):
+                time.sleep(0.2)
+            pid = ray.get(ray.get_actor(name).pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            self.done.append((step, name))
+
+
+def _run(root: Path, name: str, steps: int, kills: list[tuple[int, str]] = ()):
+    from hh_ray.driver.ppo import run_ppo
+
+    run = root / name
+    killer = Killer(run / "ppo" / "metrics.jsonl", list(kills))
+    if kills:
+        killer.start()
+    run_ppo(load_config(None, [f"run_dir={run}", f"ppo.steps={steps}", *BASE]))
+    killer.join(timeout=5)
+    assert killer.done == sorted(kills)
+    return read_metrics(run / "ppo" / "metrics.jsonl")
+
+
+def _assert_same_run(rows, reference):
+    assert [r["step"] for r in rows] == [r["step"] for r in reference]  # each step exactly once
+    for a, b in zip(rows, reference):
+        for key in COMPARED:
+            assert a[key] == pytest.approx(b[key], abs=1e-3), (key, a["step"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    return root, _run(root, "clean", 6)
+
+
+def _no_leftover_groups():
+    import ray
+    from ray.util import placement_group_table
+
+    live = [pg["name"] for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
+    assert not live, live
+    assert not ray.util.list_named_actors(), ray.util.list_named_actors()
+
+
+def test_engine_and_trainer_deaths_are_survived_within_one_command(uninterrupted):
+    """The engine dies during step 2, a policy-trainer rank during step 4 (rebuilt from the step-2 checkpoint)."""
+    root, clean = uninterrupted
+    rows = _run(root, "faulty", 6, [(1, "rollout-0"), (3, "policy-trainer-0")])
+    _assert_same_run(rows, clean)
+    _no_leftover_groups()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["reference-0", "pm-scorer-0", "critic-trainer-0"])
+def test_each_other_actor_death_is_survived(uninterrupted, victim):
+    root, clean = uninterrupted
+    _assert_same_run(_run(root, f"kill-{victim}", 6, [(3, victim)]), clean)
+    _no_leftover_groups()
+
+
+def _driver(run: Path, steps: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "hh_ray.cli", "ppo", f"run_dir={run}", f"ppo.steps={steps}", *BASE]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"RAY_AUTH_MODE": "disabled"}, start_new_session=True)
+
+
+def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, limit_s: float = 900) -> None:
+    deadline = time.time() + limit_s
+    while not any(r["step"] >= step for r in read_metrics(run / "ppo" / "metrics.jsonl")):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.5)
+
+
+def _session_alive(run: Path) -> list:
+    from hh_ray.driver.cluster import SESSION_FILE, session_processes
+
+    f = run / SESSION_FILE
+    return session_processes(json.loads(f.read_text())["session"]) if f.is_file() else []
+
+
+def test_ctrl_c_tears_down_and_exits_130(tmp_path):
+    run = tmp_path / "sigint"
+    proc = _driver(run, 20)
+    _wait_for_step(run, 1, proc)
+    session = json.loads((run / ".ray-local-session.json").read_text())["session"]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-3000:]
+    assert "hh-ray: interrupted" in err and "Traceback" not in err, err[-3000:]
+    from hh_ray.driver.cluster import session_processes
+
+    deadline = time.time() + 60
+    while session_processes(session) and time.time() < deadline:
+        time.sleep(1)
+    assert not session_processes(session)  # the local cluster went with its driver
+
+
+@pytest.mark.slow
+def test_killed_driver_is_resumed_by_rerunning_the_same_command(uninterrupted, tmp_path):
+    root, clean = uninterrupted
+    run = tmp_path / "sigkill"
+    proc = _driver(run, 6)
+    _wait_for_step(run, 3, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver (and only it: Ray's processes live in their own sessions)
+    proc.wait()
+    assert _session_alive(run), "the killed driver's cluster should still be there for the rerun to end"
+    again = _driver(run, 6)
+    out, err = again.communicate(timeout=1200)
+    assert again.returncode == 0, err[-3000:]
+    assert "processes of a local cluster whose driver died" in out, out[-2000:]
+    _assert_same_run(read_metrics(run / "ppo" / "metrics.jsonl"), clean)
+    assert not _session_alive(run)

@@ -1,0 +1,112 @@
+"""Every bad input a user was seen to try: one line naming the problem, exit code 2, and no cluster started
+when the input alone shows the problem. The table in docs/bad-input.md is written from these cases."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hh_ray import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = str(ROOT / "jobs" / "quickstart.yaml")
+TABLE = ROOT / "docs" / "bad-input.md"
+
+
+def _malformed_data(tmp: Path) -> list[str]:
+    (tmp / "data" / "helpful-base").mkdir(parents=True)
+    with gzip.open(tmp / "data" / "helpful-base" / "test.jsonl.gz", "wt") as fh:
+        fh.write("{not json\n" + json.dumps({"chosen": "no assistant turn", "rejected": "x"}) + "\n")
+    return [f"data.data_dir={tmp / 'data'}", "data.subsets=[helpful-base]"]
+
+
+def _non_pm_folder(tmp: Path, tiny: Path) -> list[str]:
+    shutil.copytree(tiny, tmp / "sft-policy")
+    return ["pm", "eval", "--checkpoint", str(tmp / "sft-policy"), "--data-dir", str(tmp)]
+
+
+def _pm_without_stats(tmp: Path, tiny: Path) -> list[str]:
+    from hh_ray.models.forward import load_model
+
+    load_model(str(tiny), "pm").save_pretrained(tmp / "run" / "pm")
+    return ["ppo", "--config", QUICK, f"run_dir={tmp / 'run'}"]
+
+
+def _checkpoints_without_state(tmp: Path, tiny: Path) -> list[str]:
+    (tmp / "run" / "checkpoints" / "ppo" / "policy" / "step2").mkdir(parents=True)
+    return ["ppo", "--config", QUICK, f"run_dir={tmp / 'run'}", "ppo.scorer=substring:e"]
+
+
+# (what was tried, argv or a function of (tmp, tiny model dir) building it, words the one line must contain)
+CASES = [
+    ("prompts per step negative", ["ppo", "--config", QUICK, "ppo.prompts_per_step=-4"], "ppo.prompts_per_step"),
+    ("prompts per step zero", ["ppo", "--config", QUICK, "ppo.prompts_per_step=0"], "ppo.prompts_per_step"),
+    ("zero PPO steps", ["ppo", "--config", QUICK, "ppo.steps=0"], "ppo.steps"),
+    ("max_new_tokens 0", ["ppo", "--config", QUICK, "ppo.rollout.max_new_tokens=0"], "max_new_tokens"),
+    ("max_new_tokens negative", ["ppo", "--config", QUICK, "ppo.rollout.max_new_tokens=-5"], "max_new_tokens"),
+    ("temperature -1", ["ppo", "--config", QUICK, "ppo.rollout.temperature=-1"], "temperature"),
+    ("top_p 2", ["ppo", "--config", QUICK, "ppo.rollout.top_p=2"], "top_p"),
+    ("kl_coef nan", ["ppo", "--config", QUICK, "ppo.kl_coef=.nan"], "kl_coef"),
+    ("epochs 0", ["ppo", "--config", QUICK, "ppo.epochs=0"], "ppo.epochs"),
+    ("minibatches 0", ["ppo", "--config", QUICK, "ppo.minibatches=0"], "ppo.minibatches"),
+    ("more minibatches than samples", ["ppo", "--config", QUICK, "ppo.minibatches=100"], "minibatch"),
+    ("samples_per_prompt 0", ["ppo", "--config", QUICK, "ppo.rollout.samples_per_prompt=0"], "samples_per_prompt"),
+    ("unknown scorer", ["ppo", "--config", QUICK, "ppo.scorer=bogus"], "ppo.scorer"),
+    ("unknown key", ["ppo", "--config", QUICK, "ppo.kl_coeff=0.1"], "did you mean 'ppo.kl_coef'"),
+    ("override not valid YAML", ["ppo", "--config", QUICK, "ppo.steps=[1"], "ppo.steps"),
+    ("wrong type", ["ppo", "--config", QUICK, "ppo.steps=many"], "ppo.steps"),
+    ("config file missing", ["ppo", "--config", "no/such.yaml"], "config file not found"),
+    ("PM cannot hold a full response", ["ppo", "--config", QUICK, "pm.max_tokens=32"], "pm.max_tokens"),
+    ("engine logprobs with top_p < 1", ["ppo", "--config", QUICK, "ppo.old_logprobs=engine", "ppo.rollout.top_p=0.9"],
+     "top-p"),
+    ("unknown model dtype", ["sft", "--config", QUICK, "model.dtype=fp8"], "model.dtype"),
+    ("unknown subset", ["sft", "--config", QUICK, "data.subsets=[nosuch]"], "nosuch"),
+    ("policy folder missing", ["sft", "--config", QUICK, "model.policy=/no/such/model"], "model.policy"),
+    ("hub id offline", ["sft", "--config", QUICK, "model.policy=no-org/no-model"], "model.policy"),
+    ("all records malformed", lambda tmp, tiny: ["sft", "--config", QUICK, *_malformed_data(tmp)],
+     "no usable training comparisons"),
+    ("holdout fraction 0 leaves no held-out prompts",
+     ["ppo", "--config", QUICK, "data.holdout_fraction=0", "ppo.scorer=substring:e"], "data.holdout_fraction"),
+    ("pm eval on a folder that is not a PM", _non_pm_folder, "not a preference model"),
+    ("PPO with a PM that has no normalisation stats", _pm_without_stats, "pm_stats.json"),
+    ("PPO checkpoints without driver state", _checkpoints_without_state, "--fresh"),
+    ("submit to nothing listening", ["submit", "--address", "http://127.0.0.1:9", "--config", QUICK, "--no-follow"],
+     "cannot reach a Ray dashboard"),
+]
+SEEN: list[tuple[str, str, int]] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def write_table():
+    yield
+    if len(SEEN) == len(CASES):  # only a full run rewrites the table
+        rows = ["| input | message | exit code |", "|---|---|---|"]
+        rows += [f"| {what} | `{msg.replace('|', '/')}` | {code} |" for what, msg, code in SEEN]
+        TABLE.parent.mkdir(exist_ok=True)
+        TABLE.write_text("# Bad input and what hh-ray says\n\nWritten by `tests/test_bad_input.py` from the cases it "
+                         "checks; each exits before any cluster starts.\n\n" + "\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("what,argv,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(what, argv, words, tmp_path, tiny_model_dir, monkeypatch, capsys):
+    def no_cluster(*a, **k):
+        raise AssertionError("a cluster was started for input the config alone shows to be bad")
+
+    monkeypatch.setattr("hh_ray.driver.cluster.connect", no_cluster)
+    for mod in ("sft", "pm", "ppo"):
+        monkeypatch.setattr(f"hh_ray.driver.{mod}.connect", no_cluster)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    args = argv(tmp_path, tiny_model_dir) if callable(argv) else argv
+    if args[0] in ("sft", "pm", "ppo") and not any(a.startswith("run_dir=") for a in args) and "eval" not in args:
+        args = [*args, f"run_dir={tmp_path / 'run'}"]
+    code = cli.main(args)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hh-ray:")]
+    assert code == 2 and len(err) == 1, (code, err)
+    assert words in err[0], err[0]
+    message = err[0].removeprefix("hh-ray: error: ").replace(str(tmp_path), "<tmp>").replace("`", "'")
+    SEEN.append((what, message, code))
