@@ -153,6 +153,9 @@ class PPOConfig:
     # the PPO ratio's denominator and the policy side of the KL: "trainer" recomputes them on the sampled tokens
     # (exact); "engine" reuses vLLM's sampling logprobs (cheaper; refused with top_p < 1 or a non-fp32 dtype)
     old_logprobs: str = "trainer"
+    # > 0: policy, critic and reference passes pack samples into rows of at least this many tokens, each sample
+    # attending only to itself, so no compute is spent on padding (outputs equal the padded passes')
+    pack_tokens: int = 0
     truncation_penalty: float = 0.0  # subtracted from the score of a response cut at max_new_tokens (0 = off)
     sync_bucket_mb: int = 32  # weight sync: parameters travel in flat buckets of this size
     sync_timeout_s: float = 600.0  # weight sync: a broadcast that waits longer fails (gloo and NCCL alike)
@@ -353,7 +356,7 @@ def validate(cfg: JobConfig) -> None:
     _check(p.gamma <= 1 and p.lam <= 1, f"ppo.gamma and ppo.lam must be in [0, 1], got {p.gamma}, {p.lam}")
     for key in ("steps", "prompts_per_step", "epochs", "minibatches", "eval_prompts", "sync_bucket_mb"):
         _check(getattr(p, key) >= 1, f"ppo.{key}: must be >= 1, got {getattr(p, key)}")
-    for key in ("eval_every", "checkpoint_every", "max_failures"):
+    for key in ("eval_every", "checkpoint_every", "max_failures", "pack_tokens"):
         _check(getattr(p, key) >= 0, f"ppo.{key}: must be >= 0 (0 = off), got {getattr(p, key)}")
     _check(r.temperature > 0 and math.isfinite(r.temperature),
            f"ppo.rollout.temperature: must be > 0, got {r.temperature}")

@@ -118,3 +118,20 @@ def minibatches(n: int, parts: int, rng) -> list[list[int]]:
     order = list(range(n))
     rng.shuffle(order)
     return cut(order, parts)
+
+
+def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices grouped into bins of at most `capacity` total length, longest first into the first bin with room
+    (first-fit decreasing); an item longer than `capacity` gets a bin of its own."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b, free in enumerate(room):
+            if lengths[i] <= free:
+                bins[b].append(i)
+                room[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - lengths[i])
+    return bins

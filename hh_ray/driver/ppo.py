@@ -166,14 +166,14 @@ def generate(w: PPOWorkers, prompts: Prompts, sampling: Sampling, seeds: list[in
                       finish=[s.finish for s in samples], behaviour_logprobs=[s.logprobs for s in samples])
 
 
-def make_experience(w: PPOWorkers, exp: Experience, old_logprobs: str, temperature: float,
-                    with_values: bool = True) -> None:
+def make_experience(w: PPOWorkers, exp: Experience, ppo_cfg, with_values: bool = True) -> None:
     """Old logprobs (trainer), reference logprobs, PM scores and values of the samples, all at once."""
-    seqs = exp.sequences()
-    old = w.policy.forward_async(seqs, TokenLogprobs(temperature)) if old_logprobs == "trainer" else None
-    ref = w.reference.logprobs_async(seqs, temperature)
+    seqs, temperature, pack = exp.sequences(), ppo_cfg.rollout.temperature, ppo_cfg.pack_tokens
+    old = (w.policy.forward_async(seqs, TokenLogprobs(temperature, pack)) if ppo_cfg.old_logprobs == "trainer"
+           else None)
+    ref = w.reference.logprobs_async(seqs, temperature, pack)
     scores = w.scorer.score_async(exp.prompt_text, exp.response_text, exp.response)
-    values = w.critic.forward_async(seqs, TokenValues()) if with_values else None
+    values = w.critic.forward_async(seqs, TokenValues(pack)) if with_values else None
     exp.old_logprobs = old() if old else exp.behaviour_logprobs
     exp.ref_logprobs = ref()
     exp.scores = scores()
@@ -182,8 +182,8 @@ def make_experience(w: PPOWorkers, exp: Experience, old_logprobs: str, temperatu
 
 def ppo_update(w: PPOWorkers, exp: Experience, ppo_cfg, temperature: float, rng: random.Random) -> dict:
     """`epochs` passes over the batch, each in `minibatches` steps over every sample; policy and critic side by side."""
-    pol_obj = PolicyObjective(ppo_cfg.clip_ratio, ppo_cfg.entropy_coef, temperature)
-    val_obj = ValueObjective(ppo_cfg.value_clip, ppo_cfg.value_coef)
+    pol_obj = PolicyObjective(ppo_cfg.clip_ratio, ppo_cfg.entropy_coef, temperature, ppo_cfg.pack_tokens)
+    val_obj = ValueObjective(ppo_cfg.value_clip, ppo_cfg.value_coef, ppo_cfg.pack_tokens)
     totals: dict[str, float] = {}
     steps = 0
     for _ in range(ppo_cfg.epochs):
@@ -207,7 +207,7 @@ def ppo_step(w: PPOWorkers, step: int, prompts: Prompts, cfg, kl_ctl, rng: rando
         w.ready_engines(len(batch.ids) * sampling.n, last.get("time/generate", 0.0))
         exp = generate(w, batch, sampling, sample_seeds(cfg.seed, step, len(batch.ids), sampling.n))
     with timer("experience"):
-        make_experience(w, exp, p.old_logprobs, r.temperature)
+        make_experience(w, exp, p)
     with timer("advantages"):
         stats = compute_advantages(exp, kl_ctl.coef, p.kl_estimator, p.gamma, p.lam, p.whiten_advantages,
                                    p.truncation_penalty)
@@ -233,7 +233,7 @@ def evaluate(w: PPOWorkers, prompts: Prompts, cfg) -> tuple[dict, list[dict]]:
     r = cfg.ppo.rollout
     sampling = Sampling(r.temperature, r.top_p, r.max_new_tokens, 1)
     exp = generate(w, prompts, sampling, sample_seeds(cfg.seed, 10**6, len(prompts.ids), 1))
-    make_experience(w, exp, cfg.ppo.old_logprobs, r.temperature, with_values=False)
+    make_experience(w, exp, cfg.ppo, with_values=False)
     (old, mask), (ref, _) = pad_ragged(exp.old_logprobs), pad_ragged(exp.ref_logprobs)
     samples = [{"prompt": p, "response": t, "pm_score": s}
                for p, t, s in zip(exp.prompt_text, exp.response_text, exp.scores)]

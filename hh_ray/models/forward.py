@@ -7,10 +7,12 @@ as in the rollout engine. Per-token outputs are returned left-aligned over the r
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from hh_ray.algo.batch import first_fit
 from hh_ray.algo.ppo import entropy_from_logits, gather_logprobs
 
 KINDS = ("causal_lm", "pm", "value")
@@ -63,51 +65,97 @@ def collate(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Ten
     return ids, att
 
 
-def response_index(prompt_lens: list[int], response_lens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row, the positions whose outputs predict response token k (p + k - 1), and the response mask."""
-    T = max(max(response_lens), 1)
+@dataclass
+class Layout:
+    """Prompt+response samples laid out for one forward pass, and where each response token's prediction is.
+
+    Output at (rows[b, k], cols[b, k]) predicts response token k of sample b; `mask` marks real tokens.
+    """
+
+    ids: torch.Tensor  # [R, L]
+    model_kwargs: dict  # attention_mask (2-D when padded, block-diagonal causal 4-D when packed), position_ids
+    rows: torch.Tensor  # [B, T]
+    cols: torch.Tensor  # [B, T]
+    mask: torch.Tensor  # [B, T]
+    tokens: int  # real (non-padding) tokens in `ids`
+
+    def to(self, device) -> "Layout":
+        return Layout(self.ids.to(device), {k: v.to(device) for k, v in self.model_kwargs.items()},
+                      self.rows.to(device), self.cols.to(device), self.mask.to(device), self.tokens)
+
+    @property
+    def padding_share(self) -> float:
+        """Share of the forward pass's token slots that hold no sample (compute spent on nothing)."""
+        return 1.0 - self.tokens / self.ids.numel()
+
+
+def layout(prompts: list[list[int]], responses: list[list[int]], pad_id: int, pack_to: int = 0) -> Layout:
+    """Padded rows (one sample each, right-padded), or with `pack_to` > 0 packed rows of at least that length.
+
+    Packed samples keep their own positions (0, 1, ...) and attend only within themselves, so every output
+    equals the padded layout's, without computing on padding.
+    """
+    seqs = [p + r for p, r in zip(prompts, responses)]
+    T = max(max((len(r) for r in responses), default=1), 1)
     k = torch.arange(T)[None, :]
-    p = torch.tensor(prompt_lens)[:, None]
-    mask = (k < torch.tensor(response_lens)[:, None]).float()
-    return (p + k - 1).clamp_min(0), mask
-
-
-def _pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int):
-    ids, att = collate([p + r for p, r in zip(prompts, responses)], pad_id)
-    idx, mask = response_index([len(p) for p in prompts], [len(r) for r in responses])
-    return ids, att, idx.clamp_max(ids.shape[1] - 2), mask
+    mask = (k < torch.tensor([len(r) for r in responses])[:, None]).float()
+    prompt_len = torch.tensor([len(p) for p in prompts])[:, None]
+    if pack_to <= 0:
+        ids, att = collate(seqs, pad_id)
+        cols = (prompt_len + k - 1).clamp(0, ids.shape[1] - 2)
+        rows = torch.arange(len(seqs))[:, None].expand(-1, T)
+        return Layout(ids, {"attention_mask": att}, rows, cols, mask, sum(map(len, seqs)))
+    width = max(pack_to, max(len(s) for s in seqs))
+    groups = first_fit([len(s) for s in seqs], width)
+    ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(groups), width), dtype=torch.long)
+    seg = torch.full((len(groups), width), -1, dtype=torch.long)
+    row_of, offset_of = [0] * len(seqs), [0] * len(seqs)
+    for r, members in enumerate(groups):
+        at = 0
+        for b in members:
+            n = len(seqs[b])
+            ids[r, at:at + n] = torch.tensor(seqs[b], dtype=torch.long)
+            pos[r, at:at + n] = torch.arange(n)
+            seg[r, at:at + n] = b
+            row_of[b], offset_of[b] = r, at
+            at += n
+    causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+    att = (seg[:, :, None] == seg[:, None, :]) & causal & (seg[:, :, None] >= 0)
+    att |= torch.eye(width, dtype=torch.bool)  # padding slots attend to themselves (no empty softmax rows)
+    offsets = torch.tensor(offset_of)[:, None]
+    cols = (offsets + prompt_len + k - 1).clamp(0, width - 2)
+    rows = torch.tensor(row_of)[:, None].expand(-1, T)
+    return Layout(ids, {"attention_mask": att[:, None], "position_ids": pos}, rows, cols, mask, sum(map(len, seqs)))
 
 
 def response_logprobs(
     model, prompts: list[list[int]], responses: list[list[int]], pad_id: int, temperature: float = 1.0,
-    with_entropy: bool = False,
+    with_entropy: bool = False, pack_to: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """log pi(response token | context) for each response token: ([B, T], mask [B, T], entropy or None).
 
     Logits are divided by the sampling temperature, so these match the engine's processed logprobs.
     """
     device = next(model.parameters()).device
-    ids, att, idx, mask = _pack(prompts, responses, pad_id)
-    ids, att, idx, mask = ids.to(device), att.to(device), idx.to(device), mask.to(device)
+    lay = layout(prompts, responses, pad_id, pack_to).to(device)
     # The LM head runs only where it predicts a response token: prompts are long and the vocabulary wide,
     # so full-sequence logits would cost several times the rest of the forward pass.
     base = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
-    hidden = base.get_decoder()(input_ids=ids, attention_mask=att).last_hidden_state
-    row = torch.arange(ids.shape[0], device=device)[:, None]
-    picked = base.get_output_embeddings()(hidden[row, idx]).float() / temperature  # [B, T, V]
-    targets = ids.gather(1, (idx + 1).clamp_max(ids.shape[1] - 1))
-    logp = gather_logprobs(picked, targets) * mask
-    ent = entropy_from_logits(picked) * mask if with_entropy else None
-    return logp, mask, ent
+    hidden = base.get_decoder()(input_ids=lay.ids, **lay.model_kwargs).last_hidden_state
+    picked = base.get_output_embeddings()(hidden[lay.rows, lay.cols]).float() / temperature  # [B, T, V]
+    targets = lay.ids[lay.rows, (lay.cols + 1).clamp_max(lay.ids.shape[1] - 1)]
+    logp = gather_logprobs(picked, targets) * lay.mask
+    ent = entropy_from_logits(picked) * lay.mask if with_entropy else None
+    return logp, lay.mask, ent
 
 
-def response_values(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int):
+def response_values(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int, pack_to: int = 0):
     """V(state before response token k) from a per-token value head: ([B, T], mask)."""
     device = next(model.parameters()).device
-    ids, att, idx, mask = _pack(prompts, responses, pad_id)
-    ids, att, idx, mask = ids.to(device), att.to(device), idx.to(device), mask.to(device)
-    values = model(input_ids=ids, attention_mask=att).logits.squeeze(-1).float()
-    return values.gather(1, idx) * mask, mask
+    lay = layout(prompts, responses, pad_id, pack_to).to(device)
+    values = model(input_ids=lay.ids, **lay.model_kwargs).logits.squeeze(-1).float()
+    return values[lay.rows, lay.cols] * lay.mask, lay.mask
 
 
 def sequence_scores(model, seqs: list[list[int]], pad_id: int) -> torch.Tensor:

@@ -101,6 +101,7 @@ class PolicyObjective:
     clip_ratio: float = 0.2
     entropy_coef: float = 0.0
     temperature: float = 1.0
+    pack_to: int = 0  # > 0: samples packed into rows of at least this many tokens (no compute on padding)
     kind: ClassVar[str] = "causal_lm"
 
     def units(self, batch: PolicyBatch) -> int:
@@ -108,7 +109,7 @@ class PolicyObjective:
 
     def loss(self, model, batch: PolicyBatch, pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
         logp, mask, ent = response_logprobs(model, batch.prompt, batch.response, pad_id, self.temperature,
-                                            with_entropy=True)
+                                            with_entropy=True, pack_to=self.pack_to)
         old = pad_ragged(batch.old_logprobs)[0].to(logp.device)
         adv = pad_ragged(batch.advantages)[0].to(logp.device)
         loss, stats = clipped_policy_loss(logp, old, adv, mask, self.clip_ratio)
@@ -130,13 +131,14 @@ class ValueObjective:
 
     value_clip: float = 0.2
     value_coef: float = 1.0
+    pack_to: int = 0
     kind: ClassVar[str] = "value"
 
     def units(self, batch: ValueBatch) -> int:
         return sum(len(r) for r in batch.response)
 
     def loss(self, model, batch: ValueBatch, pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
-        values, mask = response_values(model, batch.prompt, batch.response, pad_id)
+        values, mask = response_values(model, batch.prompt, batch.response, pad_id, self.pack_to)
         old = pad_ragged(batch.old_values)[0].to(values.device)
         returns = pad_ragged(batch.returns)[0].to(values.device)
         loss, stats = clipped_value_loss(values, old, returns, mask, self.value_clip)
@@ -153,9 +155,11 @@ class TokenLogprobs:
     """log pi(response token | context) per response token, at the sampling temperature."""
 
     temperature: float = 1.0
+    pack_to: int = 0
 
     def __call__(self, model, batch: SequenceBatch, pad_id: int) -> list[list[float]]:
-        lp, _, _ = response_logprobs(model, batch.prompt, batch.response, pad_id, self.temperature)
+        lp, _, _ = response_logprobs(model, batch.prompt, batch.response, pad_id, self.temperature,
+                                     pack_to=self.pack_to)
         return [row[: len(r)].tolist() for row, r in zip(lp.cpu(), batch.response)]
 
 
@@ -163,8 +167,10 @@ class TokenLogprobs:
 class TokenValues:
     """V(state before each response token) from the critic's value head."""
 
+    pack_to: int = 0
+
     def __call__(self, model, batch: SequenceBatch, pad_id: int) -> list[list[float]]:
-        v, _ = response_values(model, batch.prompt, batch.response, pad_id)
+        v, _ = response_values(model, batch.prompt, batch.response, pad_id, self.pack_to)
         return [row[: len(r)].tolist() for row, r in zip(v.cpu(), batch.response)]
 
 

@@ -149,7 +149,7 @@ class WorkerGroup:
                 pass
         for a in self.actors:  # dead for sure, so a replacement group can take the same names at once
             try:
-                ray.get(a.pid.remote(), timeout=30)
+                ray.get(a.pid.options(max_task_retries=0).remote(), timeout=30)
             except Exception:  # noqa: BLE001 - the expected outcome: the actor is gone
                 pass
         remove_placement_group(self.pg)

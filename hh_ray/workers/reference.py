@@ -19,12 +19,12 @@ class ReferenceWorker(Worker):
         self.pad_id = load_tokenizer(model_path).pad_token_id
         self.micro = micro_batch_size
 
-    def logprobs(self, batch: SequenceBatch, temperature: float) -> list[list[float]]:
+    def logprobs(self, batch: SequenceBatch, temperature: float, pack_to: int = 0) -> list[list[float]]:
         import torch
 
         from hh_ray.models.objectives import TokenLogprobs
 
-        probe = TokenLogprobs(temperature)
+        probe = TokenLogprobs(temperature, pack_to)
         with torch.no_grad():
             return [row for mb in split(batch, max(1, -(-len(batch.prompt) // self.micro)))
                     for row in probe(self.model, mb, self.pad_id)]
@@ -37,11 +37,11 @@ class ReferenceGroup:
         self.group = WorkerGroup(ReferenceWorker, num_workers, "reference", cpus, gpus, actor_kwargs=[kw] * num_workers,
                                  restarts=STATELESS_RESTARTS)
 
-    def logprobs_async(self, batch: SequenceBatch, temperature: float):
+    def logprobs_async(self, batch: SequenceBatch, temperature: float, pack_to: int = 0):
         """Start the pass on every worker's shard; returns a callable that waits and concatenates in order."""
         import ray
 
-        refs = [a.logprobs.remote(s, temperature)
+        refs = [a.logprobs.remote(s, temperature, pack_to)
                 for a, s in zip(self.group.actors, split(batch, len(self.group))) if s.prompt]
         return lambda: [row for part in ray.get(refs) for row in part]
 
