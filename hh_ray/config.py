@@ -153,6 +153,10 @@ class PPOConfig:
     # the PPO ratio's denominator and the policy side of the KL: "trainer" recomputes them on the sampled tokens
     # (exact); "engine" reuses vLLM's sampling logprobs (cheaper; refused with top_p < 1 or a non-fp32 dtype)
     old_logprobs: str = "trainer"
+    # the engines generate the next batch with the policy they hold while the trainers train on this one: every
+    # batch is one policy version behind, and its engine logprobs are the PPO ratio's denominator (so this needs
+    # ppo.old_logprobs=engine). Off: generation and training alternate, exactly as without the flag.
+    async_rollout: bool = False
     # > 0: policy, critic and reference passes pack samples into rows of at least this many tokens, each sample
     # attending only to itself, so no compute is spent on padding (outputs equal the padded passes')
     pack_tokens: int = 0
@@ -342,6 +346,9 @@ def validate(cfg: JobConfig) -> None:
     _check(p.kl_estimator in ("k1", "k3"), f"ppo.kl_estimator: expected 'k1' or 'k3', got '{p.kl_estimator}'")
     _check(p.old_logprobs in ("trainer", "engine"),
            f"ppo.old_logprobs: expected 'trainer' or 'engine', got '{p.old_logprobs}'")
+    _check(not p.async_rollout or p.old_logprobs == "engine",
+           "ppo.async_rollout=true trains on batches one version old, whose behaviour logprobs only the engines "
+           "have; set ppo.old_logprobs=engine as well")
     if p.old_logprobs == "engine":
         _check(r.top_p == 1.0, f"ppo.old_logprobs=engine: vLLM reports logprobs after top-p filtering, which differ "
                                f"from the full softmax (ppo.rollout.top_p={r.top_p}); use ppo.old_logprobs=trainer")

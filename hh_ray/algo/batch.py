@@ -14,7 +14,7 @@ B = TypeVar("B")
 
 
 def batch_size(batch) -> int:
-    return len(getattr(batch, dataclasses.fields(batch)[0].name))
+    return len(getattr(batch, dataclasses.fields(batch)[0].name))  # the first field is always a column
 
 
 def select(batch: B, idx: list[int]) -> B:
@@ -22,7 +22,7 @@ def select(batch: B, idx: list[int]) -> B:
     cols = {}
     for f in dataclasses.fields(batch):
         col = getattr(batch, f.name)
-        cols[f.name] = [col[i] for i in idx] if col else []
+        cols[f.name] = ([col[i] for i in idx] if col else []) if isinstance(col, list) else col
     return type(batch)(**cols)
 
 
@@ -85,6 +85,7 @@ class ValueBatch:
 @dataclass
 class Experience:
     """One PPO batch, filled phase by phase: generate -> reference/score/values/old logprobs -> advantages.
+    Every field but `version` is a per-sample column.
 
     `behaviour_logprobs` are the engine's sampling logprobs; `old_logprobs` are the policy trainer's own on the
     same tokens (the PPO ratio's denominator and the policy side of the KL penalty).
@@ -96,6 +97,7 @@ class Experience:
     response_text: list[str]
     finish: list[str]  # vLLM's finish reason per sample: "stop" (end of turn) or "length" (cut at the cap)
     behaviour_logprobs: list[list[float]]
+    version: int = 0  # the policy version the engines held when they generated these samples
     old_logprobs: list[list[float]] = field(default_factory=list)
     ref_logprobs: list[list[float]] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)

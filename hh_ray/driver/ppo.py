@@ -15,6 +15,7 @@ import random
 import shutil
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,7 +164,8 @@ def generate(w: PPOWorkers, prompts: Prompts, sampling: Sampling, seeds: list[in
     owner = [i // sampling.n for i in range(len(samples))]
     return Experience(prompt=[prompts.ids[i] for i in owner], response=[s.response for s in samples],
                       prompt_text=[prompts.texts[i] for i in owner], response_text=[s.text for s in samples],
-                      finish=[s.finish for s in samples], behaviour_logprobs=[s.logprobs for s in samples])
+                      finish=[s.finish for s in samples], behaviour_logprobs=[s.logprobs for s in samples],
+                      version=w.rollout.version)
 
 
 def make_experience(w: PPOWorkers, exp: Experience, ppo_cfg, with_values: bool = True) -> None:
@@ -197,24 +199,79 @@ def ppo_update(w: PPOWorkers, exp: Experience, ppo_cfg, temperature: float, rng:
     return {k: v / steps for k, v in totals.items()}
 
 
-def ppo_step(w: PPOWorkers, step: int, prompts: Prompts, cfg, kl_ctl, rng: random.Random, last: dict) -> dict:
-    """One PPO step: generate, experience, advantages, update, sync. Returns the step's metrics."""
+class Rollouts:
+    """Where each step's batch comes from: generated when asked for (sync), or during the previous step while
+    the trainers trained (`ppo.async_rollout`), by the policy the engines held then: one version behind."""
+
+    def __init__(self, w: PPOWorkers, prompts: Prompts, cfg):
+        self.w, self.prompts, self.cfg = w, prompts, cfg
+        r = cfg.ppo.rollout
+        self.sampling = Sampling(r.temperature, r.top_p, r.max_new_tokens, r.samples_per_prompt)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="rollout") if cfg.ppo.async_rollout else None
+        self.pending: tuple[int, Future] | None = None
+        self.last_generate_s = 0.0
+
+    def _generate(self, step: int) -> Experience:
+        t0 = time.perf_counter()
+        batch = self.prompts.take(batches(len(self.prompts.ids), self.cfg.ppo.prompts_per_step, self.cfg.seed, step - 1))
+        self.w.ready_engines(len(batch.ids) * self.sampling.n, self.last_generate_s)
+        exp = generate(self.w, batch, self.sampling, sample_seeds(self.cfg.seed, step, len(batch.ids), self.sampling.n))
+        self.last_generate_s = time.perf_counter() - t0
+        return exp
+
+    def take(self, step: int) -> Experience:
+        """Step `step`'s batch: the prefetched one if there is one, else generated now."""
+        if self.pending and self.pending[0] == step:
+            exp = self.pending[1].result()
+            self.pending = None
+            return exp
+        return self._generate(step)
+
+    def prefetch(self, step: int) -> None:
+        """Start generating step `step`'s batch in the background with the weights the engines hold now."""
+        if step <= self.cfg.ppo.steps:
+            self.pending = (step, self.pool.submit(self._generate, step))
+
+    @property
+    def queue_depth(self) -> int:
+        """Async: samples queued or in generation for the coming step. Sync: the step's samples beyond what the
+        engine pool is sized for (`backlog_per_engine` each), the backlog autoscaling reacts to."""
+        samples = self.cfg.ppo.prompts_per_step * self.sampling.n
+        if self.pool:
+            return samples if self.pending and not self.pending[1].done() else 0
+        return max(0, samples - len(self.w.rollout.engines) * self.cfg.ppo.rollout.backlog_per_engine)
+
+    def close(self) -> None:
+        if self.pool:
+            if self.pending:
+                self.pending[1].cancel()
+            self.pool.shutdown(wait=True)
+
+
+def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg, kl_ctl, rng: random.Random) -> dict:
+    """One PPO step: generate, experience, advantages, update, sync. Returns the step's metrics.
+
+    The trainers hold policy version step - 1 when the step starts and version `step` when it ends. Async:
+    the engines are given version step - 1 as soon as this step's batch is out of them, and generate the next
+    batch with it while the trainers train.
+    """
     p, timer = cfg.ppo, Timer()
-    r = p.rollout
-    sampling = Sampling(r.temperature, r.top_p, r.max_new_tokens, r.samples_per_prompt)
-    batch = prompts.take(batches(len(prompts.ids), p.prompts_per_step, cfg.seed, step - 1))
     with timer("generate"):
-        w.ready_engines(len(batch.ids) * sampling.n, last.get("time/generate", 0.0))
-        exp = generate(w, batch, sampling, sample_seeds(cfg.seed, step, len(batch.ids), sampling.n))
+        exp = rollouts.take(step)
+    if p.async_rollout:
+        with timer("sync"):
+            sync = w.sync.push(step - 1) if w.rollout.version != step - 1 else None
+        rollouts.prefetch(step + 1)
     with timer("experience"):
         make_experience(w, exp, p)
     with timer("advantages"):
         stats = compute_advantages(exp, kl_ctl.coef, p.kl_estimator, p.gamma, p.lam, p.whiten_advantages,
                                    p.truncation_penalty)
     with timer("train"):
-        stats |= ppo_update(w, exp, p, r.temperature, rng)
-    with timer("sync"):
-        sync = w.sync.push(step)
+        stats |= ppo_update(w, exp, p, p.rollout.temperature, rng)
+    if not p.async_rollout:
+        with timer("sync"):
+            sync = w.sync.push(step)
     stats["objective/kl_coef"] = kl_ctl.coef
     kl_ctl.update(stats["objective/kl"], batch_size(exp))
     if p.old_logprobs == "trainer":
@@ -223,8 +280,10 @@ def ppo_step(w: PPOWorkers, step: int, prompts: Prompts, cfg, kl_ctl, rng: rando
     step_s = sum(timer.seconds.values())
     return stats | timer.seconds | {
         "time/step": step_s, "perf/samples": batch_size(exp), "perf/samples_per_s": batch_size(exp) / step_s,
-        "rollout/tokens_per_s": sum(map(len, exp.response)) / timer.seconds["time/generate"],
-        "rollout/engines": len(w.rollout.engines), "sync/bytes": sync.bytes, "sync/load_seconds": sync.load_seconds,
+        "rollout/tokens_per_s": sum(map(len, exp.response)) / max(rollouts.last_generate_s, 1e-9),
+        "rollout/engines": len(w.rollout.engines), "rollout/policy_lag": step - 1 - exp.version,
+        "rollout/queue_depth": rollouts.queue_depth,
+        "sync/bytes": sync.bytes if sync else 0, "sync/load_seconds": sync.load_seconds if sync else 0.0,
     }
 
 
@@ -345,12 +404,13 @@ def run_ppo(cfg) -> dict:
             print(f"[ppo] before: held-out PM score {before['eval/pm_score']:.3f}")
         log = RunLog(out, "ppo", p.steps, 1, resume_step=start, logging_cfg=cfg.logging, run_name=cfg.name)
         dashboard = PPOMetrics(cfg.name)
-        rng, metrics, step, failures = random.Random(cfg.seed), {}, start, 0
+        rng, step, failures = random.Random(cfg.seed), start, 0
         kl_at_start = setup.kl_ctl.state_dict()
+        rollouts = Rollouts(w, setup.train, cfg)
         while step < p.steps:
             rng.seed(cfg.seed * 7919 + step + 1)
             try:
-                metrics = ppo_step(w, step + 1, setup.train, cfg, setup.kl_ctl, rng, metrics)
+                metrics = ppo_step(w, step + 1, rollouts, cfg, setup.kl_ctl, rng)
             except RayActorError as exc:  # a trainer rank died: both groups restart from the last checkpoint
                 failures += 1
                 if failures > p.max_failures:
@@ -358,7 +418,9 @@ def run_ppo(cfg) -> dict:
                 print(f"[ppo] step {step + 1}: a trainer died ({type(exc).__name__}); failure {failures} of "
                       f"{p.max_failures} allowed, restarting both trainer groups from the last checkpoint",
                       file=sys.stderr, flush=True)
+                rollouts.close()  # a batch prefetched by the old policy is dropped; the resumed step regenerates
                 w.restart_trainers(cfg, setup.policy_path)
+                rollouts = Rollouts(w, setup.train, cfg)
                 state = resume_point(ckpt, fresh=False)
                 if state is None:  # no checkpoint yet: the new trainers start from the initial weights
                     setup.kl_ctl.load_state_dict(kl_at_start)
@@ -371,12 +433,11 @@ def run_ppo(cfg) -> dict:
                 metrics |= evaluate(w, setup.held_out, cfg)[0]
             log.log(step, metrics, show=("objective/pm_score", "objective/kl", "objective/reward", "policy/entropy",
                                          "rollout/logprob_gap_mean", "perf/samples_per_s"))
-            backlog = max(0, p.prompts_per_step * p.rollout.samples_per_prompt
-                          - len(w.rollout.engines) * p.rollout.backlog_per_engine)
-            dashboard.record(metrics, queue_depth=backlog)
+            dashboard.record(metrics)
             if (p.checkpoint_every and step % p.checkpoint_every == 0) or step == p.steps:
                 save_state(w, ckpt, step, setup.kl_ctl)
         log.close()
+        rollouts.close()
         after, samples = evaluate(w, setup.held_out, cfg)
         write_json_atomic(out / "samples_after.json", samples)
         write_json_atomic(out / "eval_after.json", after)

@@ -18,10 +18,11 @@ GAUGES = {
     "kl": ("objective/kl", "driver", "mean per-sample KL(policy || reference), nats summed over the response"),
     "pm_score": ("objective/pm_score", "scorer", "mean normalized PM score of the step's samples"),
     "logprob_gap": ("rollout/logprob_gap_mean", "rollout", "mean |engine - trainer| logprob of sampled tokens"),
+    "queue_depth": ("rollout/queue_depth", "rollout", "samples queued for generation: async, the next step's "
+                                                       "batch in flight; sync, the step's backlog beyond the pool"),
     "sync_seconds": ("time/sync", "policy-trainer", "seconds to move the policy into the engines"),
     "sync_bytes": ("sync/bytes", "policy-trainer", "bytes broadcast in the last weight sync"),
 }
-QUEUE_DEPTH = "prompts of the step beyond what the engine pool is sized for (backlog)"
 PHASES = ("generate", "experience", "advantages", "train", "sync")
 
 
@@ -34,16 +35,14 @@ class PPOMetrics:
         self.run = run
         self.gauges = {name: Gauge(f"hh_ray_{name}", description=desc, tag_keys=("run", "role"))
                        for name, (_, _, desc) in GAUGES.items()}
-        self.queue = Gauge("hh_ray_queue_depth", description=QUEUE_DEPTH, tag_keys=("run", "role"))
         self.phase = Gauge("hh_ray_phase_seconds", description="seconds per PPO phase in the last step",
                            tag_keys=("run", "role", "phase"))
         self.steps = Counter("hh_ray_ppo_steps", description="PPO steps completed", tag_keys=("run", "role"))
 
-    def record(self, m: dict, queue_depth: int = 0) -> None:
+    def record(self, m: dict) -> None:
         for name, (key, role, _) in GAUGES.items():
             if key in m:
                 self.gauges[name].set(float(m[key]), tags={"run": self.run, "role": role})
-        self.queue.set(float(queue_depth), tags={"run": self.run, "role": "rollout"})
         for phase in PHASES:
             if f"time/{phase}" in m:
                 self.phase.set(float(m[f"time/{phase}"]), tags={"run": self.run, "role": "driver", "phase": phase})

@@ -70,7 +70,7 @@ ray.init()
 from hh_ray.ops.metrics import PPOMetrics
 m = PPOMetrics("other-run")
 for _ in range(20):
-    m.record({"objective/reward": 1.0, "objective/kl": 2.0, "time/generate": 0.5}, queue_depth=3)
+    m.record({"objective/reward": 1.0, "objective/kl": 2.0, "time/generate": 0.5, "rollout/queue_depth": 3})
     time.sleep(2)
 """
 
@@ -113,7 +113,7 @@ def test_metrics_reach_prometheus_and_every_panel_shows_one_run(ray_head, hh_dir
         assert proc.returncode == 0, proc.stderr[-2000:]
         JobSubmissionClient(ray_head["url"]).submit_job(entrypoint=f"python -c '{OTHER_RUN}'",
                                                         runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
-        want = {f"ray_hh_ray_{g}" for g in GAUGES} | {"ray_hh_ray_phase_seconds", "ray_hh_ray_queue_depth"}
+        want = {f"ray_hh_ray_{g}" for g in GAUGES} | {"ray_hh_ray_phase_seconds"}
         seen: dict = {}
         deadline = time.time() + 400
         while time.time() < deadline:
