@@ -56,7 +56,8 @@ def _run(root: Path, name: str, steps: int, kills: list[tuple[int, str]] = ()):
     if kills:
         killer.start()
     run_ppo(load_config(None, [f"run_dir={run}", f"ppo.steps={steps}", *BASE]))
-    killer.join(timeout=5)
+    if kills:
+        killer.join(timeout=5)
     assert killer.done == sorted(kills)
     return read_metrics(run / "ppo" / "metrics.jsonl")
 
