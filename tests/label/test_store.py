@@ -12,7 +12,8 @@ from hh_ray.data.hh import load_comparisons
 from hh_ray.label.auth import create_user
 from hh_ray.label.config import CampaignConfig, LabelConfig, SourceConfig, validate
 from hh_ray.label.export import export_campaign
-from hh_ray.label.store import (ComparisonRow, Conflict, Invalid, NotFound, Sample, Store, Task, Turn, UserInfo)
+from hh_ray.label.store import (ComparisonRow, Conflict, Invalid, NotFound, Sample, SchemaError, Store, Task, Turn,
+                                 UserInfo)
 
 INJECTIONS = ["'; DROP TABLE comparisons; --", "\" OR 1=1 --", "Robert'); DELETE FROM users WHERE ('1'='1"]
 
@@ -48,7 +49,7 @@ def test_migrations_match_the_models_and_are_repeatable(db_url):
 
     s = Store(db_url)
     assert s.revision() is None
-    with pytest.raises(RuntimeError, match="schema at revision None"):
+    with pytest.raises(SchemaError, match="schema at revision None"):
         s.check_schema()
     assert s.migrate() == s.head() == s.migrate()  # a second start migrates nothing
     s.check_schema()
