@@ -70,3 +70,13 @@ def test_clean_response_and_model_resolution(tmp_path):
     (run / "ppo" / "policy" / "config.json").write_text("{}")
     assert resolve_model(str(run)) == str(run / "ppo" / "policy")  # the newest policy of a run
     assert resolve_model("org/model") == "org/model"
+
+
+def test_label_floor_imports_no_driver():
+    import subprocess
+    import sys
+
+    code = ("import sys, hh_ray.label.app, hh_ray.label.serve, hh_ray.label.commands, hh_ray.label.export, "
+            "hh_ray.label.client; bad = [m for m in sys.modules if m.startswith('hh_ray.driver')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(Path(__file__).resolve().parents[2]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -146,6 +147,26 @@ def test_database_holds_no_plain_text_password(label_service):
         tables = [r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))]
         dump = " ".join(str(v) for t in tables for row in conn.execute(text(f"SELECT * FROM {t}")) for v in row)
     assert password not in dump and "$argon2id$" in dump
+
+
+def test_logs_hold_no_password_or_session_secret(label_service, login):
+    import ray
+
+    name = "log-watch"
+    password = label_service.new_labeler(name)
+    with LabelClient(label_service.url) as c:
+        c.login(name, password)
+        with pytest.raises(LabelAPIError):
+            LabelClient(label_service.url).login(name, password + "-wrong")
+        cookie = c.http.cookies.get("hh_session")
+    secrets = [password, label_service.admin_password, label_service.store.session_secret(), cookie]
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())  # every Serve replica's and Ray's logs
+    files = [p for p in logs.rglob("*") if p.is_file()]
+    assert any("label-ingress" in p.name or "serve" in str(p) for p in files)
+    for p in files:
+        data = p.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in data, f"a secret appears in {p}"
 
 
 def test_bad_input_gets_a_clear_message_and_changes_nothing(label_service, login):
