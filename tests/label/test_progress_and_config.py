@@ -80,3 +80,14 @@ def test_label_floor_imports_no_driver():
             "hh_ray.label.client; bad = [m for m in sys.modules if m.startswith('hh_ray.driver')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(Path(__file__).resolve().parents[2]))
+
+
+def test_submit_runs_label_serve_on_a_cluster():
+    from hh_ray.cli import build_parser
+    from hh_ray.ops.submit import entrypoint_for
+
+    assert entrypoint_for("label", "jobs/label.yaml", ["server.port=8080"]) == (
+        "hh-ray label serve --config jobs/label.yaml server.port=8080")
+    args = build_parser().parse_args(["submit", "--address", "http://h:8265", "--entrypoint", "label",
+                                      "--config", "jobs/label.yaml"])
+    assert args.entrypoint == "label"
