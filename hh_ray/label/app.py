@@ -147,10 +147,10 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
         return session
 
     def conv_id_of(value: str) -> int:
-        try:
-            return int(value)
-        except ValueError:
-            raise NotFound(f"no conversation {value!r}") from None
+        """A conversation id from the path; anything that is not a plausible id is simply not found."""
+        if not value.isdigit() or not 0 < int(value) < 2**31:
+            raise NotFound(f"no conversation {value[:40]!r}")
+        return int(value)
 
     async def post_turn(user: UserInfo, conv_id: int, text: object) -> TaskView:
         stored, plan = await run_in_threadpool(store.plan_turn, conv_id, user, text, srv.max_turn_chars)
@@ -284,15 +284,14 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
         await run_in_threadpool(store.end_conversation, conv_id_of(conv_id), session.user)
         return RedirectResponse("/label", status_code=303)
 
+    def admin_view(request: Request, session: SessionInfo, new_user: tuple[str, str, str] | None = None):
+        return page(request, "admin.html", session, progress=summarize(store.comparisons()), users=store.users(),
+                    campaigns=store.campaign_names(), strengths=STRENGTHS, new_user=new_user)
+
     @app.get("/admin")
     async def admin_page(request: Request):
         session = await reading(request, admin=True)
-
-        def render():
-            return page(request, "admin.html", session, progress=summarize(store.comparisons()),
-                        users=store.users(), campaigns=store.campaign_names(), strengths=STRENGTHS,
-                        new_user=None)
-        return await run_in_threadpool(render)
+        return await run_in_threadpool(admin_view, request, session)
 
     @app.get("/admin/progress.png")
     async def admin_png(request: Request):
@@ -305,12 +304,7 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
         session, form = await changing(request, admin=True)
         user, password = await run_in_threadpool(create_user, store, form.get("name"), form.get("role", "labeler"),
                                                  session.user.id)
-
-        def render():
-            return page(request, "admin.html", session, progress=summarize(store.comparisons()),
-                        users=store.users(), campaigns=store.campaign_names(), strengths=STRENGTHS,
-                        new_user=(user.name, user.role, password))
-        return await run_in_threadpool(render)
+        return await run_in_threadpool(admin_view, request, session, (user.name, user.role, password))
 
     @app.post("/admin/export")
     async def admin_export(request: Request):

@@ -485,7 +485,7 @@ class Store:
     # ---- conversations -----------------------------------------------------------------------------------
     def start_conversation(self, user: UserInfo, campaign: str) -> int:
         with self.sessions.begin() as s:
-            c = s.scalar(select(Campaign).where(Campaign.name == campaign))
+            c = s.scalar(select(Campaign).where(Campaign.name == campaign)) if isinstance(campaign, str) else None
             if c is None:
                 raise NotFound(f"no campaign named {campaign!r}")
             conv = Conversation(campaign_id=c.id, user_id=user.id)

@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import io
 import json
+import re
 import threading
 import zipfile
 
@@ -145,6 +146,16 @@ def test_admin_progress_chart_and_export(label_service, login):
     names = zipfile.ZipFile(io.BytesIO(z.content)).namelist()
     assert "online-helpful/train.jsonl.gz" in names and "online-helpful/meta/test.jsonl" in names
     assert any(a == "export" and user == admin.user for a, _, user in label_service.store.audit_log())
+
+    # the admin page's form adds a labeler and shows the one-time password once; it works for a login
+    page = admin.http.post("/admin/users", data={"name": "from-admin-page", "role": "labeler",
+                                                 "csrf_token": admin.csrf_token})
+    assert page.status_code == 200
+    (password,) = re.findall(r"shown only now: <code>([^<]+)</code>", page.text)
+    with LabelClient(label_service.url) as new:
+        assert new.login("from-admin-page", password) == "labeler"
+    assert ("user.add", "from-admin-page (labeler)", admin.user) in label_service.store.audit_log()
+    assert password not in admin.http.get("/admin").text
 
 
 def test_service_answers_on_loopback_only(label_service):

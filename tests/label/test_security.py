@@ -183,6 +183,8 @@ def test_bad_input_gets_a_clear_message_and_changes_nothing(label_service, login
         (lambda: c.choose(task.task_id, "A", "2"), 422, "strength must be one of"),
         (lambda: c.choose(task.task_id, "left", 1), 422, "choice must be 'A' or 'B'"),
         (lambda: c.start("no-such-campaign"), 404, "no campaign named"),
+        (lambda: c.start(["helpful-ab"]), 404, "no campaign named"),
+        (lambda: c.conversation(99999999999), 404, "no conversation"),
     ]
     for call, status, message in cases:
         with pytest.raises(LabelAPIError) as err:
