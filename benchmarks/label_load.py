@@ -116,7 +116,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(out: Path, clients: int, seconds: float, model: str | None) -> dict:
+def run(out: Path, clients: int, seconds: float, model: str | None, max_replicas: int = 2) -> dict:
     import ray
     from ray import serve
 
@@ -130,7 +130,7 @@ def run(out: Path, clients: int, seconds: float, model: str | None) -> dict:
 
     def source(name: str, version: int) -> SourceConfig:
         return SourceConfig(name=name, model=model_dir, version=version, max_new_tokens=24, max_model_len=256,
-                            kv_cache_gb=0.25, cpus_per_replica=0.5, min_replicas=1, max_replicas=2,
+                            kv_cache_gb=0.25, cpus_per_replica=0.5, min_replicas=1, max_replicas=max_replicas,
                             target_ongoing_requests=2.0)
 
     cfg = LabelConfig(name="label-load", dir=str(work), sources=[source("v0", 0), source("v1", 1)],
@@ -158,6 +158,7 @@ def run(out: Path, clients: int, seconds: float, model: str | None) -> dict:
         logs = [ClientLog() for _ in accounts]
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
+        load_before = os.getloadavg()[0]
         t0 = time.monotonic()
         deadline = t0 + seconds
         threads = [threading.Thread(target=labeler, args=(service.url, n, p, deadline, i, log))
@@ -187,7 +188,8 @@ def run(out: Path, clients: int, seconds: float, model: str | None) -> dict:
                               "mean": statistics.fmean(v) if v else None} for k, v in lat.items()},
             "max_running_replicas": dict(replicas),
             "errors_sample": [e for log in logs for e in log.errors][:10],
-            "cpus": os.cpu_count(),
+            "cpus": os.cpu_count(), "max_replicas_allowed": max_replicas,
+            "load_average_1min": {"before": round(load_before, 1), "after": round(os.getloadavg()[0], 1)},
         }
     finally:
         stop_watch.set()
@@ -207,10 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--model", default=None, help="HF model folder (default: the tiny preset, built under --out)")
+    ap.add_argument("--max-replicas", type=int, default=2, help="autoscaling ceiling per model deployment")
     args = ap.parse_args(argv)
     if not 1 <= args.clients <= 200 or not 1 <= args.seconds <= 600:
         ap.error("keep the run bounded: 1..200 clients, 1..600 seconds")
-    result = run(Path(args.out), args.clients, args.seconds, args.model)
+    result = run(Path(args.out), args.clients, args.seconds, args.model, args.max_replicas)
     print(json.dumps(result, indent=2))
     ok = result["every_ack_stored_once"] and result["http_5xx"] == 0
     return 0 if ok else 1

@@ -55,7 +55,7 @@ def test_browser_logs_in_labels_continues_and_ends(label_service, tmp_path):
         page.click("#pick-A-1")
         expect(page.locator("#my-count")).to_contain_text("Comparisons: 2")
         page.screenshot(path=str(tmp_path / "3-dialogue.png"), full_page=True)
-        page.click("#end")
+        page.keyboard.press("Alt+e")  # the shortcut for "End conversation"
         expect(page).to_have_url(label_service.url + "/label")
         assert page.evaluate("window.__xss") is None  # the typed markup never ran
         browser.close()
