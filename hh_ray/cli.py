@@ -42,8 +42,22 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--no-follow", action="store_true", help="print the job id and return")
     sm.add_argument("--token", default=None, help="Ray auth token (default: RAY_AUTH_TOKEN or Ray's token file)")
     sm.add_argument("--runtime-env", default=None, help="runtime env YAML (default: jobs/runtime_env.yaml when present)")
-    sm.add_argument("--entrypoint", default="run", choices=["run", "sft", "pm", "ppo"])
+    sm.add_argument("--entrypoint", default="run", choices=["run", "sft", "pm", "ppo", "label"],
+                    help="the hh-ray command the job runs; label = `hh-ray label serve`")
     _add_config(sm)
+
+    label = sub.add_parser("label", help="the labeling service (Ray Serve): serve, user add, export")
+    label_sub = label.add_subparsers(dest="label_command", required=True)
+    _add_config(label_sub.add_parser("serve", help="start the service; prints its URL and the admin's one-time password"))
+    user = label_sub.add_parser("user", help="accounts").add_subparsers(dest="user_command", required=True)
+    user_add = user.add_parser("add", help="create an account and print its one-time password")
+    user_add.add_argument("name")
+    user_add.add_argument("--role", default="labeler", choices=["labeler", "admin"])
+    _add_config(user_add)
+    export = label_sub.add_parser("export", help="write comparisons in HH's layout (train/test.jsonl.gz + sidecar)")
+    export.add_argument("--campaign", default=None, help="one campaign (default: all)")
+    export.add_argument("--out", required=True, help="output folder; usable as data.data_dir")
+    _add_config(export)
     return parser
 
 
@@ -106,9 +120,17 @@ def main(argv: list[str] | None = None) -> int:
             from hh_ray.driver.pm import evaluate_checkpoint
 
             return evaluate_checkpoint(args.checkpoint, args.data_dir, args.json, args.batch_size)
+        if args.command == "label":
+            from hh_ray.label.commands import run_label
+
+            return run_label(args)
         if args.command == "submit":
             from hh_ray.ops.submit import submit_job
 
+            if args.entrypoint == "label" and args.config:
+                from hh_ray.label.config import load_label_config
+
+                load_label_config(args.config, args.overrides)
             return submit_job(args)
         cfg = _config(args)
         if args.command == "sft":

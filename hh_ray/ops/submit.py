@@ -21,7 +21,7 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 def entrypoint_for(command: str, config_path: str | None, overrides: list[str]) -> str:
     """The shell command the job runs on the cluster: `hh-ray <command> --config <file> k=v ...`."""
-    parts = ["hh-ray", command]
+    parts = ["hh-ray", *(["label", "serve"] if command == "label" else [command])]
     if config_path:
         parts += ["--config", config_path]
     parts += overrides
@@ -128,7 +128,8 @@ def submit_job(args) -> int:
     if args.config:  # validate here, so a typo fails now and not minutes later on the cluster
         from hh_ray.config import load_config
 
-        load_config(args.config, args.overrides)
+        if args.entrypoint != "label":  # the CLI validates label configs (hh_ray.label sits beside ops)
+            load_config(args.config, args.overrides)
     client = client_for(args.address, resolve_token(args.token))
     runtime_env = load_runtime_env(args.runtime_env, args.config)
     overrides = list(args.overrides) + (["fresh=true"] if getattr(args, "fresh", False) else [])

@@ -1,0 +1,1 @@
+"""The labeling service: crowdworkers compare two responses per turn (Ray Serve, FastAPI, SQLAlchemy)."""

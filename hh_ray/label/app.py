@@ -1,0 +1,408 @@
+"""The labeling web app (FastAPI): the pages labelers and admins use, and the same actions as a JSON API.
+
+The app knows nothing of Ray: it asks a `ResponseSource` for responses (Serve deployments in production, see
+serve.py) and keeps all state in the `Store`, so any number of ingress replicas can serve it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import logging
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Protocol
+
+import jinja2
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.templating import Jinja2Templates
+
+from .auth import (CSRF_FIELD, CSRF_HEADER, LOGIN_COOKIE, LOGIN_TOKEN_TTL_S, SESSION_COOKIE, Auth, Unauthorized,
+                   create_user, tokens_match)
+from .config import HELPFUL, STRENGTHS, LabelConfig
+from .export import export_records
+from .progress import progress_png, summarize
+from .store import (Forbidden, Invalid, LabelError, NotFound, Sample, SessionInfo, Store, TaskView,
+                    TurnPlan, UserInfo)
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).parent
+# The scale from left to right, as (choice, strength): "A much better" ... "B much better"; keys 1..6.
+SCALE = [("A", s) for s in sorted(STRENGTHS, reverse=True)] + [("B", s) for s in sorted(STRENGTHS)]
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                               "frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class ResponseSource(Protocol):
+    """Where responses come from: `n` samples of source `name` for an HH context ending in "Assistant:"."""
+
+    async def generate(self, name: str, context: str, n: int, seed: int) -> list[Sample]: ...
+
+
+class Unavailable(LabelError):
+    status = 503
+
+
+def context_seed(context: str) -> int:
+    """Samples are seeded by the context: the same context shown again gets the same responses (repeat tasks)."""
+    return int.from_bytes(hashlib.sha256(context.encode("utf-8")).digest()[:4], "big")
+
+
+async def two_responses(sources: ResponseSource, plan: TurnPlan, retries: int) -> tuple[Sample, Sample]:
+    """Responses A and B for one task: two sources, or two samples of one; non-empty and different.
+
+    Which source is shown as A is drawn from the context's seed, so neither source always sits on one side.
+    """
+    seed = context_seed(plan.context)
+    for attempt in range(retries):
+        s = seed + 7919 * attempt
+        if plan.source_a == plan.source_b:
+            a, b = (await sources.generate(plan.source_a, plan.context, 2, s))[:2]
+        else:
+            (a,), (b,) = await asyncio.gather(sources.generate(plan.source_a, plan.context, 1, s),
+                                              sources.generate(plan.source_b, plan.context, 1, s + 1))
+        if a.text.strip() and b.text.strip() and a.text != b.text:
+            return (b, a) if random.Random(s).random() < 0.5 else (a, b)
+    raise Unavailable(f"the sources gave empty or identical responses {retries} times; try another turn")
+
+
+def _templates() -> Jinja2Templates:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True)
+    return Jinja2Templates(env=env)
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastAPI:
+    """The whole web app over one store and one response source."""
+    app = FastAPI(title="hh-ray labeling", docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    templates = _templates()
+    auth = Auth(store, cfg.server)
+    srv = cfg.server
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        return response
+
+    @app.exception_handler(LabelError)
+    async def label_error(request: Request, exc: LabelError):
+        if _is_api(request):
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        if isinstance(exc, Unauthorized) and request.method == "GET":
+            return RedirectResponse("/login?next=expired", status_code=303)
+        return templates.TemplateResponse(request, "error.html", {"message": str(exc), "status": exc.status},
+                                          status_code=exc.status)
+
+    # ---- helpers shared by pages and API ---------------------------------------------------------------
+    async def session_of(request: Request) -> SessionInfo:
+        session = await run_in_threadpool(auth.session_from_cookie, request.cookies.get(SESSION_COOKIE))
+        if session is None:
+            raise Unauthorized("not logged in, or the session expired; log in again")
+        return session
+
+    async def form_or_json(request: Request) -> dict:
+        if request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                body = await request.json()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise Invalid("the body is not valid JSON") from None
+            if not isinstance(body, dict):
+                raise Invalid("the body must be a JSON object")
+            return body
+        return dict(await request.form())
+
+    async def changing(request: Request, admin: bool = False) -> tuple[SessionInfo, dict]:
+        """A state-changing request: a live session, its CSRF token (header or form field), the body."""
+        session = await session_of(request)
+        body = await form_or_json(request)
+        if not tokens_match(session.csrf_token, request.headers.get(CSRF_HEADER) or body.get(CSRF_FIELD)):
+            raise Forbidden("missing or wrong CSRF token; reload the page")
+        if admin and not session.user.is_admin:
+            raise Forbidden("admins only")
+        return session, body
+
+    async def reading(request: Request, admin: bool = False) -> SessionInfo:
+        session = await session_of(request)
+        if admin and not session.user.is_admin:
+            raise Forbidden("admins only")
+        return session
+
+    def conv_id_of(value: str) -> int:
+        """A conversation id from the path; anything that is not a plausible id is simply not found."""
+        if not value.isdigit() or not 0 < int(value) < 2**31:
+            raise NotFound(f"no conversation {value[:40]!r}")
+        return int(value)
+
+    async def post_turn(user: UserInfo, conv_id: int, text: object) -> TaskView:
+        stored, plan = await run_in_threadpool(store.plan_turn, conv_id, user, text, srv.max_turn_chars)
+        a, b = await two_responses(sources, plan, srv.generate_retries)
+        return await run_in_threadpool(store.add_task, plan, user, stored, a, b)
+
+    def int_or_raw(value: object) -> object:
+        """Form fields arrive as text; a JSON body keeps its types (so "2" stays invalid there)."""
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        return value
+
+    async def export_zip(user: UserInfo, campaign: str) -> Response:
+        records = await run_in_threadpool(store.comparisons, campaign or None)
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = await run_in_threadpool(export_records, records, tmp, cfg.test_fraction)
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+                for rel in summary.files:
+                    zf.write(Path(tmp) / rel, rel)
+        await run_in_threadpool(store.audit, user.id, "export", f"campaign={campaign or '*'} records={summary.total}")
+        name = f"{campaign or 'all'}-export.zip"
+        return Response(buf.getvalue(), media_type="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    def set_session_cookie(response: Response, session: SessionInfo) -> None:
+        response.set_cookie(SESSION_COOKIE, auth.session_cookie(session), max_age=int(srv.session_ttl_s),
+                            httponly=True, samesite="strict", secure=srv.secure_cookies, path="/")
+
+    def set_login_cookie(response: Response, cookie: str) -> None:
+        response.set_cookie(LOGIN_COOKIE, cookie, max_age=LOGIN_TOKEN_TTL_S, httponly=True, samesite="strict",
+                            secure=srv.secure_cookies, path="/")
+
+    def page(request: Request, name: str, session: SessionInfo | None, status: int = 200, **ctx) -> HTMLResponse:
+        stats = store.user_stats(session.user) if session else None
+        return templates.TemplateResponse(request, name, {"session": session, "stats": stats, "csrf_field": CSRF_FIELD,
+                                                          **ctx}, status_code=status)
+
+    # ---- pages -----------------------------------------------------------------------------------------
+    @app.get("/")
+    async def root(request: Request):
+        session = await run_in_threadpool(auth.session_from_cookie, request.cookies.get(SESSION_COOKIE))
+        return RedirectResponse("/label" if session else "/login", status_code=303)
+
+    async def login_page(request: Request, error: str = "", status: int = 200) -> HTMLResponse:
+        cookie, token = auth.new_login_token()
+        if not error and request.query_params.get("next") == "expired":
+            error = "Your session expired or you are not logged in; log in again."
+        resp = page(request, "login.html", None, status, login_token=token, error=error)
+        set_login_cookie(resp, cookie)
+        return resp
+
+    @app.get("/login")
+    async def login_get(request: Request):
+        return await login_page(request)
+
+    @app.post("/login")
+    async def login_post(request: Request):
+        form = dict(await request.form())
+        if not auth.login_token_ok(request.cookies.get(LOGIN_COOKIE), form.get(CSRF_FIELD)):
+            return await login_page(request, "The login form expired; try again.", 403)
+        try:
+            session = await run_in_threadpool(auth.login, form.get("name"), form.get("password"))
+        except LabelError as exc:
+            return await login_page(request, str(exc), exc.status)
+        resp = RedirectResponse("/label", status_code=303)
+        set_session_cookie(resp, session)
+        resp.delete_cookie(LOGIN_COOKIE, path="/")
+        return resp
+
+    @app.post("/logout")
+    async def logout(request: Request):
+        session, _ = await changing(request)
+        await run_in_threadpool(store.delete_session, session.id)
+        resp = RedirectResponse("/login", status_code=303)
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    @app.get("/label")
+    async def home(request: Request):
+        session = await reading(request)
+
+        def render():
+            return page(request, "home.html", session, campaigns=store.campaign_names(),
+                        conversations=store.conversations_of(session.user))
+        return await run_in_threadpool(render)
+
+    @app.post("/conversations")
+    async def new_conversation(request: Request):
+        session, form = await changing(request)
+        conv_id = await run_in_threadpool(store.start_conversation, session.user, form.get("campaign"))
+        return RedirectResponse(f"/conversations/{conv_id}", status_code=303)
+
+    async def conversation_page(request: Request, session: SessionInfo, conv_id: int, error: str = "",
+                                status: int = 200, draft: str = "") -> HTMLResponse:
+        def render():
+            view = store.conversation(conv_id, session.user)
+            return page(request, "conversation.html", session, status, conv=view, scale=SCALE, strengths=STRENGTHS,
+                        helpful=view.mode == HELPFUL, error=error, draft=draft, max_chars=srv.max_turn_chars)
+        return await run_in_threadpool(render)
+
+    @app.get("/conversations/{conv_id}")
+    async def conversation_get(request: Request, conv_id: str):
+        session = await reading(request)
+        return await conversation_page(request, session, conv_id_of(conv_id))
+
+    @app.post("/conversations/{conv_id}/turn")
+    async def turn_post(request: Request, conv_id: str):
+        session, form = await changing(request)
+        cid = conv_id_of(conv_id)
+        try:
+            await post_turn(session.user, cid, form.get("text", ""))
+        except LabelError as exc:  # shown on the conversation page (which is NotFound for others' conversations)
+            return await conversation_page(request, session, cid, str(exc), exc.status, draft=str(form.get("text", "")))
+        return RedirectResponse(f"/conversations/{cid}", status_code=303)
+
+    @app.post("/conversations/{conv_id}/choose")
+    async def choose_post(request: Request, conv_id: str):
+        session, form = await changing(request)
+        cid = conv_id_of(conv_id)
+        try:
+            await run_in_threadpool(store.submit_choice, session.user, form.get("task_id"), form.get("choice"),
+                                    int_or_raw(form.get("strength")))
+        except LabelError as exc:
+            return await conversation_page(request, session, cid, str(exc), exc.status)
+        return RedirectResponse(f"/conversations/{cid}", status_code=303)
+
+    @app.post("/conversations/{conv_id}/end")
+    async def end_post(request: Request, conv_id: str):
+        session, _ = await changing(request)
+        await run_in_threadpool(store.end_conversation, conv_id_of(conv_id), session.user)
+        return RedirectResponse("/label", status_code=303)
+
+    def admin_view(request: Request, session: SessionInfo, new_user: tuple[str, str, str] | None = None):
+        return page(request, "admin.html", session, progress=summarize(store.comparisons()), users=store.users(),
+                    campaigns=store.campaign_names(), strengths=STRENGTHS, new_user=new_user)
+
+    @app.get("/admin")
+    async def admin_page(request: Request):
+        session = await reading(request, admin=True)
+        return await run_in_threadpool(admin_view, request, session)
+
+    @app.get("/admin/progress.png")
+    async def admin_png(request: Request):
+        await reading(request, admin=True)
+        png = await run_in_threadpool(lambda: progress_png(store.comparisons()))
+        return Response(png, media_type="image/png")
+
+    @app.post("/admin/users")
+    async def admin_add_user(request: Request):
+        session, form = await changing(request, admin=True)
+        user, password = await run_in_threadpool(create_user, store, form.get("name"), form.get("role", "labeler"),
+                                                 session.user.id)
+        return await run_in_threadpool(admin_view, request, session, (user.name, user.role, password))
+
+    @app.post("/admin/export")
+    async def admin_export(request: Request):
+        session, form = await changing(request, admin=True)
+        return await export_zip(session.user, str(form.get("campaign") or ""))
+
+    # ---- JSON API (the same actions, for programmatic labelers) ------------------------------------------
+    @app.get("/api/login")
+    async def api_login_token():
+        cookie, token = auth.new_login_token()
+        resp = JSONResponse({"csrf_token": token})
+        set_login_cookie(resp, cookie)
+        return resp
+
+    @app.post("/api/login")
+    async def api_login(request: Request):
+        body = await form_or_json(request)
+        if not auth.login_token_ok(request.cookies.get(LOGIN_COOKIE), request.headers.get(CSRF_HEADER)):
+            raise Forbidden("missing or wrong login CSRF token; GET /api/login first")
+        session = await run_in_threadpool(auth.login, body.get("name"), body.get("password"))
+        resp = JSONResponse({"user": session.user.name, "role": session.user.role, "csrf_token": session.csrf_token,
+                             "expires_at": session.expires_at.isoformat() + "Z"})
+        set_session_cookie(resp, session)
+        return resp
+
+    @app.post("/api/logout")
+    async def api_logout(request: Request):
+        session, _ = await changing(request)
+        await run_in_threadpool(store.delete_session, session.id)
+        resp = JSONResponse({"logged_out": True})
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    @app.get("/api/campaigns")
+    async def api_campaigns(request: Request):
+        await reading(request)
+        return [{"name": n, "mode": m} for n, m in await run_in_threadpool(store.campaign_names)]
+
+    @app.post("/api/conversations")
+    async def api_new_conversation(request: Request):
+        session, body = await changing(request)
+        conv_id = await run_in_threadpool(store.start_conversation, session.user, body.get("campaign"))
+        return {"conversation_id": conv_id}
+
+    @app.get("/api/conversations/{conv_id}")
+    async def api_conversation(request: Request, conv_id: str):
+        session = await reading(request)
+        v = await run_in_threadpool(store.conversation, conv_id_of(conv_id), session.user)
+        pending = ({"task_id": v.pending.id, "response_a": v.pending.response_a, "response_b": v.pending.response_b}
+                   if v.pending else None)
+        return {"conversation_id": v.id, "campaign": v.campaign, "mode": v.mode, "ended": v.ended,
+                "turns": [{"role": t.role, "text": t.text} for t in v.turns], "pending": pending}
+
+    @app.post("/api/conversations/{conv_id}/turns")
+    async def api_turn(request: Request, conv_id: str):
+        session, body = await changing(request)
+        task = await post_turn(session.user, conv_id_of(conv_id), body.get("text"))
+        return {"task_id": task.id, "context": task.context, "response_a": task.response_a,
+                "response_b": task.response_b}
+
+    @app.post("/api/choices")
+    async def api_choose(request: Request):
+        session, body = await changing(request)
+        r = await run_in_threadpool(store.submit_choice, session.user, body.get("task_id"), body.get("choice"),
+                                    body.get("strength"))
+        return {"comparison_id": r.comparison_id, "task_id": r.task_id, "choice": r.choice, "strength": r.strength,
+                "duplicate": r.duplicate}
+
+    @app.post("/api/conversations/{conv_id}/end")
+    async def api_end(request: Request, conv_id: str):
+        session, _ = await changing(request)
+        await run_in_threadpool(store.end_conversation, conv_id_of(conv_id), session.user)
+        return {"conversation_id": int(conv_id), "ended": True}
+
+    @app.get("/api/me/stats")
+    async def api_stats(request: Request):
+        session = await reading(request)
+        return {"user": session.user.name, **await run_in_threadpool(store.user_stats, session.user)}
+
+    @app.get("/api/admin/progress")
+    async def api_progress(request: Request):
+        await reading(request, admin=True)
+        return (await run_in_threadpool(lambda: summarize(store.comparisons()))).as_dict()
+
+    @app.post("/api/admin/users")
+    async def api_add_user(request: Request):
+        session, body = await changing(request, admin=True)
+        user, password = await run_in_threadpool(create_user, store, body.get("name"), body.get("role", "labeler"),
+                                                 session.user.id)
+        return {"name": user.name, "role": user.role, "password": password}
+
+    @app.post("/api/admin/export")
+    async def api_export(request: Request):
+        session, body = await changing(request, admin=True)
+        return await export_zip(session.user, str(body.get("campaign") or ""))
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"ok": True}
+
+    return app

@@ -1,0 +1,98 @@
+"""`hh-ray label serve | user add | export`: what the CLI's `label` block calls."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+from .auth import create_user
+from .config import LabelConfig, load_label_config
+from .export import export_campaign
+from .store import Store
+
+
+def connect_ray(cfg: LabelConfig) -> None:
+    """The local in-process Ray by default; a cluster address (or RAY_ADDRESS, as in a submitted job) otherwise."""
+    import ray
+
+    from hh_ray.workers.group import actor_env
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
+    if address == "local":
+        ray.init(address="local", include_dashboard=False, num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1),
+                 runtime_env={"env_vars": actor_env()})
+    else:
+        ray.init(address=address)
+
+
+def serve_command(cfg: LabelConfig, stop: threading.Event | None = None) -> int:
+    """Start the service, print its URL (and the first admin's one-time password), run until Ctrl-C."""
+    import ray
+    from ray import serve
+
+    from .serve import ensure_admin, start_service, stop_service
+
+    stop = stop or threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    connect_ray(cfg)
+    running = start_service(cfg)
+    try:
+        password = ensure_admin(running.store)
+        print(f"[label] serving {running.url}  (campaigns: {', '.join(c.name for c in cfg.campaigns)})", flush=True)
+        if password:  # printed once to the operator's terminal, never logged
+            print(f"[label] admin account: name 'admin', one-time password {password}", flush=True)
+        else:
+            print("[label] an admin account exists already; `hh-ray label user add NAME --role admin` adds one",
+                  flush=True)
+        print("[label] Ctrl-C stops the service", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        print("[label] stopping", flush=True)
+        stop_service(running)
+        serve.shutdown()
+        ray.shutdown()
+        signal.signal(signal.SIGINT, previous)
+    return 0
+
+
+def user_add_command(cfg: LabelConfig, name: str, role: str) -> int:
+    store = Store(cfg.db_url)
+    store.migrate()
+    user, password = create_user(store, name, role)
+    print(f"user {user.name} ({user.role}); one-time password: {password}")
+    store.dispose()
+    return 0
+
+
+def export_command(cfg: LabelConfig, campaign: str | None, out: str) -> int:
+    store = Store(cfg.db_url)
+    store.check_schema()
+    summary = export_campaign(store, campaign, out, cfg.test_fraction)
+    store.audit(None, "export", f"cli campaign={campaign or '*'} records={summary.total} out={out}")
+    for rel, n in sorted(summary.files.items()):
+        print(f"{out}/{rel}: {n}")
+    print(f"exported {summary.total} comparisons to {out}")
+    store.dispose()
+    return 0
+
+
+def run_label(args) -> int:
+    """Dispatch the parsed `hh-ray label ...` arguments; service errors print one line and return 2."""
+    from .store import LabelError
+
+    cfg = load_label_config(args.config, args.overrides)
+    try:
+        if args.label_command == "serve":
+            return serve_command(cfg)
+        if args.label_command == "user":
+            return user_add_command(cfg, args.name, args.role)
+        return export_command(cfg, args.campaign, args.out)
+    except LabelError as exc:
+        print(f"hh-ray: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,75 @@
+"""A real headless Chromium (Debian's, driven by Playwright) labels through the pages of the Serve app."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hh_ray.label.store import Task
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+NOTES_SHOT = Path("/work/notes/label-screenshot.png")
+
+
+def test_browser_logs_in_labels_continues_and_ends(label_service, tmp_path):
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not installed (Debian package chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    name, store = "browser-labeler", label_service.store
+    password = label_service.new_labeler(name)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(60_000)
+        page.goto(label_service.url + "/label")
+        expect(page).to_have_url(label_service.url + "/login?next=expired")  # no session: the login page
+        page.fill("#name", name)
+        page.fill("#password", password)
+        page.click("#login")
+        expect(page).to_have_url(label_service.url + "/label")
+        expect(page.locator("#my-count")).to_contain_text("Comparisons: 0")
+        page.click("#start-helpful-ab")
+
+        # turn 1: typed, sent with Ctrl+Enter; B "much better" picked with key 6 (the right end of the scale)
+        page.fill("#turn-text", "How do I make a good cup of <b>tea</b>?")
+        page.press("#turn-text", "Control+Enter")
+        expect(page.locator("#response-b")).to_be_visible()
+        response_b = page.locator("#response-b .text").inner_text()
+        page.screenshot(path=str(tmp_path / "1-pair.png"), full_page=True)
+        page.keyboard.press("6")
+        expect(page.locator("#turn-text")).to_be_visible()
+        expect(page.locator("#my-count")).to_contain_text("Comparisons: 1")
+        expect(page.locator("#transcript .assistant .text").first).to_have_text(response_b)
+        expect(page.locator("#transcript .human .text").first).to_have_text("How do I make a good cup of <b>tea</b>?")
+
+        # turn 2: continue the dialogue, pick by clicking "A slightly better"
+        page.fill("#turn-text", "And how long should it steep?")
+        page.click("#send")
+        expect(page.locator("#response-a")).to_be_visible()
+        page.screenshot(path=str(tmp_path / "2-second-pair.png"), full_page=True)
+        page.click("#pick-A-1")
+        expect(page.locator("#my-count")).to_contain_text("Comparisons: 2")
+        page.screenshot(path=str(tmp_path / "3-dialogue.png"), full_page=True)
+        page.keyboard.press("Alt+e")  # the shortcut for "End conversation"
+        expect(page).to_have_url(label_service.url + "/label")
+        assert page.evaluate("window.__xss") is None  # the typed markup never ran
+        browser.close()
+
+    user = store.user_credentials(name)[0]
+    (conv_id, campaign, ended, n_turns), = store.conversations_of(user)
+    assert (campaign, ended, n_turns) == ("helpful-ab", True, 4)
+    rows = [r for r in store.comparisons() if r.labeler == name]
+    assert [(r.choice, r.strength) for r in rows] == [("B", 3), ("A", 1)]
+    assert rows[0].chosen == response_b and rows[0].context.startswith(
+        "\n\nHuman: How do I make a good cup of <b>tea</b>?\n\nAssistant:")
+    with store.sessions() as s:
+        assert s.query(Task).filter_by(conversation_id=conv_id, decided=False).count() == 0
+    for shot in ("1-pair.png", "2-second-pair.png", "3-dialogue.png"):
+        assert (tmp_path / shot).stat().st_size > 10_000
+    if NOTES_SHOT.parent.is_dir():
+        shutil.copyfile(tmp_path / "2-second-pair.png", NOTES_SHOT)

@@ -1,0 +1,167 @@
+"""Through real HTTP against the Serve application (vLLM-CPU replicas of the tiny model as versions 0 and 1):
+a three-turn conversation, idempotent submits, export read back by HH's loader, the admin's views."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import re
+import threading
+import zipfile
+
+import httpx
+import yaml
+
+from hh_ray.cli import main as cli_main
+from hh_ray.data.hh import ASSISTANT, HUMAN, load_comparisons
+from hh_ray.label.client import LabelClient
+from hh_ray.label.store import ComparisonRow
+
+
+def _mine(svc, labeler: str):
+    return [r for r in svc.store.comparisons() if r.labeler == labeler]
+
+
+def test_full_conversation_of_three_turns(label_service, login):
+    c = login()
+    assert ("helpful-ab", "helpful") in c.campaigns()
+    cid = c.start("helpful-ab")
+    picks, picked = [("B", 3), ("A", 1), ("B", 2)], []
+    for i, (choice, strength) in enumerate(picks):
+        task = c.post_turn(cid, f"Turn {i}: how do I cook rice?")
+        for r in (task.response_a, task.response_b):
+            assert r.strip() == r and r and HUMAN not in r and ASSISTANT not in r  # one assistant turn, stripped
+        assert task.response_a != task.response_b
+        assert task.context.endswith(f"{HUMAN} Turn {i}: how do I cook rice?{ASSISTANT}")
+        ack = c.choose(task.task_id, choice, strength)
+        assert (ack.choice, ack.strength, ack.duplicate) == (choice, strength, False)
+        picked.append(task.response_a if choice == "A" else task.response_b)
+    c.end(cid)
+    conv = c.conversation(cid)
+    assert conv["ended"] and [t["role"] for t in conv["turns"]] == ["Human", "Assistant"] * 3
+    assert [t["text"] for t in conv["turns"][1::2]] == picked
+    assert c.stats() == {"user": c.user, "comparisons": 3, "conversations": 1}
+
+    rows = _mine(label_service, c.user)
+    assert [(r.choice, r.strength) for r in rows] == picks
+    for r in rows:  # two policy versions, each response tagged with its source and version
+        assert {(r.source_a, r.version_a), (r.source_b, r.version_b)} == {("v0", 0), ("v1", 1)}
+        assert r.chosen == (r.response_a if r.choice == "A" else r.response_b) and r.mode == "helpful"
+    assert rows[2].context == "".join(f"{HUMAN} Turn {i}: how do I cook rice?{ASSISTANT} {picked[i]}"
+                                      for i in range(2)) + f"{HUMAN} Turn 2: how do I cook rice?{ASSISTANT}"
+
+
+def test_double_submit_is_idempotent(label_service, login):
+    c = login()
+    cid = c.start("redteam-v0")  # two samples of one policy
+    task = c.post_turn(cid, "Tell me how to pick a lock.")
+    first = c.choose(task.task_id, "A", 2)
+    again = c.choose(task.task_id, "A", 2)
+    other = c.choose(task.task_id, "B", 1)  # a changed mind after the ack does not overwrite
+    assert not first.duplicate and again.duplicate and other.duplicate
+    assert first.comparison_id == again.comparison_id == other.comparison_id and other.choice == "A"
+
+    task2 = c.post_turn(cid, "Now something worse.")
+    acks, barrier = [], threading.Barrier(4)
+
+    def submit():
+        barrier.wait()
+        acks.append(c.choose(task2.task_id, "B", 3))
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len({a.comparison_id for a in acks}) == 1
+    with label_service.store.sessions() as s:
+        for t in (task, task2):
+            assert s.query(ComparisonRow).filter_by(task_id=t.task_id).count() == 1
+    assert len(c.conversation(cid)["turns"]) == 4  # one assistant turn per task
+    rows = _mine(label_service, c.user)
+    assert len(rows) == 2 and all(r.mode == "red-team" for r in rows)
+    # red team: the labeler picked the more harmful one; HH's `chosen` is the other
+    assert rows[0].rejected == task.response_a and rows[0].chosen == task.response_b
+
+
+def test_export_round_trip(label_service, login, tmp_path, hh_dir):
+    c = login()
+    for campaign in ("helpful-ab", "redteam-v0"):
+        cid = c.start(campaign)
+        for i in range(2):
+            task = c.post_turn(cid, f"{campaign} question {i}")
+            c.choose(task.task_id, "AB"[i], 1 + i)
+        c.end(cid)
+    cfg_file = tmp_path / "label.yaml"
+    cfg_file.write_text(yaml.safe_dump(dataclasses.asdict(label_service.cfg)))
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "helpful-base").symlink_to(hh_dir / "helpful-base")  # beside the static HH data
+    assert cli_main(["label", "export", "--config", str(cfg_file), "--out", str(data_dir)]) == 0
+
+    stored = label_service.store.comparisons()
+    kept_total = 0
+    for subset, mode in (("online-helpful", "helpful"), ("online-harmless", "red-team")):
+        want = [r for r in stored if r.mode == mode]
+        items, report = load_comparisons(str(data_dir), [subset], split=None)
+        assert report.total_rejected() == 0 and len(items) == len(want)  # every exported record is kept
+        assert ({(i.prompt, i.chosen, i.rejected) for i in items}
+                == {(r.context, " " + r.chosen, " " + r.rejected) for r in want})
+        for split in ("train", "test"):
+            with gzip.open(data_dir / subset / f"{split}.jsonl.gz", "rt") as fh:
+                records = [json.loads(line) for line in fh]
+            meta = [json.loads(line) for line in (data_dir / subset / "meta" / f"{split}.jsonl").open()]
+            by_id = {r.id: r for r in want}
+            assert len(meta) == len(records)
+            for rec, m in zip(records, meta):  # the sidecar lines up with the data, line by line
+                r = by_id[m["comparison_id"]]
+                assert rec == {"chosen": f"{r.context} {r.chosen}", "rejected": f"{r.context} {r.rejected}"}
+                assert (m["strength"], m["labeler"], m["source_a"], m["version_b"]) == (r.strength, r.labeler,
+                                                                                        r.source_a, r.version_b)
+            kept_total += len(records)
+    assert kept_total == len(stored)
+    # the data folder mixes both with no other code: HH's own subset and ours, by `data.subsets`
+    items, _ = load_comparisons(str(data_dir), ["helpful-base", "online-helpful"], split="test")
+    online_test = sum(1 for _ in (data_dir / "online-helpful" / "meta" / "test.jsonl").open())
+    assert sum(i.subset == "online-helpful" for i in items) == online_test
+    assert sum(i.subset == "helpful-base" for i in items) > 1000
+
+
+def test_admin_progress_chart_and_export(label_service, login):
+    labeler = login()
+    cid = labeler.start("helpful-ab")
+    task = labeler.post_turn(cid, "What is a good name for a cat?")
+    labeler.choose(task.task_id, "A", 3)
+    admin = login(role="admin")
+    p = admin.progress()
+    stored = label_service.store.comparisons()
+    assert p["total"] == len(stored) and p["by_labeler"][labeler.user] == 1
+    assert abs(sum(p["strength_share"].values()) - 1.0) < 1e-9
+    assert admin.http.get("/admin").status_code == 200
+    png = admin.http.get("/admin/progress.png")
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    z = admin.http.post("/api/admin/export", json={"campaign": "helpful-ab"},
+                        headers={"X-CSRF-Token": admin.csrf_token})
+    assert z.status_code == 200
+    names = zipfile.ZipFile(io.BytesIO(z.content)).namelist()
+    assert "online-helpful/train.jsonl.gz" in names and "online-helpful/meta/test.jsonl" in names
+    assert any(a == "export" and user == admin.user for a, _, user in label_service.store.audit_log())
+
+    # the admin page's form adds a labeler and shows the one-time password once; it works for a login
+    page = admin.http.post("/admin/users", data={"name": "from-admin-page", "role": "labeler",
+                                                 "csrf_token": admin.csrf_token})
+    assert page.status_code == 200
+    (password,) = re.findall(r"shown only now: <code>([^<]+)</code>", page.text)
+    with LabelClient(label_service.url) as new:
+        assert new.login("from-admin-page", password) == "labeler"
+    assert ("user.add", "from-admin-page (labeler)", admin.user) in label_service.store.audit_log()
+    assert password not in admin.http.get("/admin").text
+
+
+def test_service_answers_on_loopback_only(label_service):
+    assert label_service.url.startswith("http://127.0.0.1:")
+    r = httpx.get(label_service.url + "/healthz")
+    assert r.status_code == 200 and r.headers["x-frame-options"] == "DENY"
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    with LabelClient(label_service.url) as anon:
+        assert anon.http.get("/").headers["location"] == "/login"

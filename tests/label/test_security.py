@@ -1,0 +1,213 @@
+"""Security over real HTTP against the Serve app; each test fails when the protection it guards is off."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text, update
+
+from hh_ray.label.client import LabelAPIError, LabelClient
+from hh_ray.label.store import ComparisonRow, SessionRow, Task, Turn, utcnow
+
+PAGES = ["/label", "/admin", "/admin/progress.png", "/conversations/1"]
+API_GETS = ["/api/campaigns", "/api/me/stats", "/api/conversations/1", "/api/admin/progress"]
+POSTS = ["/api/conversations", "/api/conversations/1/turns", "/api/choices", "/api/conversations/1/end",
+         "/api/admin/users", "/api/admin/export", "/api/logout", "/conversations", "/conversations/1/turn",
+         "/conversations/1/choose", "/conversations/1/end", "/admin/users", "/admin/export", "/logout"]
+INJECTIONS = ["'; DROP TABLE comparisons; --", "\" OR \"1\"=\"1", "x'); DELETE FROM users; --"]
+
+
+def _counts(store) -> tuple[int, int, int]:
+    return store.count(Turn), store.count(Task), store.count(ComparisonRow)
+
+
+def test_nothing_without_a_session(label_service):
+    with httpx.Client(base_url=label_service.url) as anon:
+        for path in PAGES:
+            r = anon.get(path)
+            assert r.status_code == 303 and r.headers["location"].startswith("/login"), path
+        for path in API_GETS:
+            r = anon.get(path)
+            assert r.status_code == 401 and "log in" in r.json()["error"], path
+        for path in POSTS:
+            assert anon.post(path, json={}).status_code == 401, path
+        forged = anon.get("/api/me/stats", cookies={"hh_session": "forged.value.sig"})
+        assert forged.status_code == 401
+
+
+def test_labeler_cannot_reach_admin_or_others(label_service, login):
+    owner, intruder = login(), login()
+    cid = owner.start("helpful-ab")
+    task = owner.post_turn(cid, "Only mine.")
+    for path in ("/admin", "/admin/progress.png", "/api/admin/progress"):
+        assert intruder.http.get(path).status_code == 403, path
+    for path in ("/api/admin/export", "/admin/export", "/api/admin/users", "/admin/users"):
+        r = intruder.http.post(path, json={"campaign": "helpful-ab", "name": "sneaky", "role": "admin"},
+                               headers={"X-CSRF-Token": intruder.csrf_token})
+        assert r.status_code == 403, path
+    assert "sneaky" not in {u.name for u in label_service.store.users()}
+    for call in (lambda: intruder.conversation(cid), lambda: intruder.post_turn(cid, "hijack"),
+                 lambda: intruder.end(cid), lambda: intruder.choose(task.task_id, "A", 1)):
+        with pytest.raises(LabelAPIError) as err:
+            call()
+        assert err.value.status == 404
+    page = intruder.http.get(f"/conversations/{cid}")
+    assert page.status_code == 404 and "Only mine." not in page.text
+    assert owner.conversation(cid)["pending"]["task_id"] == task.task_id  # untouched
+    assert owner.choose(task.task_id, "A", 1).duplicate is False
+
+
+def test_post_without_csrf_token_is_refused(label_service, login):
+    c = login()
+    cid = c.start("helpful-ab")
+    before = _counts(label_service.store)
+    for token in (None, "wrong-token"):
+        headers = {"X-CSRF-Token": token} if token else {}
+        r = c.http.post(f"/api/conversations/{cid}/turns", json={"text": "hello"}, headers=headers)
+        assert r.status_code == 403 and "CSRF" in r.json()["error"]
+        r = c.http.post(f"/conversations/{cid}/turn", data={"text": "hello"})  # the form, no token field
+        assert r.status_code == 403
+    r = c.http.post("/api/conversations", json={"campaign": "helpful-ab"})
+    assert r.status_code == 403
+    assert _counts(label_service.store) == before
+    # login has its own token: a cross-site form cannot log a victim into the attacker's account
+    with httpx.Client(base_url=label_service.url) as anon:
+        r = anon.post("/api/login", json={"name": c.user, "password": "whatever"})
+        assert r.status_code == 403 and "hh_session" not in r.cookies
+
+
+def test_session_cookie_is_httponly_samesite_and_expires(label_service):
+    name = "cookie-check"
+    password = label_service.new_labeler(name)
+    with httpx.Client(base_url=label_service.url) as h:
+        token = h.get("/api/login").json()["csrf_token"]
+        r = h.post("/api/login", json={"name": name, "password": password}, headers={"X-CSRF-Token": token})
+    cookie = r.headers["set-cookie"].lower()
+    assert "hh_session=" in cookie and "httponly" in cookie and "samesite=strict" in cookie and "max-age=" in cookie
+
+
+def test_xss_in_human_turn_and_model_response_renders_as_text(label_service, login):
+    c = login()
+    payload = '<script>window.__xss=3</script><img src=x onerror="window.__xss=4">'
+    cid = c.start("echo-xss")  # one source answers with a fixed script payload
+    xss_response = label_service.cfg.source("xss").echo_text
+    task = c.post_turn(cid, payload)
+    assert xss_response in (task.response_a, task.response_b)
+    html = c.http.get(f"/conversations/{cid}").text
+    assert "<script>window.__xss" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;window.__xss=3&lt;/script&gt;" in html  # the human turn, shown as text
+    assert "&lt;script&gt;window.__xss=2&lt;/script&gt;" in html  # the model response, shown as text
+    c.choose(task.task_id, "A" if task.response_a == xss_response else "B", 1)  # stored, then rendered again
+    html = c.http.get(f"/conversations/{cid}").text
+    assert "<script>window.__xss" not in html and html.count("&lt;script&gt;window.__xss") == 2
+
+
+def test_sql_injection_strings_are_stored_verbatim(label_service, login):
+    c = login()
+    cid = c.start("helpful-ab")
+    for inj in INJECTIONS:
+        task = c.post_turn(cid, inj)
+        c.choose(task.task_id, "A", 1)
+    assert [t["text"] for t in c.conversation(cid)["turns"][0::2]] == INJECTIONS
+    with pytest.raises(LabelAPIError) as err:  # user-name lookups go through bound parameters, too
+        LabelClient(label_service.url).login("' OR '1'='1", "' OR '1'='1")
+    assert err.value.status == 401
+    with label_service.store.engine.connect() as conn:
+        stored = [row[0] for row in conn.execute(
+            text("SELECT text FROM turns WHERE role = 'Human' AND conversation_id = :c ORDER BY position"), {"c": cid})]
+        assert stored == INJECTIONS
+        assert conn.execute(text("SELECT count(*) FROM comparisons")).scalar() > 0  # the table still stands
+
+
+def test_sixth_wrong_password_in_a_minute_is_throttled(label_service):
+    name = "throttle-me"
+    password = label_service.new_labeler(name)
+    with LabelClient(label_service.url) as c:
+        for _ in range(5):
+            with pytest.raises(LabelAPIError) as err:
+                c.login(name, "wrong password")
+            assert err.value.status == 401
+        with pytest.raises(LabelAPIError) as err:
+            c.login(name, password)  # the right password, but the sixth attempt within the minute
+        assert err.value.status == 429 and "too many failed logins" in err.value.message
+    with LabelClient(label_service.url) as other:  # another account is not locked out by it
+        other_name = "not-throttled"
+        other.login(other_name, label_service.new_labeler(other_name))
+
+
+def test_database_holds_no_plain_text_password(label_service):
+    name = "secret-keeper"
+    password = label_service.new_labeler(name)
+    with LabelClient(label_service.url) as c:
+        c.login(name, password)
+    with label_service.store.engine.connect() as conn:
+        tables = [r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))]
+        dump = " ".join(str(v) for t in tables for row in conn.execute(text(f"SELECT * FROM {t}")) for v in row)
+    assert password not in dump and "$argon2id$" in dump
+
+
+def test_logs_hold_no_password_or_session_secret(label_service, login):
+    import ray
+
+    name = "log-watch"
+    password = label_service.new_labeler(name)
+    with LabelClient(label_service.url) as c:
+        c.login(name, password)
+        with pytest.raises(LabelAPIError):
+            LabelClient(label_service.url).login(name, password + "-wrong")
+        cookie = c.http.cookies.get("hh_session")
+    secrets = [password, label_service.admin_password, label_service.store.session_secret(), cookie]
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())  # every Serve replica's and Ray's logs
+    files = [p for p in logs.rglob("*") if p.is_file()]
+    assert any("label-ingress" in p.name or "serve" in str(p) for p in files)
+    for p in files:
+        data = p.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in data, f"a secret appears in {p}"
+
+
+def test_bad_input_gets_a_clear_message_and_changes_nothing(label_service, login):
+    c = login()
+    cid = c.start("helpful-ab")
+    task = c.post_turn(cid, "A fine question.")
+    before = _counts(label_service.store)
+    limit = label_service.cfg.server.max_turn_chars
+    cases = [
+        (lambda: c.post_turn(cid, "   \n "), 422, "the turn is empty"),
+        (lambda: c.post_turn(cid, "x" * (limit + 1)), 422, f"the limit is {limit}"),
+        (lambda: c.choose("f" * 32, "A", 1), 404, "unknown task id"),
+        (lambda: c.choose(task.task_id, "A", 7), 422, "strength must be one of [1, 2, 3]"),
+        (lambda: c.choose(task.task_id, "A", "2"), 422, "strength must be one of"),
+        (lambda: c.choose(task.task_id, "left", 1), 422, "choice must be 'A' or 'B'"),
+        (lambda: c.start("no-such-campaign"), 404, "no campaign named"),
+        (lambda: c.start(["helpful-ab"]), 404, "no campaign named"),
+        (lambda: c.conversation(99999999999), 404, "no conversation"),
+    ]
+    for call, status, message in cases:
+        with pytest.raises(LabelAPIError) as err:
+            call()
+        assert err.value.status == status and message in err.value.message, err.value
+    r = c.http.post(f"/api/conversations/{cid}/turns", content=b"{not json", headers={
+        "X-CSRF-Token": c.csrf_token, "content-type": "application/json"})
+    assert r.status_code == 422 and "not valid JSON" in r.json()["error"]
+    assert _counts(label_service.store) == before
+    assert c.choose(task.task_id, "B", 2).duplicate is False  # the task is still open and valid
+
+
+def test_expired_session_is_refused_with_a_clear_message(label_service, login):
+    c = login()
+    cid = c.start("helpful-ab")
+    before = _counts(label_service.store)
+    with label_service.store.sessions.begin() as s:
+        s.execute(update(SessionRow).values(expires_at=utcnow() - timedelta(seconds=1))
+                  .where(SessionRow.user_id == label_service.store.user_credentials(c.user)[0].id))
+    with pytest.raises(LabelAPIError) as err:
+        c.post_turn(cid, "Still there?")
+    assert err.value.status == 401 and "session expired" in err.value.message
+    page = c.http.get(f"/conversations/{cid}")
+    assert page.status_code == 303 and page.headers["location"] == "/login?next=expired"
+    assert "Your session expired" in c.http.get("/login?next=expired").text
+    assert _counts(label_service.store) == before
