@@ -58,7 +58,8 @@ def line_plot(xs, series: dict[str, list], xlabel: str, ylabel: str, title: str,
 
 def score_vs_sqrt_kl(sqrt_kl: list[float], score: list[float], steps: list[int], out: str | Path,
                      fits: dict[str, LinearFit] | None = None, curves: dict[str, tuple[list, list]] | None = None,
-                     divergence_x: float | None = None, title: str = "PM score vs sqrt(KL)") -> Path:
+                     divergence_x: float | None = None, title: str = "PM score vs sqrt(KL)",
+                     points_label: str = "PPO (train PM)", color_label: str = "PPO step") -> Path:
     """Bai et al.'s view of PPO: PM score against sqrt(KL(policy || initial policy)), colored by step.
 
     Optional: `fits` are least-squares lines (label -> fit) drawn over the plotted x range; `curves` are more
@@ -66,9 +67,9 @@ def score_vs_sqrt_kl(sqrt_kl: list[float], score: list[float], steps: list[int],
     marks where the train-PM and test-PM curves part ways.
     """
     fig, ax = plt.subplots(figsize=(6.5, 4.3), dpi=110)
-    sc = ax.scatter(sqrt_kl, score, c=steps, cmap="viridis", zorder=3, label="PPO (train PM)" if curves else None)
+    sc = ax.scatter(sqrt_kl, score, c=steps, cmap="viridis", zorder=3, label=points_label if curves else None)
     ax.plot(sqrt_kl, score, color="grey", alpha=0.4)
-    fig.colorbar(sc, ax=ax, label="PPO step")
+    fig.colorbar(sc, ax=ax, label=color_label)
     xs_all = list(sqrt_kl) + [x for xs, _ in (curves or {}).values() for x in xs]
     for i, (name, (xs, ys)) in enumerate((curves or {}).items()):
         ax.plot(xs, ys, "s--" if "best-of" in name else "^-", color=f"C{i + 1}", label=name, alpha=0.85)
