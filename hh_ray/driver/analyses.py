@@ -1,4 +1,5 @@
-"""Drivers of the analysis commands that need Ray or a job config: `hh-ray bon` (best-of-N).
+"""Drivers of the analysis commands that need Ray or a job config: `hh-ray bon` (best-of-N) and
+`hh-ray tradeoff` (a sweep over the harmless weight of the PM's data mix).
 
 Best-of-N samples from the run's initial policy (its SFT export, else the preset it starts from) on the job's
 held-out prompts, as PPO's evaluation does, so its points share the axes of the PPO curve.
@@ -9,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from hh_ray.analysis.best_of_n import BestOfNConfig, best_of_n, scorer_for_one_call, write_best_of_n
-from hh_ray.report.results import BestOfN
+from hh_ray.analysis.tradeoff import HARMLESS, pm_tradeoff, write_tradeoff
+from hh_ray.report.results import BestOfN, Tradeoff
 
 
 def _scorer(spec: str, policy: str, cfg):
@@ -52,4 +54,32 @@ def run_best_of_n(cfg, bon: BestOfNConfig) -> BestOfN:
     write_best_of_n(result, str(run_dir))
     print(f"[bon] {result.prompts} prompts, n = {result.ns}: train PM " +
           ", ".join(f"{s:+.3f}" for s in result.train_pm) + f" -> {run_dir / 'analysis' / 'bon.json'}")
+    return result
+
+
+def run_harmless_sweep(cfg, weights: list[float]) -> Tradeoff:
+    """Train one PM per harmless-base weight in the data mix (each in <run_dir>/harmless-w<w>, reused when done),
+    then place them in the helpful/harmless accuracy plane: writes <run_dir>/analysis/tradeoff.json + PNG."""
+    from dataclasses import replace
+
+    from hh_ray.driver.pm import run_pm
+
+    if not weights or any(w < 0 for w in weights):
+        raise ValueError(f"harmless weights must be >= 0, got {weights}")
+    evals = []
+    for w in weights:
+        mix = dict(cfg.data.subset_weights) | {HARMLESS: w}
+        sub = replace(cfg, run_dir=f"{cfg.run_dir}/harmless-w{w:g}", data=replace(cfg.data, subset_weights=mix))
+        path = Path(sub.run_dir) / "pm" / "pm_eval.json"
+        if not path.is_file():
+            run_pm(sub)
+        evals.append((f"harmless x{w:g}", path))
+    notes = (f"One PM per harmless-base weight {weights} in the training mix (data.subset_weights); other settings "
+             f"from the job `{cfg.name}`: backbone {cfg.pm.backbone}, {cfg.pm.epochs:g} epochs, "
+             f"data.max_examples {cfg.data.max_examples or 'all'}, holdout {cfg.data.holdout_fraction:g}.")
+    result = write_tradeoff(pm_tradeoff(evals, notes=notes), cfg.run_dir)
+    for p in result.points:
+        print(f"[tradeoff] {p.label}: helpful {p.helpful:.3f} ± {p.helpful_se:.3f}, harmless {p.harmless:.3f} ± "
+              f"{p.harmless_se:.3f}")
+    print(f"[tradeoff] above every baseline on both axes: {result.above_all_baselines or 'none'}")
     return result
