@@ -79,6 +79,21 @@ def scorer_for_one_call(start: Callable[[], object]) -> ScoreFn:
     return score
 
 
+def draw_and_score(rollout, score: ScoreFn, prompt_texts: list[str], prompt_ids: list[list[int]], n: int,
+                   temperature: float, top_p: float, max_new_tokens: int, seed: int):
+    """n seeded samples per prompt and their scores: ([(response ids, text)] prompt-major, [P, n] scores)."""
+    from hh_ray.workers.rollout import Sampling
+
+    if not prompt_ids or len(prompt_ids) != len(prompt_texts):
+        raise ValueError(f"need prompts: got {len(prompt_texts)} texts and {len(prompt_ids)} id lists")
+    sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=n)
+    seeds = [seed * 1_000_003 + i for i in range(len(prompt_ids))]
+    samples = [_fields(s) for s in rollout.generate(prompt_ids, sampling, seeds)]  # [i * n + j]: sample j of i
+    flat_prompts = [prompt_texts[k // n] for k in range(len(samples))]
+    scores = score(flat_prompts, [t for _, t in samples], [ids for ids, _ in samples])
+    return samples, torch.tensor(scores, dtype=torch.float64).view(len(prompt_ids), n)
+
+
 def best_of_n(rollout, train_score: ScoreFn, test_score: ScoreFn | None, prompt_texts: list[str],
               prompt_ids: list[list[int]], cfg: BestOfNConfig, policy_name: str, train_name: str,
               test_name: str | None) -> BestOfN:
@@ -87,20 +102,13 @@ def best_of_n(rollout, train_score: ScoreFn, test_score: ScoreFn | None, prompt_
     `rollout` is a RolloutGroup holding the initial policy. The train PM scores every sample, then the test PM
     (if any) scores only the samples some n keeps.
     """
-    from hh_ray.workers.rollout import Sampling
-
     ns = sorted(set(cfg.ns))
     if not ns or ns[0] < 1:
         raise ValueError(f"bon ns must be positive integers, got {cfg.ns}")
-    if not prompt_ids or len(prompt_ids) != len(prompt_texts):
-        raise ValueError(f"bon needs prompts: {len(prompt_texts)} texts, {len(prompt_ids)} id lists")
     n_max, n_prompts = ns[-1], len(prompt_ids)
-    sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, n=n_max)
-    seeds = [cfg.seed * 1_000_003 + i for i in range(n_prompts)]
-    samples = [_fields(s) for s in rollout.generate(prompt_ids, sampling, seeds)]  # prompt-major: [i * n_max + j]
+    samples, train_m = draw_and_score(rollout, train_score, prompt_texts, prompt_ids, n_max, cfg.temperature,
+                                      cfg.top_p, cfg.max_new_tokens, cfg.seed)
     flat_prompts = [prompt_texts[k // n_max] for k in range(len(samples))]
-    train = train_score(flat_prompts, [t for _, t in samples], [ids for ids, _ in samples])
-    train_m = torch.tensor(train, dtype=torch.float64).view(n_prompts, n_max)
     kept = {n: best_of_n_indices(train_m, n).tolist() for n in ns}
     rows = list(range(n_prompts))
     test_by_flat: dict[int, float] = {}

@@ -78,6 +78,18 @@ def policy_point(label: str, helpful_scores: list[float], harmless_scores: list[
                          helpful_pairs=len(helpful_scores), harmless_pairs=len(harmless_scores))
 
 
+def policy_point_from_samples(label: str, rollout, score, helpful: tuple[list[str], list[list[int]]],
+                              harmless: tuple[list[str], list[list[int]]], max_new_tokens: int = 48,
+                              temperature: float = 1.0, seed: int = 0) -> TradeoffPoint:
+    """One sample per prompt from the policy `rollout` holds, on helpful and on harmless-base prompts (texts,
+    ids), each scored by `score` (a best_of_n.ScoreFn: a PM, or per-subset PMs by calling this once per PM)."""
+    from hh_ray.analysis.best_of_n import draw_and_score
+
+    per_subset = [draw_and_score(rollout, score, texts, ids, 1, temperature, 1.0, max_new_tokens, seed)[1]
+                  for texts, ids in (helpful, harmless)]
+    return policy_point(label, per_subset[0][:, 0].tolist(), per_subset[1][:, 0].tolist())
+
+
 def policy_tradeoff(points: list[TradeoffPoint], baseline: str | None = None, notes: str = "") -> Tradeoff:
     """Policies in the plane of per-subset PM score; the baseline is the named point (e.g. the initial policy)."""
     base = {p.label: p for p in points}
