@@ -52,3 +52,18 @@ def test_lm_eval_accuracy_matches_direct_loglikelihood(tmp_path, tiny_model_dir,
         evaluate_model(str(tiny_model_dir), ["no_such_task"], include_path=str(tmp_path / "tasks"))
     with pytest.raises(ValueError, match="answer 2 outside"):
         write_choice_task(tmp_path / "bad", "bad", [ChoiceDoc("q", ["a", "b"], 2)])
+
+
+def test_cli_alignment_tax_on_local_hh_tasks(tmp_path, tiny_model_dir, capsys):
+    from hh_ray.cli import main
+
+    run = tmp_path / "run"
+    tiny = str(tiny_model_dir)
+    assert main(["alignment-tax", "--before", tiny, "--after", tiny, "--run", str(run), "--hh-tasks", "6",
+                 "--limit", "3"]) == 0
+    tax = read_result(AlignmentTax, result_path(run, AlignmentTax))
+    assert [t.task for t in tax.tasks] == ["hh_helpful_base_choice", "hh_harmless_base_choice"]
+    assert all(t.before == t.after and t.samples == 3 for t in tax.tasks)  # the same model: no tax at all
+    assert main(["alignment-tax", "--before", tiny, "--after", str(tmp_path / "nowhere"), "--run", str(run),
+                 "--tasks", "hh_helpful_base_choice", "--include-path", str(run / "analysis" / "lm_eval_tasks")]) == 2
+    assert "no HF model at" in capsys.readouterr().err

@@ -35,3 +35,14 @@ def test_minilm_separates_harmful_requests(tmp_path, hh_dir):
     # at layers 3-4 with 600-1000 fit requests; its final, similarity-trained layer only 0.53-0.56)
     assert result.auroc > 0.62, result.auroc
     assert (tmp_path / "analysis" / "ood.png").stat().st_size > 1000
+
+
+def test_cli_ood_names_a_bad_layer(tmp_path, tiny_model_dir, hh_dir, capsys):
+    from hh_ray.cli import main
+
+    args = ["ood", "--model", str(tiny_model_dir), "--run", str(tmp_path), "--data-dir", str(hh_dir),
+            "--fit-prompts", "20", "--test-prompts", "10"]
+    assert main(args + ["--layer", "40"]) == 2
+    assert "layer 40 outside the model's" in capsys.readouterr().err
+    assert main(args + ["--layer", "1"]) == 0
+    assert "AUROC" in capsys.readouterr().out and (tmp_path / "analysis" / "ood.json").is_file()
