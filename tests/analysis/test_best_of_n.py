@@ -49,3 +49,18 @@ def test_best_of_n_keeps_the_train_pm_best_and_scores_it_with_both(ray_local, ti
     write_best_of_n(result, str(tmp_path))
     assert read_result(BestOfN, result_path(tmp_path, BestOfN)) == result
     assert (tmp_path / "analysis" / "bon.png").stat().st_size > 1000
+
+
+def test_cli_bon_on_held_out_prompts_then_report(ray_local, tiny_model_dir, tmp_path):
+    from hh_ray.cli import main
+
+    run = tmp_path / "run"
+    assert main(["bon", "--ns", "1,2,4", "--prompts", "3", "--policy", str(tiny_model_dir), "--train-pm",
+                 "substring:e", "--test-pm", "substring:a", "--max-new-tokens", "12", f"run_dir={run}",
+                 "ppo.rollout.kv_cache_gb=0.25", "data.max_prompt_tokens=64"]) == 0
+    bon = read_result(BestOfN, result_path(run, BestOfN))
+    assert bon.prompts == 3 and bon.ns == [1, 2, 4] and len(bon.test_pm) == 3
+    assert bon.train_pm == sorted(bon.train_pm)
+    assert main(["report", "--run", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    assert "## Best-of-N (initial policy)" in md and f"| 4 | {math.log(4) - 0.75:.3f} |" in md
