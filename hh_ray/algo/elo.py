@@ -122,7 +122,8 @@ def elo_ratings(comparisons: list[Comparison], n_versions: int, prior_sd: float 
 
     Each bootstrap draws len(comparisons) comparisons with replacement and refits; the interval is the central
     `confidence` share of the refitted ratings (anchored the same way, so version 0's interval is [0, 0] when
-    anchored at 0: the intervals are relative to the initial policy).
+    anchored at 0: the intervals are relative to the initial policy). Without a prior, a resample in which some
+    version never loses has no MLE and raises; bootstrap with the prior.
     """
     if not comparisons:
         raise ValueError("elo_ratings needs at least one comparison")

@@ -12,6 +12,8 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from hh_ray.algo.elo import EloRatings
+
 
 @dataclass
 class BestOfN:
@@ -104,6 +106,12 @@ class Elo:
     bootstraps: int
     prior_sd: float | None
     anchor: int | None
+
+    @classmethod
+    def from_ratings(cls, r: EloRatings) -> "Elo":
+        """The stored form of hh_ray.algo.elo.elo_ratings' answer (versions 0..n-1)."""
+        return cls(versions=list(range(len(r.elo))), elo=r.elo, lo=r.lo, hi=r.hi, games=r.games,
+                   confidence=r.confidence, bootstraps=r.bootstraps, prior_sd=r.prior_sd, anchor=r.anchor)
 
 
 RESULT_FILES = {BestOfN: "bon", Tradeoff: "tradeoff", AlignmentTax: "alignment_tax", OOD: "ood", Elo: "elo"}

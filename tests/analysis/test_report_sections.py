@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+from hh_ray.algo.elo import Comparison, elo_ratings
 from hh_ray.cli import main
 from hh_ray.report.results import (
     OOD, AlignmentTax, BestOfN, Elo, TaskScore, Tradeoff, TradeoffPoint, result_path, write_result,
@@ -47,8 +48,9 @@ def test_report_sections_from_a_run_folder(tmp_path, capsys):
     write_result(OOD(model="m", layer=4, pooling="mean", shrinkage=0.1, in_subset="helpful-base",
                      ood_subset="harmless-base", fit_prompts=10, auroc=0.71, test_in=[1.0, 2.0], test_ood=[3.0, 2.5]),
                  result_path(run, OOD))
-    write_result(Elo(versions=[0, 1], elo=[0.0, 120.0], lo=[0.0, 80.0], hi=[0.0, 160.0], games=[40, 40],
-                     confidence=0.9, bootstraps=100, prior_sd=2.0, anchor=0), result_path(run, Elo))
+    # version 1 beat version 0 in 30 of 40 comparisons: Elo +400 log10(3) = +191 without a prior
+    elo = elo_ratings([Comparison(1, 0, 1.0)] * 30 + [Comparison(1, 0, 0.0)] * 10, 2, prior_sd=None, bootstraps=50)
+    write_result(Elo.from_ratings(elo), result_path(run, Elo))
     (run / "analysis" / "ood.png").write_bytes(b"png")
 
     assert main(["report", "--run", str(run)]) == 0
@@ -62,7 +64,7 @@ def test_report_sections_from_a_run_folder(tmp_path, capsys):
     assert "The curves part ways at step 1 " in md
     for section in ("## Best-of-N", "## Helpful vs harmless", "**No model is above every baseline",
                     "## Alignment tax", "| arc_easy | acc | 0.400 ± 0.010 | 0.380 ± 0.010 | -0.020 | 100 |",
-                    "**AUROC 0.710**", "## Elo by policy version", "| 1 | +120 | [+80, +160] | 40 |"):
+                    "**AUROC 0.710**", "## Elo by policy version", f"| 1 | +191 | [{elo.lo[1]:+.0f}, {elo.hi[1]:+.0f}] | 40 |"):
         assert section in md, section
     for png in ("ppo_heldout_sqrt_kl.png", "analysis/elo.png"):
         assert (run / png).stat().st_size > 1000
