@@ -107,7 +107,8 @@ def ood_detection(cfg: OODConfig) -> OOD:
     if len(inside) < need or len(outside) < cfg.test_prompts:
         raise ValueError(f"ood needs {need} {cfg.in_subset} and {cfg.test_prompts} {cfg.ood_subset} requests, "
                          f"found {len(inside)} and {len(outside)}")
-    fit_texts, test_in, test_out = inside[: cfg.fit_prompts], inside[cfg.fit_prompts : need], outside[: cfg.test_prompts]
+    fit_texts, test_in = inside[: cfg.fit_prompts], inside[cfg.fit_prompts : need]
+    test_out = outside[: cfg.test_prompts]
     model, tok = load_backbone(cfg.model)
     act = lambda texts: activations(model, tok, texts, cfg.layer, cfg.pooling, cfg.max_tokens, cfg.batch_size)
     gauss = fit_gaussian(act(fit_texts), cfg.shrinkage)

@@ -64,7 +64,8 @@ def test_report_sections_from_a_run_folder(tmp_path, capsys):
     assert "The curves part ways at step 1 " in md
     for section in ("## Best-of-N", "## Helpful vs harmless", "**No model is above every baseline",
                     "## Alignment tax", "| arc_easy | acc | 0.400 ± 0.010 | 0.380 ± 0.010 | -0.020 | 100 |",
-                    "**AUROC 0.710**", "## Elo by policy version", f"| 1 | +191 | [{elo.lo[1]:+.0f}, {elo.hi[1]:+.0f}] | 40 |"):
+                    "**AUROC 0.710**", "## Elo by policy version",
+                    f"| 1 | +191 | [{elo.lo[1]:+.0f}, {elo.hi[1]:+.0f}] | 40 |"):
         assert section in md, section
     for png in ("ppo_heldout_sqrt_kl.png", "analysis/elo.png"):
         assert (run / png).stat().st_size > 1000
