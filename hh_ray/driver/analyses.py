@@ -74,9 +74,11 @@ def run_harmless_sweep(cfg, weights: list[float]) -> Tradeoff:
         if not path.is_file():
             run_pm(sub)
         evals.append((f"harmless x{w:g}", path))
+    t = cfg.pm.trainer
     notes = (f"One PM per harmless-base weight {weights} in the training mix (data.subset_weights); other settings "
-             f"from the job `{cfg.name}`: backbone {cfg.pm.backbone}, {cfg.pm.epochs:g} epochs, "
-             f"data.max_examples {cfg.data.max_examples or 'all'}, holdout {cfg.data.holdout_fraction:g}.")
+             f"from the job `{cfg.name}`: backbone {cfg.pm.backbone}, {cfg.pm.epochs:g} epochs over "
+             f"data.max_examples {cfg.data.max_examples or 'all'} comparisons, lr {t.lr:g} (warmup {t.warmup_steps}, "
+             f"decay to step {t.total_steps}), max_tokens {cfg.pm.max_tokens}, holdout {cfg.data.holdout_fraction:g}.")
     result = write_tradeoff(pm_tradeoff(evals, notes=notes), cfg.run_dir)
     for p in result.points:
         print(f"[tradeoff] {p.label}: helpful {p.helpful:.3f} ± {p.helpful_se:.3f}, harmless {p.harmless:.3f} ± "
