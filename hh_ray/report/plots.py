@@ -120,9 +120,9 @@ def tradeoff_plane(labels: list[str], helpful: list[float], harmless: list[float
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     for i, (name, (bx, by)) in enumerate((baselines or {}).items()):
         if bx == bx:
-            ax.axvline(bx, ls="--", color=f"C{i}", alpha=0.6, label=f"{name} (helpful)")
+            ax.axvline(bx, ls="--", color=f"C{i}", alpha=0.6, label=name)
         if by == by:
-            ax.axhline(by, ls="--", color=f"C{i}", alpha=0.6, label=f"{name} (harmless)")
+            ax.axhline(by, ls="--", color=f"C{i}", alpha=0.6, label=None if bx == bx else name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
