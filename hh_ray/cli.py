@@ -58,7 +58,112 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--campaign", default=None, help="one campaign (default: all)")
     export.add_argument("--out", required=True, help="output folder; usable as data.data_dir")
     _add_config(export)
+    _add_analysis_commands(sub)
     return parser
+
+
+# ---- the paper's analyses (issue 15): report, bon, tradeoff, alignment-tax, ood ----
+ANALYSIS_COMMANDS = ("report", "bon", "tradeoff", "alignment-tax", "ood")
+
+
+def _csv(cast):
+    return lambda text: [cast(x) for x in text.split(",") if x.strip()]
+
+
+def _add_analysis_commands(sub) -> None:
+    rp = sub.add_parser("report", help="(re)build report.md and plots from whatever a run folder holds")
+    rp.add_argument("--run", required=True, help="run folder")
+    bon = sub.add_parser("bon", help="best-of-N from the initial policy on held-out prompts (analysis/bon.json)")
+    bon.add_argument("--ns", type=_csv(int), default=[1, 2, 4, 8, 16, 32], help="e.g. 1,2,4,8,16,32")
+    bon.add_argument("--prompts", type=int, default=32, help="held-out prompts")
+    bon.add_argument("--policy", default="", help="HF folder (default: <run>/sft, else the run's initial preset)")
+    bon.add_argument("--train-pm", default="", help="PM folder or substring:<t> (default: <run>/pm)")
+    bon.add_argument("--test-pm", default="", help="held-out PM folder or substring:<t> (default: none)")
+    bon.add_argument("--max-new-tokens", type=int, default=48)
+    _add_config(bon)
+    tr = sub.add_parser("tradeoff", help="PMs per harmless weight in the data mix, in the helpful/harmless plane")
+    tr.add_argument("--harmless-weights", type=_csv(float), required=True, help="e.g. 0.5,1,2,4")
+    _add_config(tr)
+    at = sub.add_parser("alignment-tax", help="lm-eval zero-shot accuracy before and after RLHF")
+    at.add_argument("--before", required=True, help="HF folder before RLHF (e.g. <run>/sft)")
+    at.add_argument("--after", required=True, help="HF folder after RLHF (e.g. <run>/ppo/policy)")
+    at.add_argument("--run", required=True, help="run folder; writes <run>/analysis/alignment_tax.json")
+    at.add_argument("--tasks", type=_csv(str), default=None, help="lm-eval task names (default: a stock list)")
+    at.add_argument("--include-path", default="", help="folder of extra lm-eval task YAMLs")
+    at.add_argument("--hh-tasks", type=int, default=0,
+                    help="write local HH choice tasks of this many questions (no hub needed) and evaluate them")
+    at.add_argument("--limit", type=int, default=0, help="first N examples per task (0 = all)")
+    at.add_argument("--num-fewshot", type=int, default=0)
+    at.add_argument("--device", default="cpu")
+    ood = sub.add_parser("ood", help="Mahalanobis OOD detection of harmful requests (analysis/ood.json)")
+    ood.add_argument("--model", required=True, help="HF folder or all-MiniLM-L6-v2")
+    ood.add_argument("--run", required=True, help="run folder; writes <run>/analysis/ood.json")
+    ood.add_argument("--data-dir", default="")
+    ood.add_argument("--layer", type=int, default=-1, help="hidden-state index (0 = embeddings, -1 = last)")
+    ood.add_argument("--pooling", choices=["mean", "last"], default="mean")
+    ood.add_argument("--text", choices=["first_turn", "prompt"], default="first_turn")
+    ood.add_argument("--fit-prompts", type=int, default=400)
+    ood.add_argument("--test-prompts", type=int, default=200)
+    ood.add_argument("--shrinkage", type=float, default=0.1)
+
+
+def _run_analysis(args) -> int:
+    try:
+        return _dispatch_analysis(args)
+    except ValueError as exc:  # bad analysis input (a task name, a layer, too few prompts): one clear line
+        print(f"hh-ray {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch_analysis(args) -> int:
+    if args.command == "report":
+        from hh_ray.report.report import write_report
+
+        print(write_report(args.run))
+    elif args.command == "bon":
+        from hh_ray.analysis.best_of_n import BestOfNConfig
+        from hh_ray.driver.analyses import run_best_of_n
+
+        run_best_of_n(_config(args), BestOfNConfig(ns=args.ns, prompts=args.prompts, policy=args.policy,
+                                                   train_pm=args.train_pm, test_pm=args.test_pm,
+                                                   max_new_tokens=args.max_new_tokens))
+    elif args.command == "tradeoff":
+        from hh_ray.driver.analyses import run_harmless_sweep
+
+        run_harmless_sweep(_config(args), args.harmless_weights)
+    elif args.command == "alignment-tax":
+        from pathlib import Path
+
+        from hh_ray.analysis.alignment_tax import (
+            AlignmentTaxConfig, alignment_tax, hh_choice_docs, write_choice_task,
+        )
+        from hh_ray.config import default_data_dir
+
+        cfg = AlignmentTaxConfig(before=args.before, after=args.after, run_dir=args.run, limit=args.limit,
+                                 include_path=args.include_path, num_fewshot=args.num_fewshot, device=args.device)
+        tasks = args.tasks or (cfg.tasks if not args.hh_tasks else [])
+        if args.hh_tasks:
+            if args.include_path:
+                raise ValueError("--hh-tasks writes its own task folder; leave --include-path out")
+            folder = Path(args.run) / "analysis" / "lm_eval_tasks"
+            for subset in ("helpful-base", "harmless-base"):
+                name = f"hh_{subset.replace('-', '_')}_choice"
+                write_choice_task(folder, name, hh_choice_docs(default_data_dir(), subset, args.hh_tasks))
+                tasks.append(name)
+            cfg.include_path = str(folder)
+        cfg.tasks = tasks
+        for t in alignment_tax(cfg).tasks:
+            print(f"[alignment-tax] {t.task}: {t.before:.3f} ± {t.before_se:.3f} -> {t.after:.3f} ± {t.after_se:.3f}")
+    elif args.command == "ood":
+        from hh_ray.analysis.ood import OODConfig, ood_detection
+        from hh_ray.driver.pm import _resolve_model_id
+
+        r = ood_detection(OODConfig(model=_resolve_model_id(args.model), run_dir=args.run, data_dir=args.data_dir,
+                                    layer=args.layer, pooling=args.pooling, text=args.text,
+                                    fit_prompts=args.fit_prompts, test_prompts=args.test_prompts,
+                                    shrinkage=args.shrinkage))
+        print(f"[ood] AUROC {r.auroc:.3f} ({r.ood_subset} vs held-out {r.in_subset})")
+    return 0
 
 
 def _config(args):
@@ -124,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             from hh_ray.label.commands import run_label
 
             return run_label(args)
+        if args.command in ANALYSIS_COMMANDS:
+            return _run_analysis(args)
         if args.command == "submit":
             from hh_ray.ops.submit import submit_job
 

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import math
+from dataclasses import dataclass
+
+from hh_ray.algo.analysis import divergence_index, sqrt_kl_law
 from hh_ray.algo.ppo import sqrt_kl
 from hh_ray.report import plots
+from hh_ray.report.results import OOD, AlignmentTax, BestOfN, Elo, Tradeoff, read_result, result_path
 
 
 def _read_jsonl(p: Path) -> list[dict]:
@@ -83,9 +89,157 @@ def write_report(run_dir: str | Path) -> Path:
                       f"(the trainer's are the PPO ratio's denominator).", ""]
         lines += ["![PM score vs sqrt(KL)](ppo_score_vs_sqrt_kl.png)", "", "![reward](ppo_reward.png)", "",
                   "![KL](ppo_kl.png)", ""]
+        lines += _heldout_md(run, heldout_points(run), read_result(BestOfN, result_path(run, BestOfN)))
         sb, sa = _read_json(run / "ppo" / "samples_before.json"), _read_json(run / "ppo" / "samples_after.json")
         if sb and sa:
             lines += ["## Samples on held-out prompts", ""] + _samples_md(sb, sa)
+    lines += _analyses_md(run)
     out = run / "report.md"
-    out.write_text("\n".join(lines) + "\n")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out)
     return out
+
+
+@dataclass(frozen=True)
+class HeldoutPoint:
+    """One held-out evaluation of the policy: before PPO (step 0), every `eval_every` steps, after PPO."""
+
+    step: int
+    kl: float
+    train_pm: float
+    test_pm: float | None  # the same samples scored by the held-out (test) PM, when the run has one
+    gap_se: float | None  # standard error of the per-sample train-minus-test difference (algo.analysis.paired_gap)
+
+
+def heldout_points(run: Path) -> list[HeldoutPoint]:
+    """Held-out evaluation points in step order, from eval_before.json, metrics.jsonl and eval_after.json.
+
+    Keys read: eval/kl, eval/pm_score, and when both PMs score the evaluation eval/test_pm_score, eval/pm_gap_se.
+    """
+    rows = []
+    before, after = _read_json(run / "ppo" / "eval_before.json"), _read_json(run / "ppo" / "eval_after.json")
+    metrics = _read_jsonl(run / "ppo" / "metrics.jsonl")
+    if before:
+        rows.append((0, before))
+    rows += [(r["step"], r) for r in metrics if "eval/pm_score" in r]
+    if after:
+        rows.append((max([r["step"] for r in metrics], default=len(rows)), after))
+    return [HeldoutPoint(step, r["eval/kl"], r["eval/pm_score"], r.get("eval/test_pm_score"),
+                         r.get("eval/pm_gap_se")) for step, r in rows]
+
+
+def _fmt_fit(f) -> str:
+    return f"{f.slope:+.3f} | {f.intercept:+.3f} | {f.r2:.3f} | {f.n}" if f else "n/a | n/a | n/a | <2"
+
+
+def _heldout_md(run: Path, pts: list[HeldoutPoint], bon: BestOfN | None) -> list[str]:
+    """The sqrt(KL) law (fits early and overall) and train-PM vs test-PM robustness on held-out points."""
+    if len(pts) < 2 or len({round(sqrt_kl(p.kl), 12) for p in pts}) < 2:
+        return []
+    kls, train = [p.kl for p in pts], [p.train_pm for p in pts]
+    law = sqrt_kl_law(kls, train)
+    xs = [sqrt_kl(k) for k in kls]
+    curves: dict[str, tuple[list, list]] = {}
+    both = all(p.test_pm is not None for p in pts)
+    if both:
+        curves["PPO (test PM)"] = (xs, [p.test_pm for p in pts])
+    if bon:
+        curves["best-of-N (train PM)"] = ([sqrt_kl(k) for k in bon.kl], bon.train_pm)
+        if bon.test_pm:
+            curves["best-of-N (test PM)"] = ([sqrt_kl(k) for k in bon.kl], bon.test_pm)
+    fits = {"early fit": law.early} if law.early else {}
+    fits["whole-run fit"] = law.whole
+    split = None
+    if both and all(p.gap_se is not None for p in pts):
+        split = divergence_index([p.train_pm - p.test_pm for p in pts], [p.gap_se for p in pts])
+    png = plots.score_vs_sqrt_kl(xs, train, [p.step for p in pts], run / "ppo_heldout_sqrt_kl.png", fits=fits,
+                                 curves=curves, divergence_x=xs[split] if split is not None else None,
+                                 title="Held-out PM score vs sqrt(KL)")
+    lines = ["## The sqrt(KL) law (held-out evaluations)", "",
+             f"Least-squares lines of the train-PM score against sqrt(KL) over {len(pts)} held-out evaluation "
+             f"points; early = {law.early_rule}.", "",
+             "| fit | slope | intercept | R^2 | points |", "|---|---|---|---|---|",
+             f"| early | {_fmt_fit(law.early)} |", f"| whole run | {_fmt_fit(law.whole)} |", ""]
+    if both:
+        d_train, d_test = pts[-1].train_pm - pts[0].train_pm, pts[-1].test_pm - pts[0].test_pm
+        lines += ["### Robustness: train PM vs test PM", "",
+                  "PPO optimizes the train PM; the test PM was trained on the other half of the comparisons "
+                  "(split by prompt) and scores the same held-out samples.", "",
+                  "| step | sqrt(KL) | train PM | test PM | gap | gap s.e. |", "|---|---|---|---|---|---|"]
+        lines += [f"| {p.step} | {x:.3f} | {p.train_pm:+.3f} | {p.test_pm:+.3f} | {p.train_pm - p.test_pm:+.3f} | "
+                  f"{'n/a' if p.gap_se is None else f'{p.gap_se:.3f}'} |" for p, x in zip(pts, xs)]
+        lines.append("")
+        if d_train > 0 and d_test <= 0:
+            lines.append(f"**PPO raised the train-PM score ({d_train:+.3f}) but not the test-PM score "
+                         f"({d_test:+.3f}): the policy exploited the train PM rather than improving by the held-out "
+                         "PM's judgement.**")
+        else:
+            lines.append(f"From before to after PPO the train-PM score moved {d_train:+.3f} and the test-PM score "
+                         f"{d_test:+.3f}.")
+        if split is not None:
+            lines.append(f"The curves part ways at step {pts[split].step} (sqrt(KL) {xs[split]:.3f}): from there "
+                         "on, the train PM's lead over the test PM exceeds its initial value by more than 2 standard "
+                         "errors at every evaluation (rule: `hh_ray.algo.analysis.divergence_index`).")
+        elif all(p.gap_se is not None for p in pts):
+            lines.append("The curves do not part ways beyond noise (2 standard errors of the paired gap, "
+                         "sustained to the end of the run).")
+        lines.append("")
+    return lines + [f"![held-out PM score vs sqrt(KL)]({png.name})", ""]
+
+
+def _analyses_md(run: Path) -> list[str]:
+    """One section per analysis result stored under `<run>/analysis/`."""
+    lines: list[str] = []
+    bon = read_result(BestOfN, result_path(run, BestOfN))
+    if bon:
+        test = bon.test_pm or [math.nan] * len(bon.ns)
+        test_se = bon.test_pm_se or [math.nan] * len(bon.ns)
+        lines += ["## Best-of-N (initial policy)", "",
+                  f"{bon.prompts} held-out prompts, {max(bon.ns)} samples each from `{bon.policy}` (temperature "
+                  f"{bon.temperature:g}); best-of-n keeps the first n samples' best by the train PM (`"
+                  f"{bon.train_scorer}`) and is scored by both PMs. KL = log n - (n-1)/n.", "",
+                  "| n | KL (nats) | sqrt(KL) | train PM | test PM |", "|---|---|---|---|---|"]
+        lines += [f"| {n} | {k:.3f} | {sqrt_kl(k):.3f} | {a:+.3f} ± {ase:.3f} | {b:+.3f} ± {bse:.3f} |"
+                  for n, k, a, ase, b, bse in zip(bon.ns, bon.kl, bon.train_pm, bon.train_pm_se, test, test_se)]
+        lines += ["", "![best-of-N](analysis/bon.png)", ""]
+    trade = read_result(Tradeoff, result_path(run, Tradeoff))
+    if trade:
+        lines += ["## Helpful vs harmless", "", f"Both axes: {trade.metric}.", "",
+                  "| model | helpful | harmless |", "|---|---|---|"]
+        lines += [f"| {p.label} | {p.helpful:.3f} ± {p.helpful_se:.3f} | {p.harmless:.3f} ± {p.harmless_se:.3f} |"
+                  for p in trade.points]
+        lines += [""] + [f"Baseline {name}: helpful {h:.3f}, harmless {x:.3f}." for name, (h, x) in
+                         trade.baselines.items()]
+        lines += ["", ("Above every baseline on both axes at once: " + ", ".join(trade.above_all_baselines) + ".")
+                  if trade.above_all_baselines else "**No model is above every baseline on both axes at once.**"]
+        if trade.notes:
+            lines += ["", trade.notes]
+        lines += ["", "![helpful vs harmless](analysis/tradeoff.png)", ""]
+    tax = read_result(AlignmentTax, result_path(run, AlignmentTax))
+    if tax:
+        lines += ["## Alignment tax (zero-shot evaluations)", "",
+                  f"lm-evaluation-harness, {tax.num_fewshot}-shot, before = `{tax.before_model}`, after = "
+                  f"`{tax.after_model}`" + (f", first {tax.limit} examples per task" if tax.limit else "") + ".", "",
+                  "| task | metric | before | after | change | examples |", "|---|---|---|---|---|---|"]
+        lines += [f"| {t.task} | {t.metric} | {t.before:.3f} ± {t.before_se:.3f} | {t.after:.3f} ± {t.after_se:.3f} "
+                  f"| {t.after - t.before:+.3f} | {t.samples} |" for t in tax.tasks]
+        lines += ["", "![alignment tax](analysis/alignment_tax.png)", ""]
+    ood = read_result(OOD, result_path(run, OOD))
+    if ood:
+        lines += ["## OOD detection of harmful requests", "",
+                  f"Mahalanobis distance on `{ood.model}` activations (layer {ood.layer}, {ood.pooling} pooling, "
+                  f"covariance shrinkage {ood.shrinkage:g}), fit on {ood.fit_prompts} {ood.in_subset} prompts; "
+                  f"held out: {len(ood.test_in)} {ood.in_subset} vs {len(ood.test_ood)} {ood.ood_subset} prompts.",
+                  "", f"**AUROC {ood.auroc:.3f}** (0.5 = chance).", "", "![OOD distances](analysis/ood.png)", ""]
+    elo = read_result(Elo, result_path(run, Elo))
+    if elo:
+        lines += ["## Elo by policy version", "",
+                  f"Bradley-Terry over all comparisons; {elo.confidence:.0%} bootstrap intervals "
+                  f"({elo.bootstraps} resamples); Elo 0 = version {elo.anchor if elo.anchor is not None else 'mean'}.",
+                  "", "| version | Elo | interval | games |", "|---|---|---|---|"]
+        lines += [f"| {v} | {e:+.0f} | [{a:+.0f}, {b:+.0f}] | {g} |"
+                  for v, e, a, b, g in zip(elo.versions, elo.elo, elo.lo, elo.hi, elo.games)]
+        png = plots.elo_by_round(elo.versions, elo.elo, elo.lo, elo.hi, run / "analysis" / "elo.png")
+        lines += ["", f"![Elo by round](analysis/{png.name})", ""]
+    return lines
