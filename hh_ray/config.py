@@ -86,6 +86,10 @@ class SFTConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log_every: int = 10
     checkpoint_every: int = 0  # 0 = only at the end; an interrupted stage resumes from its last checkpoint
+    # "sft": NLL on the chosen dialogues' assistant turns; "context_distill": the policy without `hhh_prompt`
+    # learns to match its own next-token distribution with it (KL), the paper's initial policy
+    mode: str = "sft"
+    hhh_prompt: str = ""  # empty = hh_ray.algo.distill.HHH_PROMPT
 
 
 @dataclass
@@ -98,6 +102,9 @@ class PMConfig:
     margin: float = 0.0  # loss -log sigmoid(r_c - r_r - margin)
     center_coef: float = 0.0  # penalty coef * (r_c + r_r)^2 keeping scores centered at 0
     max_tokens: int = 384  # prompt + response (+ end-of-context token) for the PM input
+    # also train a test PM on the other half of the comparisons (split by prompt): PPO's held-out evaluation
+    # scores the same samples with both, to see whether the policy improved or only exploited its own PM
+    test_split: bool = False
     eval_every: int = 0  # 0 = only at the end
     log_every: int = 10
     checkpoint_every: int = 0  # 0 = only at the end; an interrupted stage resumes from its last checkpoint
@@ -395,6 +402,8 @@ def validate(cfg: JobConfig) -> None:
         _check(smallest >= need, f"ppo: a minibatch of {smallest} samples ({batch} per step / {p.minibatches} "
                                  f"minibatches) is smaller than {sect}'s ranks x grad_accum_steps = {need}")
     _check(cfg.sft.steps >= 1, f"sft.steps: must be >= 1, got {cfg.sft.steps}")
+    _check(cfg.sft.mode in ("sft", "context_distill"),
+           f"sft.mode: expected 'sft' or 'context_distill', got '{cfg.sft.mode}'")
     _check(cfg.pm.epochs > 0, f"pm.epochs: must be > 0, got {cfg.pm.epochs}")
     _check(cfg.logging.wandb_mode in ("offline", "online", "disabled"),
            f"logging.wandb_mode: expected offline, online or disabled, got '{cfg.logging.wandb_mode}'")

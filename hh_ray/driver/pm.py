@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hh_ray.algo.batch import PairBatch, select
 from hh_ray.data import load_train_holdout
-from hh_ray.data.hh import Comparison, DataError, load_comparisons, local_subsets
+from hh_ray.data.hh import Comparison, DataError, load_comparisons, local_subsets, split_holdout
 from hh_ray.data.tokenize import load_tokenizer, pm_input_ids
 from hh_ray.driver.cluster import connect
 from hh_ray.driver.runlog import write_json_atomic
@@ -80,13 +80,32 @@ def require_pm(path: Path, need_stats: bool = False) -> None:
                         f"would be raw scores; retrain the PM with data.holdout_fraction > 0 (e.g. 0.1)")
 
 
+TEST_PM = "pm-test"
+
+
 def run_pm(cfg) -> str:
-    """Train on the train side, evaluate on held-out prompts, export to `<run_dir>/pm`; returns that path."""
+    """Train on the train side, evaluate on held-out prompts, export to `<run_dir>/pm`; returns that path.
+
+    With `pm.test_split`, the train side is cut in two halves by prompt: the PM PPO trains against learns from
+    one, and a second, held-out "test" PM (`<run_dir>/pm-test`) from the other, to judge PPO's samples by a PM
+    the policy never optimized (the paper's robustness check).
+    """
+    train, held, _ = load_train_holdout(cfg.data, cfg.seed)
+    if not cfg.pm.test_split:
+        return train_pm(cfg, train, held, "pm")
+    h = cfg.data.holdout_fraction
+    first, second = split_holdout(train, h + (1 - h) / 2)  # prompt buckets [h, mid) and [mid, 1): equal halves
+    out = train_pm(cfg, first, held, "pm")
+    train_pm(cfg, second, held, TEST_PM)
+    return out
+
+
+def train_pm(cfg, train: list[Comparison], held: list[Comparison], name: str) -> str:
+    """One PM on `train`, evaluated on `held`, exported to `<run_dir>/<name>`."""
     run_dir = Path(cfg.run_dir)
-    out = run_dir / "pm"
+    out = run_dir / name
     backbone = resolve_backbone(cfg)
     tok = load_tokenizer(backbone)
-    train, held, _ = load_train_holdout(cfg.data, cfg.seed)
     encode = lambda items: PairBatch([pm_input_ids(tok, c.prompt, c.chosen, cfg.pm.max_tokens) for c in items],
                                      [pm_input_ids(tok, c.prompt, c.rejected, cfg.pm.max_tokens) for c in items])
     train_enc, held_enc = encode(train), encode(held)
@@ -95,7 +114,7 @@ def run_pm(cfg) -> str:
     steps = max(1, int(cfg.pm.epochs * len(train) / bs))
     objective = PMObjective(cfg.pm.margin, cfg.pm.center_coef)
     connect(cfg.ray, cfg.run_dir)
-    group = TrainerGroup("pm-trainer", backbone, "pm", t, cfg.seed, cfg.model.dtype)
+    group = TrainerGroup(f"{name}-trainer", backbone, "pm", t, cfg.seed, cfg.model.dtype)
 
     def heldout() -> dict:
         m = metrics_for(held, group.forward(held_enc, PairScores()))
@@ -104,8 +123,8 @@ def run_pm(cfg) -> str:
     try:
         run_stage("pm", group, objective, steps,
                   lambda step: select(train_enc, batches(len(train), bs, cfg.seed, step - 1)),
-                  run_dir / "checkpoints" / "pm", run_dir / "pm-logs", cfg, cfg.pm.log_every, cfg.pm.checkpoint_every,
-                  show=("pm/loss", "pm/accuracy", "pm/units_per_s", "pm/heldout_accuracy"),
+                  run_dir / "checkpoints" / name, run_dir / f"{name}-logs", cfg, cfg.pm.log_every,
+                  cfg.pm.checkpoint_every, show=("pm/loss", "pm/accuracy", "pm/units_per_s", "pm/heldout_accuracy"),
                   evaluate=heldout if held else None, eval_every=cfg.pm.eval_every)
         group.export_hf(str(out))
         if held:
@@ -113,8 +132,8 @@ def run_pm(cfg) -> str:
             write_eval(out, result, {"backbone": backbone, "train_pairs": len(train), "steps": steps})
             print(format_eval(result), file=sys.stderr)
         else:
-            print("[pm] data.holdout_fraction=0: no held-out pairs, so no pm_stats.json; PPO will refuse this PM "
-                  "until it is evaluated (`hh-ray pm eval`)", file=sys.stderr)
+            print("[pm] data.holdout_fraction=0: no held-out pairs, so no pm_stats.json; PPO will refuse this PM",
+                  file=sys.stderr)
     finally:
         group.shutdown()
     print(f"[pm] saved to {out}")

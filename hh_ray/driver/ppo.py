@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from ray.exceptions import RayActorError
 
+from hh_ray.algo.analysis import paired_gap
 from hh_ray.algo.batch import Experience, batch_size, minibatches, select
 from hh_ray.algo.ppo import (
     AdaptiveKLController, FixedKLController, compute_advantages, kl_k1, kl_penalty, logprob_gap, pad_ragged,
@@ -30,7 +31,7 @@ from hh_ray.algo.ppo import (
 from hh_ray.data import DataError, load_train_holdout, unique_prompts
 from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver.cluster import connect
-from hh_ray.driver.pm import require_pm
+from hh_ray.driver.pm import TEST_PM, require_pm
 from hh_ray.driver.runlog import RunLog, read_metrics, write_json_atomic
 from hh_ray.driver.sft import batches, initial_policy
 from hh_ray.driver.stage import ResumeError
@@ -77,6 +78,7 @@ class PPOWorkers:
     critic: TrainerGroup
     sync: WeightSync
     autoscaler: RolloutAutoscaler | None = None
+    test_scorer: ScorerGroup | None = None  # the held-out test PM (pm.test_split): evaluation only
 
     @classmethod
     def start(cls, cfg, policy_path: str, pm_path: str) -> "PPOWorkers":
@@ -95,6 +97,10 @@ class PPOWorkers:
             scorer = up(ScorerGroup(p.scorer, pm_path, policy_path, cfg.pm.max_tokens, cpus=p.scorer_cpus,
                                     gpus=p.scorer_gpus, dtype=dtype))
             policy, critic = start_trainers(cfg, policy_path, up)
+            test_pm = Path(cfg.run_dir) / TEST_PM
+            test_scorer = (up(ScorerGroup("pm", str(test_pm), policy_path, cfg.pm.max_tokens, cpus=p.scorer_cpus,
+                                          gpus=p.scorer_gpus, dtype=dtype, name="test-pm-scorer"))
+                           if p.scorer == "pm" and cfg.pm.test_split else None)
         except BaseException:
             for g in started:
                 g.shutdown()
@@ -104,7 +110,7 @@ class PPOWorkers:
         autoscaler = (RolloutAutoscaler(rollout, sync, r.min_engines, r.max_engines, r.backlog_per_engine,
                                         r.latency_threshold_s, r.scale_down_idle_s)
                       if r.max_engines > r.min_engines else None)
-        return cls(rollout, reference, scorer, policy, critic, sync, autoscaler)
+        return cls(rollout, reference, scorer, policy, critic, sync, autoscaler, test_scorer)
 
     def restart_trainers(self, cfg, policy_path: str) -> None:
         """Replace both trainer groups (after a rank died) and the weight sync that joins rank 0 to the engines."""
@@ -118,7 +124,7 @@ class PPOWorkers:
 
     def groups(self) -> dict:
         return {"rollout": self.rollout, "reference": self.reference, "scorer": self.scorer, "policy": self.policy,
-                "critic": self.critic}
+                "critic": self.critic} | ({"test_scorer": self.test_scorer} if self.test_scorer else {})
 
     def ready_engines(self, pending_prompts: int, last_generate_s: float) -> None:
         """Size the engine pool for the coming batch and make sure every engine holds the current policy."""
@@ -292,14 +298,22 @@ def evaluate(w: PPOWorkers, prompts: Prompts, cfg) -> tuple[dict, list[dict]]:
     r = cfg.ppo.rollout
     sampling = Sampling(r.temperature, r.top_p, r.max_new_tokens, 1)
     exp = generate(w, prompts, sampling, sample_seeds(cfg.seed, 10**6, len(prompts.ids), 1))
+    test = w.test_scorer.score_async(exp.prompt_text, exp.response_text, exp.response) if w.test_scorer else None
     make_experience(w, exp, cfg.ppo, with_values=False)
     (old, mask), (ref, _) = pad_ragged(exp.old_logprobs), pad_ragged(exp.ref_logprobs)
     samples = [{"prompt": p, "response": t, "pm_score": s}
                for p, t, s in zip(exp.prompt_text, exp.response_text, exp.scores)]
-    return {"eval/pm_score": float(torch.tensor(exp.scores).mean()),
-            "eval/kl": float((kl_penalty(old, ref, cfg.ppo.kl_estimator) * mask).sum(1).mean()),
-            "eval/kl_k1": float((kl_k1(old, ref) * mask).sum(1).mean()),
-            "eval/response_length": float(mask.sum(1).mean())}, samples
+    out = {"eval/pm_score": float(torch.tensor(exp.scores).mean()),
+           "eval/kl": float((kl_penalty(old, ref, cfg.ppo.kl_estimator) * mask).sum(1).mean()),
+           "eval/kl_k1": float((kl_k1(old, ref) * mask).sum(1).mean()),
+           "eval/response_length": float(mask.sum(1).mean())}
+    if test:
+        test_scores = test()
+        out["eval/test_pm_score"] = float(torch.tensor(test_scores).mean())
+        out["eval/pm_gap"], out["eval/pm_gap_se"] = paired_gap(exp.scores, test_scores)
+        for s, t in zip(samples, test_scores):
+            s["test_pm_score"] = t
+    return out, samples
 
 
 @dataclass
@@ -321,6 +335,8 @@ class PPOSetup:
             if not (Path(pm_path) / "config.json").is_file():
                 raise FileNotFoundError(f"no PM at {pm_path}; run `hh-ray pm` first or set ppo.pm_checkpoint")
             require_pm(Path(pm_path), need_stats=True)
+            if cfg.pm.test_split:
+                require_pm(run_dir / TEST_PM, need_stats=True)
         train, held, _ = load_train_holdout(cfg.data, cfg.seed)
         train_texts, held_texts = unique_prompts(train), unique_prompts(held)[: p.eval_prompts]
         if not held_texts:

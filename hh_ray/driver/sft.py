@@ -11,7 +11,7 @@ from hh_ray.data.tokenize import encode_dialogue, load_tokenizer
 from hh_ray.driver.cluster import connect
 from hh_ray.driver.runlog import write_json_atomic
 from hh_ray.driver.stage import run_stage
-from hh_ray.models.objectives import DialogueNLL, SFTObjective
+from hh_ray.models.objectives import ContextDistillObjective, DialogueNLL, SFTObjective
 from hh_ray.models.presets import ensure_policy
 from hh_ray.workers.trainer import TrainerGroup
 
@@ -34,6 +34,16 @@ def initial_policy(cfg) -> str:
     return ensure_policy(cfg.model.policy, cfg.run_dir, texts, cfg.model.tokenizer_vocab_size, cfg.seed)
 
 
+def sft_objective(cfg, tok):
+    """SFT on chosen dialogues, or context distillation of the HHH prompt (`sft.mode`)."""
+    if cfg.sft.mode == "context_distill":
+        from hh_ray.algo.distill import HHH_PROMPT
+
+        prompt = cfg.sft.hhh_prompt or HHH_PROMPT
+        return ContextDistillObjective(tuple(tok(prompt, add_special_tokens=False)["input_ids"]))
+    return SFTObjective()
+
+
 def run_sft(cfg) -> str:
     """Train, evaluate on held-out dialogues, export HF weights to `<run_dir>/sft`; returns that path."""
     run_dir = Path(cfg.run_dir)
@@ -51,7 +61,7 @@ def run_sft(cfg) -> str:
     connect(cfg.ray, cfg.run_dir)
     group = TrainerGroup("sft-trainer", init, "causal_lm", t, cfg.seed, cfg.model.dtype)
     try:
-        run_stage("sft", group, SFTObjective(), cfg.sft.steps,
+        run_stage("sft", group, sft_objective(cfg, tok), cfg.sft.steps,
                   lambda step: as_batch([encoded[i] for i in batches(len(encoded), bs, cfg.seed, step - 1)]),
                   run_dir / "checkpoints" / "sft", run_dir / "sft-logs", cfg, cfg.sft.log_every,
                   cfg.sft.checkpoint_every, show=("sft/loss", "sft/units_per_s"))

@@ -74,6 +74,38 @@ class SFTObjective:
 
 
 @dataclass(frozen=True)
+class ContextDistillObjective:
+    """Context distillation: the model without the HHH prompt matches its own next-token distribution with the
+    prompt in front, KL(prompted || unprompted) per text token. The prompted pass is the current model under
+    no_grad (a detached target), so one network is both teacher and student, as in the paper's recipe."""
+
+    prompt_ids: tuple[int, ...]
+    kind: ClassVar[str] = "causal_lm"
+
+    def units(self, batch: TokenBatch) -> int:
+        return sum(len(x) - 1 for x in batch.input_ids)
+
+    def loss(self, model, batch: TokenBatch, pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
+        from hh_ray.algo.distill import context_distill_loss, teacher_positions
+
+        dev = next(model.parameters()).device
+        ids, att = collate(batch.input_ids, pad_id)
+        ids, att = ids.to(dev), att.to(dev)
+        prompt = torch.tensor(self.prompt_ids, device=dev).expand(ids.shape[0], -1)
+        with torch.no_grad():
+            teacher = model(input_ids=torch.cat([prompt, ids], 1),
+                            attention_mask=torch.cat([torch.ones_like(prompt), att], 1)).logits
+        student = model(input_ids=ids, attention_mask=att).logits
+        aligned = teacher_positions(teacher, len(self.prompt_ids), ids.shape[1])
+        # position t predicts text token t + 1: the last position and padding predict nothing
+        loss, _ = context_distill_loss(aligned[:, :-1], student[:, :-1], att[:, 1:])
+        return loss, {}
+
+    def metrics(self, r: StepResult) -> dict[str, float]:
+        return {"sft/loss": r.loss, "sft/distill_kl": r.loss, "sft/lr": r.lr, "sft/tokens": float(r.units)}
+
+
+@dataclass(frozen=True)
 class PMObjective:
     """Pairwise -log sigmoid(r_chosen - r_rejected - margin) (+ centering penalty), per comparison."""
 

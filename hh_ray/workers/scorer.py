@@ -52,10 +52,10 @@ class ScorerWorker(Worker):
 
 class ScorerGroup:
     def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int, num_workers: int = 1,
-                 cpus: float = 0.25, gpus: float = 0.0, dtype: str = "auto"):
+                 cpus: float = 0.25, gpus: float = 0.0, dtype: str = "auto", name: str = "pm-scorer"):
         kw = dict(scorer=scorer, pm_path=pm_path, policy_tokenizer=policy_tokenizer, max_tokens=max_tokens,
                   on_gpu=gpus > 0, dtype=dtype)
-        self.group = WorkerGroup(ScorerWorker, num_workers, "pm-scorer", cpus, gpus, actor_kwargs=[kw] * num_workers,
+        self.group = WorkerGroup(ScorerWorker, num_workers, name, cpus, gpus, actor_kwargs=[kw] * num_workers,
                                  restarts=STATELESS_RESTARTS)
 
     def score_async(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]):

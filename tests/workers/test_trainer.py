@@ -164,3 +164,22 @@ def test_zero3_ranks_with_uneven_shards_all_finish(ray_local, tiny_model_dir, to
         assert one[0] == pytest.approx(out[0], abs=1e-5)
     finally:
         g.shutdown()
+
+
+def test_context_distillation_lowers_the_prompted_unprompted_kl(ray_local, tiny_model_dir, tokenizer, hh_dir):
+    """The model without the HHH prompt is trained toward its own prompted distribution: the KL falls."""
+    from hh_ray.algo.distill import HHH_PROMPT
+    from hh_ray.data.tokenize import encode_dialogue
+    from hh_ray.models.objectives import ContextDistillObjective
+
+    items, _ = load_comparisons(str(hh_dir), ["helpful-base"])
+    enc = [encode_dialogue(tokenizer, c.chosen_dialogue, 96) for c in items[:8]]
+    batch = TokenBatch([e.input_ids for e in enc], [e.loss_mask for e in enc])
+    objective = ContextDistillObjective(tuple(tokenizer(HHH_PROMPT, add_special_tokens=False)["input_ids"]))
+    g = TrainerGroup("distill", str(tiny_model_dir), "causal_lm", TrainerConfig(micro_batch_size=8, lr=3e-3))
+    try:
+        kls = [g.train(batch, objective).loss for _ in range(12)]
+    finally:
+        g.shutdown()
+    assert kls[0] > 1e-4  # the prompt changes the random model's predictions
+    assert kls[-1] < 0.5 * kls[0], kls
