@@ -109,7 +109,8 @@ def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str, ze
     B, P, R, steps = size["batch"], size["prompt"], size["response"], size["steps"]
     layers, width = size["num_hidden_layers"], size["hidden_size"]
     worker = TrainerWorker()
-    cfg = TrainerConfig(micro_batch_size=B, zero_stage=zero_stage, lr=1e-5)
+    cfg = TrainerConfig(micro_batch_size=B, zero_stage=zero_stage, lr=1e-5,
+                        gpus_per_rank=1.0 if device == "cuda" else 0.0)  # the device follows the config
     info = worker.setup(0, 1, ("127.0.0.1", free_port()), path, "causal_lm", cfg, 0)
     g = torch.Generator().manual_seed(0)
     ids = lambda n, t: torch.randint(10, size["vocab_size"], (n, t), generator=g).tolist()

@@ -57,6 +57,9 @@ class ModelConfig:
     policy: str = "tiny"
     tokenizer_vocab_size: int = 8192  # for the offline BPE tokenizer the presets use
     dtype: str = "auto"  # auto = fp32 on CPU, bf16 on GPU
+    # capacity plan only: a built-in shape (e.g. Llama-2-7b; see hh_ray/ops/plan.py) or a folder with config.json,
+    # used when `policy` is not readable where `hh-ray plan`/`submit` runs; "" = read `policy` itself
+    shape: str = ""
 
 
 @dataclass
@@ -74,6 +77,14 @@ class TrainerConfig:
     warmup_steps: int = 0
     total_steps: int = 0  # 0 = constant LR after warmup; else linear decay to 0 at this step
     grad_clip: float = 1.0
+    # GPU-side settings (issue 11). Node type: a custom Ray resource that only the intended node type advertises
+    # (cluster/*.yaml); every bundle of the group asks for a sliver of it, so the group lands there. "" = any node.
+    node_resource: str = ""
+    gradient_checkpointing: bool = False  # recompute activations in backward: ~1 hidden state per layer kept
+    zero3_prefetch_bucket_size: int = 50_000_000  # ZeRO-3: parameters fetched ahead of use (DeepSpeed default)
+    zero3_param_persistence_threshold: int = 100_000  # ZeRO-3: params smaller than this stay whole on every rank
+    zero3_max_live_parameters: int = 1_000_000_000  # ZeRO-3: gathered parameters held at once
+    forward_token_budget: int = 16384  # forward-only passes (values, logprobs): padded tokens per micro batch; 0 = all
 
 
 @dataclass
@@ -118,6 +129,12 @@ class RolloutConfig:
     scale_down_idle_s: float = 60.0  # autoscaling: shrink after demand stayed below capacity this long
     gpu_memory_utilization: float = 0.5
     kv_cache_gb: float = 1.0  # CPU engines only
+    # GPU-side settings (issue 11); hh_ray/workers/placement.py turns them into bundles and vLLM arguments.
+    executor_backend: str = "auto"  # auto = "uni" (in-process) at tensor_parallel_size 1, "ray" above; or mp/uni/ray
+    enforce_eager: bool = False  # GPU: False captures CUDA graphs (fast decode); CPU engines always run eager
+    seed_mode: str = "auto"  # engine = one seed per engine (batched sampling), request = per-request seeds
+    # (reproducible per prompt, but vLLM samples those requests one by one); auto = engine on GPU, request on CPU
+    node_resource: str = ""  # custom Ray resource of the node type engines go to (e.g. hh_rollout_node); "" = any
 
 
 @dataclass
@@ -151,6 +168,9 @@ class PPOConfig:
     reference_gpus: float = 0.0  # fractional GPUs let reference and scorer share a device
     scorer_cpus: float = 0.25
     scorer_gpus: float = 0.0
+    reference_node_resource: str = ""  # custom Ray resource of the reference model's node type; "" = any node
+    scorer_node_resource: str = ""  # custom Ray resource of the PM scorer's node type; "" = any node
+    sync_timeout_s: float = 600.0  # weight-sync process group (NCCL/gloo) timeout
 
 
 @dataclass
@@ -159,6 +179,8 @@ class RayConfig:
 
     address: str = "local"
     num_cpus: int = 0  # 0 = Ray's own count (local only)
+    cluster: str = ""  # cluster config the job is planned against (cluster/*.yaml); `hh-ray plan --cluster` overrides
+    check_shared_storage: bool = True  # before training, every node must see run_dir (a token file per node)
 
 
 @dataclass
@@ -310,6 +332,15 @@ def validate(cfg: JobConfig) -> None:
             raise ConfigError(f"{sect}.zero_stage: expected 0..3, got {t.zero_stage}")
         if t.num_ranks < 1 or t.micro_batch_size < 1 or t.grad_accum_steps < 1:
             raise ConfigError(f"{sect}: num_ranks, micro_batch_size and grad_accum_steps must be >= 1")
+    if r.executor_backend not in ("auto", "uni", "mp", "ray"):
+        raise ConfigError(f"ppo.rollout.executor_backend: expected auto, uni, mp or ray, got '{r.executor_backend}'")
+    if r.seed_mode not in ("auto", "engine", "request"):
+        raise ConfigError(f"ppo.rollout.seed_mode: expected auto, engine or request, got '{r.seed_mode}'")
+    if r.tensor_parallel_size < 1:
+        raise ConfigError(f"ppo.rollout.tensor_parallel_size: must be >= 1, got {r.tensor_parallel_size}")
+    if r.tensor_parallel_size > 1 and r.gpus_per_engine not in (0.0, 1.0):
+        raise ConfigError(f"ppo.rollout.gpus_per_engine: with tensor_parallel_size {r.tensor_parallel_size} each "
+                          f"rank takes one whole GPU (vLLM's Ray executor), so 0 or 1, got {r.gpus_per_engine}")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -8,14 +8,15 @@ from hh_ray.workers.group import Worker, WorkerGroup, shard
 class ReferenceWorker(Worker):
     """A frozen HF causal LM in inference mode (no optimizer, no DeepSpeed)."""
 
-    def __init__(self, model_path: str, micro_batch_size: int = 16):
+    def __init__(self, model_path: str, micro_batch_size: int = 16, gpus: float = 0.0):
         import torch
 
         from hh_ray.data.tokenize import load_tokenizer
         from hh_ray.models.forward import load_model
+        from hh_ray.workers.device import gpu_worker_device
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.device = gpu_worker_device(gpus, "reference")
+        dtype = torch.bfloat16 if self.device != "cpu" else torch.float32
         self.model = load_model(model_path, "causal_lm", dtype).to(self.device).eval()
         self.model.requires_grad_(False)
         self.pad_id = load_tokenizer(model_path).pad_token_id
@@ -36,9 +37,10 @@ class ReferenceWorker(Worker):
 
 
 class ReferenceGroup:
-    def __init__(self, model_path: str, num_workers: int = 1, cpus: float = 0.25, gpus: float = 0.0):
-        self.group = WorkerGroup(ReferenceWorker, num_workers, "reference", cpus, gpus,
-                                 actor_kwargs=[{"model_path": model_path}] * num_workers)
+    def __init__(self, model_path: str, num_workers: int = 1, cpus: float = 0.25, gpus: float = 0.0,
+                 node_resource: str = ""):
+        self.group = WorkerGroup(ReferenceWorker, num_workers, "reference", cpus, gpus, node_resource=node_resource,
+                                 actor_kwargs=[{"model_path": model_path, "gpus": gpus}] * num_workers)
 
     def logprobs_async(self, prompts, responses, temperature: float = 1.0) -> list:
         n = len(self.group)

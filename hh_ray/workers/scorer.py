@@ -13,7 +13,7 @@ from hh_ray.workers.group import Worker, WorkerGroup, shard
 
 
 class ScorerWorker(Worker):
-    def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int = 384):
+    def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int = 384, gpus: float = 0.0):
         import torch
 
         from hh_ray.data.tokenize import load_tokenizer
@@ -29,8 +29,10 @@ class ScorerWorker(Worker):
             return
         from hh_ray.models.forward import load_model, read_pm_stats
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_model(pm_path, "pm", torch.bfloat16 if self.device == "cuda" else torch.float32)
+        from hh_ray.workers.device import gpu_worker_device
+
+        self.device = gpu_worker_device(gpus, "pm-scorer")
+        self.model = load_model(pm_path, "pm", torch.bfloat16 if self.device != "cpu" else torch.float32)
         self.model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = load_tokenizer(pm_path)
         stats = read_pm_stats(pm_path)
@@ -52,9 +54,10 @@ class ScorerWorker(Worker):
 
 class ScorerGroup:
     def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, num_workers: int = 1, cpus: float = 0.25,
-                 gpus: float = 0.0, max_tokens: int = 384):
-        kw = dict(scorer=scorer, pm_path=pm_path, policy_tokenizer=policy_tokenizer, max_tokens=max_tokens)
-        self.group = WorkerGroup(ScorerWorker, num_workers, "pm-scorer", cpus, gpus, actor_kwargs=[kw] * num_workers)
+                 gpus: float = 0.0, max_tokens: int = 384, node_resource: str = ""):
+        kw = dict(scorer=scorer, pm_path=pm_path, policy_tokenizer=policy_tokenizer, max_tokens=max_tokens, gpus=gpus)
+        self.group = WorkerGroup(ScorerWorker, num_workers, "pm-scorer", cpus, gpus, node_resource=node_resource,
+                                 actor_kwargs=[kw] * num_workers)
 
     def score_async(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]) -> list:
         n = len(self.group)

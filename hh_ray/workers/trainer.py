@@ -59,8 +59,10 @@ def ds_config(t, world: int, on_gpu: bool) -> dict:
     elif t.warmup_steps:
         cfg["scheduler"] = {"type": "WarmupLR", "params": {
             "warmup_min_lr": 0.0, "warmup_max_lr": t.lr, "warmup_num_steps": t.warmup_steps, "warmup_type": "linear"}}
-    if t.zero_stage == 3:
-        cfg["zero_optimization"] |= {"stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 0}
+    if t.zero_stage == 3:  # prefetch and persistence at 0 made every layer wait for its gather (33-45% slower)
+        cfg["zero_optimization"] |= {"stage3_param_persistence_threshold": t.zero3_param_persistence_threshold,
+                                     "stage3_prefetch_bucket_size": t.zero3_prefetch_bucket_size,
+                                     "stage3_max_live_parameters": t.zero3_max_live_parameters}
     return cfg
 
 
@@ -77,9 +79,15 @@ class TrainerWorker(Worker):
         from hh_ray.data.tokenize import load_tokenizer
         from hh_ray.models.forward import load_model
 
+        from hh_ray.workers.device import check_device, device_from_config, local_rank, ray_gpu_ids
+
+        self.on_gpu = device_from_config(trainer_cfg.gpus_per_rank) == "cuda"
+        check_device(self.on_gpu, torch.cuda.is_available(), f"trainer rank {rank}")
+        gpu_index = local_rank(ray_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES")) if self.on_gpu else 0
         os.environ.update({"MASTER_ADDR": master[0], "MASTER_PORT": str(master[1]), "RANK": str(rank),
-                           "WORLD_SIZE": str(world), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"})
-        self.on_gpu = torch.cuda.is_available()
+                           "WORLD_SIZE": str(world), "LOCAL_RANK": str(gpu_index), "LOCAL_WORLD_SIZE": "1"})
+        if self.on_gpu:
+            torch.cuda.set_device(gpu_index)
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo", auto_mpi_discovery=False)
         self.rank, self.world, self.kind, self.cfg = rank, world, kind, trainer_cfg
         config = ds_config(trainer_cfg, world, self.on_gpu)
@@ -90,12 +98,16 @@ class TrainerWorker(Worker):
             self._hf_ds = HfDeepSpeedConfig(config)
         torch.manual_seed(seed)  # new heads (PM score, value) start identical on every rank
         model = load_model(model_path, kind, torch.bfloat16 if self.on_gpu else torch.float32)
+        if trainer_cfg.gradient_checkpointing:  # keep one hidden state per layer; recompute the rest in backward
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
         self.tokenizer = load_tokenizer(model_path)
         self.pad_id = self.tokenizer.pad_token_id
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
         self.steps = 0
         return {"rank": rank, "parameters": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel()
-                                                for p in model.parameters())}
+                                                for p in model.parameters()),
+                "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False))}
 
     # ---- objectives -------------------------------------------------------------------------------------
     def _loss(self, objective: str, mb: dict[str, list], hyper: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -180,16 +192,25 @@ class TrainerWorker(Worker):
         return sums
 
     @torch.no_grad()
-    def infer(self, what: str, prompts: list[list[int]], responses: list[list[int]], temperature: float = 1.0):
-        """Per-token values (critic) or logprobs (policy) for a shard, as ragged lists."""
+    def infer(self, what: str, prompts: list[list[int]], responses: list[list[int]], temperature: float = 1.0,
+              num_batches: int = 1) -> list[list[float]]:
+        """Per-token values (critic) or logprobs (policy) for a shard, as ragged lists, in micro batches of at
+        most `forward_token_budget` padded tokens; at least `num_batches` forwards (equal on every ZeRO-3 rank)."""
+        from hh_ray.algo.batching import token_budget_batches
         from hh_ray.models.forward import response_logprobs, response_values
 
         self.engine.eval()
-        if what == "values":
-            out, _ = response_values(self.engine, prompts, responses, self.pad_id)
-        else:
-            out, _, _ = response_logprobs(self.engine, prompts, responses, self.pad_id, temperature)
-        return [row[: len(r)].tolist() for row, r in zip(out.cpu(), responses)]
+        lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+        out: list[list[float] | None] = [None] * len(prompts)
+        for idx in token_budget_batches(lengths, self.cfg.forward_token_budget, num_batches):
+            p, r = ([prompts[i] for i in idx], [responses[i] for i in idx]) if idx else ([[self.pad_id]], [[self.pad_id]])
+            if what == "values":
+                rows, _ = response_values(self.engine, p, r, self.pad_id)
+            else:
+                rows, _, _ = response_logprobs(self.engine, p, r, self.pad_id, temperature)
+            for i, row, resp in zip(idx, rows.cpu(), r):  # a placeholder forward (no idx) keeps nothing
+                out[i] = row[: len(resp)].tolist()
+        return out
 
     # ---- state ------------------------------------------------------------------------------------------
     def save_checkpoint(self, root: str, tag: str, client_state: dict) -> None:
@@ -206,6 +227,12 @@ class TrainerWorker(Worker):
                                     save_latest=False)
         dist.barrier()
         if self.rank == 0:
+            from hh_ray.workers.checkpoint import missing_checkpoint_files
+
+            missing = missing_checkpoint_files(staging / tag, self.world, self.cfg.zero_stage, bf16=self.on_gpu)
+            if missing:  # e.g. other nodes wrote their shards to a disk rank 0 cannot see
+                raise RuntimeError(f"checkpoint {staging / tag} is missing {len(missing)} rank file(s) "
+                                   f"({', '.join(missing[:4])}); is {root} on storage every node shares?")
             (staging / tag / COMPLETE).write_text(json.dumps({"time": time.time()}))
             final = rootp / tag
             if final.exists():
@@ -256,7 +283,9 @@ class TrainerWorker(Worker):
 
         from hh_ray.workers.weight_sync import BucketSender, buckets
 
-        t0 = time.perf_counter()
+        from hh_ray.workers.device import synchronized_clock
+
+        t0 = synchronized_clock(self.on_gpu)
         params = dict(self.engine.module.named_parameters())
         sender = BucketSender(self.sync_group) if self.rank == 0 else None
         for bucket in buckets(self.weight_metas(), bucket_bytes):
@@ -266,7 +295,7 @@ class TrainerWorker(Worker):
                     sender.send(tensors)
         if sender:
             sender.flush()
-        return {"bytes": sender.sent if sender else 0, "seconds": time.perf_counter() - t0}
+        return {"bytes": sender.sent if sender else 0, "seconds": synchronized_clock(self.on_gpu) - t0}
 
     def param_vector(self) -> torch.Tensor:
         """All parameters flattened in order (gathered under ZeRO-3); for equivalence tests and digests."""
@@ -292,7 +321,7 @@ class TrainerGroup:
     def __init__(self, name: str, model_path: str, kind: str, trainer_cfg, seed: int = 0):
         self.cfg = trainer_cfg
         self.group = WorkerGroup(TrainerWorker, trainer_cfg.num_ranks, name, trainer_cfg.cpus_per_rank,
-                                 trainer_cfg.gpus_per_rank)
+                                 trainer_cfg.gpus_per_rank, node_resource=trainer_cfg.node_resource)
         import ray
 
         master = ray.get(self.group.actors[0].address.remote())
@@ -335,8 +364,15 @@ class TrainerGroup:
     def infer_async(self, what: str, prompts: list[list[int]], responses: list[list[int]],
                     temperature: float = 1.0) -> list:
         """Refs to per-token values/logprobs, sharded across ranks; concatenate the results in order."""
-        parts = [(p, r) for p, r in zip(shard(prompts, self.world), shard(responses, self.world)) if p]
-        return [a.infer.remote(what, p, r, temperature) for a, (p, r) in zip(self.group.actors, parts)]
+        from hh_ray.algo.batching import batch_count
+
+        parts = list(zip(shard(prompts, self.world), shard(responses, self.world)))
+        if self.cfg.zero_stage != 3:
+            parts = [(p, r) for p, r in parts if p]
+        budget = self.cfg.forward_token_budget
+        # ZeRO-3 gathers parameters collectively in every forward: all ranks run the same number of forwards
+        count = max((batch_count([len(a) + len(b) for a, b in zip(p, r)], budget) for p, r in parts), default=1)
+        return [a.infer.remote(what, p, r, temperature, count) for a, (p, r) in zip(self.group.actors, parts)]
 
     def infer(self, what: str, prompts: list[list[int]], responses: list[list[int]], temperature: float = 1.0):
         import ray
