@@ -41,7 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--token", default=None, help="Ray auth token (default: RAY_AUTH_TOKEN or Ray's token file)")
     sm.add_argument("--runtime-env", default=None, help="runtime env YAML (default: jobs/runtime_env.yaml when present)")
     sm.add_argument("--entrypoint", default="run", choices=["run", "sft", "pm", "ppo"])
+    sm.add_argument("--cluster", default=None, help="cluster config the capacity plan checks (default: ray.cluster)")
     _add_config(sm)
+    pl = sub.add_parser("plan", help="capacity plan: memory per group and GPU, placement on the cluster's node types")
+    pl.add_argument("--cluster", default=None, help="launcher YAML or KubeRay manifest (default: the job's ray.cluster)")
+    pl.add_argument("--gpu-memory-gb", type=float, default=80.0, help="GPU memory where a node type does not say")
+    pl.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_config(pl)
     return parser
 
 
@@ -104,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             from hh_ray.ops.submit import submit_job
 
             return submit_job(args)
+        if args.command == "plan":
+            from hh_ray.ops.plan import run_plan
+
+            return run_plan(_config(args), args.config, args.cluster, args.gpu_memory_gb, args.json)
         cfg = _config(args)
         if args.command == "sft":
             from hh_ray.driver.sft import run_sft
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_pipeline(cfg)
         return 0
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:  # PlanError is a ValueError
         print(f"hh-ray: error: {exc}", file=sys.stderr)
         return 2
 

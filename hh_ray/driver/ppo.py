@@ -30,6 +30,7 @@ from hh_ray.driver.runlog import RunLog, read_metrics, write_json_atomic
 from hh_ray.driver.sft import batches, initial_policy
 from hh_ray.ops.autoscale import RolloutAutoscaler
 from hh_ray.ops.metrics import PPOMetrics
+from hh_ray.ops.storage import check_shared_folder
 from hh_ray.workers.reference import ReferenceGroup
 from hh_ray.workers.rollout import RolloutGroup, Sampling, connect_weight_sync, sync_weights
 from hh_ray.workers.scorer import ScorerGroup
@@ -202,6 +203,8 @@ def run_ppo(cfg) -> dict:
               if p.adaptive_kl_target > 0 else FixedKLController(p.kl_coef))
 
     connect(cfg.ray)
+    if cfg.ray.check_shared_storage:  # every node's ranks write checkpoint shards into run_dir
+        check_shared_folder(run_dir)
     t_start = time.perf_counter()
     w = PPOWorkers.start(cfg, policy_path, pm_path)
     connect_weight_sync(w.policy, w.rollout)

@@ -490,3 +490,19 @@ def resolve_cluster(cluster: str | None, cfg, config_path: str | None) -> str | 
         return name
     beside = Path(config_path).resolve().parent.parent / name
     return str(beside) if beside.is_file() else name
+
+
+def run_plan(cfg, config_path: str | None, cluster: str | None, gpu_gb: float = DEFAULT_GPU_GB,
+             as_json: bool = False) -> int:
+    """`hh-ray plan`: print the plan; exit 0 when the job fits, 2 when it does not."""
+    plan = plan_job(cfg, resolve_cluster(cluster, cfg, config_path), gpu_gb)
+    print(json.dumps(plan_to_dict(plan)) if as_json else format_plan(plan))
+    return 0 if plan.fits else 2
+
+
+def refusal(plan: Plan) -> str | None:
+    """One line for `hh-ray submit` to refuse an impossible job with: the first problem and how many more."""
+    if plan.fits:
+        return None
+    more = f" (and {len(plan.problems) - 1} more; run hh-ray plan)" if len(plan.problems) > 1 else ""
+    return f"job does not fit: {plan.problems[0]}{more}"
