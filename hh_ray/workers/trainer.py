@@ -328,6 +328,7 @@ class TrainerGroup:
         infos = ray.get([a.setup.remote(r, len(self.group), master, model_path, kind, trainer_cfg, seed)
                          for r, a in enumerate(self.group.actors)])
         self.num_parameters = infos[0]["parameters"]
+        self.gradient_checkpointing = infos[0]["gradient_checkpointing"]
 
     @property
     def world(self) -> int:
