@@ -85,6 +85,8 @@ class TrainerConfig:
     zero3_param_persistence_threshold: int = 100_000  # ZeRO-3: params smaller than this stay whole on every rank
     zero3_max_live_parameters: int = 1_000_000_000  # ZeRO-3: gathered parameters held at once
     forward_token_budget: int = 16384  # forward-only passes (values, logprobs): padded tokens per micro batch; 0 = all
+    placement_strategy: str = "PACK"  # PACK (one node when it can) or STRICT_PACK (one node or wait: keeps every
+    # ZeRO-3 gather on the node's NVLink; for groups no larger than a node)
 
 
 @dataclass
@@ -332,6 +334,8 @@ def validate(cfg: JobConfig) -> None:
             raise ConfigError(f"{sect}.zero_stage: expected 0..3, got {t.zero_stage}")
         if t.num_ranks < 1 or t.micro_batch_size < 1 or t.grad_accum_steps < 1:
             raise ConfigError(f"{sect}: num_ranks, micro_batch_size and grad_accum_steps must be >= 1")
+        if t.placement_strategy not in ("PACK", "STRICT_PACK", "SPREAD"):
+            raise ConfigError(f"{sect}.placement_strategy: expected PACK, STRICT_PACK or SPREAD, got '{t.placement_strategy}'")
     if r.executor_backend not in ("auto", "uni", "mp", "ray"):
         raise ConfigError(f"ppo.rollout.executor_backend: expected auto, uni, mp or ray, got '{r.executor_backend}'")
     if r.seed_mode not in ("auto", "engine", "request"):

@@ -54,14 +54,16 @@ class PPOWorkers:
     def start(cls, cfg, policy_path: str, pm_path: str) -> "PPOWorkers":
         p = cfg.ppo
         max_len = cfg.data.max_prompt_tokens + p.rollout.max_new_tokens + 8
+        # largest groups first (workers.placement.ppo_group_placements): whole-node trainer groups claim their
+        # nodes before single-GPU groups scatter over them
         return cls(
-            rollout=RolloutGroup(policy_path, p.rollout, max_len, cfg.seed),
+            policy=TrainerGroup("policy-trainer", policy_path, "causal_lm", p.policy_trainer, cfg.seed),
+            critic=TrainerGroup("critic-trainer", policy_path, "value", p.critic_trainer, cfg.seed),
             reference=ReferenceGroup(policy_path, cpus=p.reference_cpus, gpus=p.reference_gpus,
                                      node_resource=p.reference_node_resource),
             scorer=ScorerGroup(p.scorer, pm_path, policy_path, cpus=p.scorer_cpus, gpus=p.scorer_gpus,
                                max_tokens=cfg.pm.max_tokens, node_resource=p.scorer_node_resource),
-            policy=TrainerGroup("policy-trainer", policy_path, "causal_lm", p.policy_trainer, cfg.seed),
-            critic=TrainerGroup("critic-trainer", policy_path, "value", p.critic_trainer, cfg.seed),
+            rollout=RolloutGroup(policy_path, p.rollout, max_len, cfg.seed),
         )
 
     def groups(self) -> dict:

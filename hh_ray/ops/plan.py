@@ -367,7 +367,7 @@ def _sum_line(mem: dict[str, float]) -> str:
 
 def plan_job(cfg, cluster: str | None = None, gpu_gb: float = DEFAULT_GPU_GB) -> Plan:
     """The capacity plan of a PPO job on a cluster's node types (or, without one, each group on its own GPU)."""
-    from hh_ray.workers.placement import engine_placement, worker_placement
+    from hh_ray.workers.placement import ppo_group_placements
 
     p, d = cfg.ppo, cfg.data
     shape = model_shape(cfg.model.shape or cfg.model.policy, cfg.model.tokenizer_vocab_size)
@@ -377,30 +377,25 @@ def plan_job(cfg, cluster: str | None = None, gpu_gb: float = DEFAULT_GPU_GB) ->
     samples = p.prompts_per_step * p.rollout.samples_per_prompt
     minibatch = max(1, samples // p.minibatches)
 
-    engines = []
-    for i in range(p.rollout.max_engines):
-        pl = engine_placement(p.rollout)
-        engines.append((GroupPlan(f"rollout-{i}", "engine", pl.bundles, pl.strategy, {}, 0.0), pl))
-    others = []
-    ref_mem = inference_memory(shape, "lm", REFERENCE_ROWS, seq, resp)
-    pl = worker_placement(1, p.reference_cpus, p.reference_gpus, p.reference_node_resource)
-    others.append((GroupPlan("reference", "reference", pl.bundles, pl.strategy, ref_mem, sum(ref_mem.values())), pl))
-    sc_mem = inference_memory(pm_shape, "scalar", SCORER_ROWS, cfg.pm.max_tokens, 0)
-    pl = worker_placement(1, p.scorer_cpus, p.scorer_gpus, p.scorer_node_resource)
-    others.append((GroupPlan("pm-scorer", "scorer", pl.bundles, pl.strategy, sc_mem, sum(sc_mem.values())), pl))
-    for name, head, t in (("policy-trainer", "lm", p.policy_trainer), ("critic-trainer", "scalar", p.critic_trainer)):
-        rows = max(t.micro_batch_size, math.ceil(minibatch / (t.num_ranks * t.grad_accum_steps)))
-        shard_tokens = math.ceil(samples / t.num_ranks) * seq
-        fwd = min(t.forward_token_budget, shard_tokens) if t.forward_token_budget else shard_tokens
-        mem = trainer_memory(shape, head, t, rows, seq, resp, max(fwd, seq))
-        pl = worker_placement(t.num_ranks, t.cpus_per_rank, t.gpus_per_rank, t.node_resource)
-        note = (f"ZeRO-{t.zero_stage} over {t.num_ranks} rank(s), {rows} x {seq} tokens per micro batch, "
-                f"checkpointing {'on' if t.gradient_checkpointing else 'off'}")
-        others.append((GroupPlan(name, "trainer", pl.bundles, pl.strategy, mem, sum(mem.values()), note=note), pl))
-    # the driver's creation order: the first num_engines engines, reference, scorer, policy, critic; then the
-    # engines autoscaling adds up to max_engines
-    first = p.rollout.num_engines
-    groups = engines[:first] + others + engines[first:]
+    groups = []
+    for name, pl in ppo_group_placements(p).items():  # in the driver's creation order
+        kind = "engine" if name.startswith("rollout-") else "trainer" if name.endswith("-trainer") else \
+            name.removeprefix("pm-")
+        g = GroupPlan(name, kind, pl.bundles, pl.strategy, {}, 0.0)
+        if name == "reference":
+            g.memory_gb = inference_memory(shape, "lm", REFERENCE_ROWS, seq, resp)
+        elif name == "pm-scorer":
+            g.memory_gb = inference_memory(pm_shape, "scalar", SCORER_ROWS, cfg.pm.max_tokens, 0)
+        elif name.endswith("-trainer"):
+            head, t = ("lm", p.policy_trainer) if name == "policy-trainer" else ("scalar", p.critic_trainer)
+            rows = max(t.micro_batch_size, math.ceil(minibatch / (t.num_ranks * t.grad_accum_steps)))
+            shard_tokens = math.ceil(samples / t.num_ranks) * seq
+            fwd = min(t.forward_token_budget, shard_tokens) if t.forward_token_budget else shard_tokens
+            g.memory_gb = trainer_memory(shape, head, t, rows, seq, resp, max(fwd, seq))
+            g.note = (f"ZeRO-{t.zero_stage} over {t.num_ranks} rank(s), {rows} x {seq} tokens per micro batch, "
+                      f"checkpointing {'on' if t.gradient_checkpointing else 'off'}")
+        g.per_gpu_gb = sum(g.memory_gb.values())
+        groups.append((g, pl))
     for g, pl in groups:
         if pl.gpus == 0:  # CPU groups: host memory is not planned
             g.memory_gb, g.per_gpu_gb = {}, 0.0

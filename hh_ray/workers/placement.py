@@ -41,10 +41,16 @@ def node_marker(node_resource: str) -> dict[str, float]:
     return {node_resource: NODE_MARKER} if node_resource else {}
 
 
-def worker_placement(size: int, cpus: float, gpus: float = 0.0, node_resource: str = "") -> GroupPlacement:
+def worker_placement(size: int, cpus: float, gpus: float = 0.0, node_resource: str = "",
+                     strategy: str = "PACK") -> GroupPlacement:
     """`size` actors, one bundle each ({"CPU": c, "GPU": g} + node marker), packed onto as few nodes as fit."""
     bundle = {"CPU": cpus} | ({"GPU": gpus} if gpus else {}) | node_marker(node_resource)
-    return GroupPlacement([dict(bundle) for _ in range(size)], "PACK", cpus, gpus, list(range(size)))
+    return GroupPlacement([dict(bundle) for _ in range(size)], strategy, cpus, gpus, list(range(size)))
+
+
+def trainer_placement(t) -> GroupPlacement:
+    """A DeepSpeed group from its TrainerConfig: one bundle per rank."""
+    return worker_placement(t.num_ranks, t.cpus_per_rank, t.gpus_per_rank, t.node_resource, t.placement_strategy)
 
 
 def engine_placement(rollout_cfg) -> GroupPlacement:
@@ -120,13 +126,15 @@ def engine_env_to_clear(rollout_cfg, on_gpu: bool) -> tuple[str, ...]:
 
 
 def ppo_group_placements(ppo_cfg) -> dict[str, GroupPlacement]:
-    """Every group of a PPO job as the driver creates them (engines at `max_engines`, the most it will ask for)."""
-    t_p, t_c = ppo_cfg.policy_trainer, ppo_cfg.critic_trainer
-    engine = engine_placement(ppo_cfg.rollout)
-    out = {f"rollout-{i}": engine for i in range(ppo_cfg.rollout.max_engines)}
-    out["reference"] = worker_placement(1, ppo_cfg.reference_cpus, ppo_cfg.reference_gpus,
-                                        ppo_cfg.reference_node_resource)
-    out["pm-scorer"] = worker_placement(1, ppo_cfg.scorer_cpus, ppo_cfg.scorer_gpus, ppo_cfg.scorer_node_resource)
-    out["policy-trainer"] = worker_placement(t_p.num_ranks, t_p.cpus_per_rank, t_p.gpus_per_rank, t_p.node_resource)
-    out["critic-trainer"] = worker_placement(t_c.num_ranks, t_c.cpus_per_rank, t_c.gpus_per_rank, t_c.node_resource)
-    return out
+    """Every group of a PPO job, in the order the driver creates them: largest first (policy, critic), so a
+    whole-node trainer group claims its node before single-GPU groups scatter over the nodes (Ray does not keep
+    small groups together), then reference, scorer, the first `num_engines` engines, and last the engines
+    autoscaling may add, up to `max_engines` (the most it asks for)."""
+    r = ppo_cfg.rollout
+    engine = engine_placement(r)
+    out = {"policy-trainer": trainer_placement(ppo_cfg.policy_trainer),
+           "critic-trainer": trainer_placement(ppo_cfg.critic_trainer),
+           "reference": worker_placement(1, ppo_cfg.reference_cpus, ppo_cfg.reference_gpus,
+                                         ppo_cfg.reference_node_resource),
+           "pm-scorer": worker_placement(1, ppo_cfg.scorer_cpus, ppo_cfg.scorer_gpus, ppo_cfg.scorer_node_resource)}
+    return out | {f"rollout-{i}": engine for i in range(r.max_engines)}

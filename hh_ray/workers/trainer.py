@@ -320,8 +320,10 @@ class TrainerGroup:
 
     def __init__(self, name: str, model_path: str, kind: str, trainer_cfg, seed: int = 0):
         self.cfg = trainer_cfg
+        from hh_ray.workers.placement import trainer_placement
+
         self.group = WorkerGroup(TrainerWorker, trainer_cfg.num_ranks, name, trainer_cfg.cpus_per_rank,
-                                 trainer_cfg.gpus_per_rank, node_resource=trainer_cfg.node_resource)
+                                 trainer_cfg.gpus_per_rank, placement=trainer_placement(trainer_cfg))
         import ray
 
         master = ray.get(self.group.actors[0].address.remote())

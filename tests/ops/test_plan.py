@@ -103,15 +103,18 @@ def test_one_rank_zero3_critic_is_refused_naming_group_gpu_and_numbers():
     assert "> 80 GB" in problem and "weights 13.2 + gradients 13.2 + optimizer 79.3" in problem
 
 
-def test_groups_without_node_markers_take_the_trainer_nodes_gpus():
-    """The bug the markers fix: engines, reference and scorer fill the 8-GPU node and a trainer cannot land."""
-    unmarked = [f"ppo.{k}=" for k in ("reference_node_resource", "scorer_node_resource", "rollout.node_resource",
-                                      "policy_trainer.node_resource", "critic_trainer.node_resource")]
-    cfg = load_config(ROOT / "jobs" / "ppo-multinode.yaml", unmarked)
-    plan = plan_job(cfg, str(ROOT / "cluster" / "aws-gpu.yaml"))
-    engines = [n for g in plan.groups if g.kind == "engine" for n in g.nodes]
-    assert any(n.startswith("gpu-8x-h100") for n in engines)
-    assert any(p.startswith("group 'critic-trainer' cannot be placed") for p in plan.problems), plan.problems
+def test_node_markers_steer_groups_to_their_node_type():
+    cfg = load_config(ROOT / "jobs" / "ppo-multinode.yaml")
+    plan = plan_job(cfg, str(ROOT / "cluster" / "raycluster.yaml"))
+    assert {n.split("#")[0] for g in plan.groups if g.kind == "engine" for n in g.nodes} == {"rollout-1gpu"}
+    # a tensor-parallel-2 engine marked for the single-GPU nodes cannot be placed (STRICT_PACK: 2 GPUs, 1 node)
+    tp2 = load_config(ROOT / "jobs" / "ppo-7b-8gpu.yaml", ["ppo.rollout.node_resource=hh_rollout_node"])
+    refused = plan_job(tp2, str(ROOT / "cluster" / "rayjob.yaml"))
+    assert any(p.startswith("group 'rollout-0' cannot be placed") and "STRICT_PACK" in p for p in refused.problems)
+    # unmarked, the engine goes wherever GPUs are free: here the trainer node, beside the trainers
+    free = plan_job(load_config(ROOT / "jobs" / "ppo-7b-8gpu.yaml", ["ppo.rollout.node_resource="]),
+                    str(ROOT / "cluster" / "rayjob.yaml"))
+    assert free.fits and [g.nodes for g in free.groups if g.name == "rollout-0"] == [["trainer-8gpu#0"]]
 
 
 def _cli(*args):

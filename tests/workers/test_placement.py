@@ -71,7 +71,8 @@ def test_groups_carry_their_node_type_marker():
                                                  node_resource="hh_trainer_node"),
                     rollout=RolloutConfig(max_engines=2, num_engines=1))
     groups = ppo_group_placements(ppo)
-    assert list(groups) == ["rollout-0", "rollout-1", "reference", "pm-scorer", "policy-trainer", "critic-trainer"]
+    # the driver's creation order: largest first, so whole-node trainer groups get their nodes; engines last
+    assert list(groups) == ["policy-trainer", "critic-trainer", "reference", "pm-scorer", "rollout-0", "rollout-1"]
     assert groups["policy-trainer"].bundles == [{"CPU": 8, "GPU": 1, "hh_trainer_node": NODE_MARKER}] * 3
     assert groups["reference"].bundles == [{"CPU": 0.25, "GPU": 0.5, "hh_trainer_node": NODE_MARKER}]
     assert groups["pm-scorer"].bundles == [{"CPU": 0.25}]  # no marker: any node
