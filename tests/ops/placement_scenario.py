@@ -88,7 +88,7 @@ def main() -> None:
         start_node(head, tmp, num_cpus=8, num_gpus=1, resources={"hh_rollout_node": 1})
     ray.init(address=head, log_to_driver=False, _node_ip_address="127.0.0.1")
     wait_for_nodes(5)
-    obs = {"8gpu": place("ppo-7b-8gpu.yaml", []),
+    obs = {"tmp": str(tmp), "8gpu": place("ppo-7b-8gpu.yaml", []),
            "multinode": place("ppo-multinode.yaml", ["ppo.rollout.num_engines=2", "ppo.rollout.min_engines=2",
                                                      "ppo.rollout.max_engines=2"])}
     print("SCENARIO " + json.dumps(obs), flush=True)

@@ -25,7 +25,9 @@ def placed():
                           capture_output=True, text=True, timeout=600, env=env)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("SCENARIO ")]
     assert proc.returncode == 0 and lines, f"scenario failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
-    return json.loads(lines[-1].removeprefix("SCENARIO "))
+    obs = json.loads(lines[-1].removeprefix("SCENARIO "))
+    shutil.rmtree(obs.pop("tmp"), ignore_errors=True)  # the cluster ended with the namespace
+    return obs
 
 
 def _markers(resources: dict) -> set[str]:
