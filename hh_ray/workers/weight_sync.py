@@ -94,16 +94,13 @@ def receive_buckets(group, metas: list[ParamMeta], bucket_bytes: int, device: st
         flat = torch.empty(sum(_numel(m.shape) for m in bucket), dtype=getattr(torch, bucket[0].dtype), device=device)
         return flat, _broadcast(group, flat)
 
-    from hh_ray.workers.device import synchronized_clock
-
-    on_gpu = device != "cpu"  # an NCCL wait only orders the stream: synchronize so the clock sees the transfer
     waited = 0.0
     nxt = post(plan[0]) if plan else None
     for i, bucket in enumerate(plan):
         flat, work = nxt
-        t0 = synchronized_clock(on_gpu)
+        t0 = time.perf_counter()
         work.wait()
-        waited += synchronized_clock(on_gpu) - t0
+        waited += time.perf_counter() - t0
         nxt = post(plan[i + 1]) if i + 1 < len(plan) else None
         offset = 0
         for m in bucket:
