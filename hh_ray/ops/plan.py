@@ -370,6 +370,9 @@ def plan_job(cfg, cluster: str | None = None, gpu_gb: float = DEFAULT_GPU_GB) ->
     from hh_ray.workers.placement import ppo_group_placements
 
     p, d = cfg.ppo, cfg.data
+    placements = ppo_group_placements(p)
+    if "ppo" not in cfg.stages or not any(pl.gpus for pl in placements.values()):
+        return Plan([], [], [], str(cluster or ""))  # CPU jobs and jobs without PPO: nothing to plan on GPUs
     shape = model_shape(cfg.model.shape or cfg.model.policy, cfg.model.tokenizer_vocab_size)
     pm_src = p.pm_checkpoint if p.pm_checkpoint and (Path(p.pm_checkpoint) / "config.json").is_file() else ""
     pm_shape = model_shape(pm_src) if pm_src else shape
@@ -378,7 +381,7 @@ def plan_job(cfg, cluster: str | None = None, gpu_gb: float = DEFAULT_GPU_GB) ->
     minibatch = max(1, samples // p.minibatches)
 
     groups = []
-    for name, pl in ppo_group_placements(p).items():  # in the driver's creation order
+    for name, pl in placements.items():  # in the driver's creation order
         kind = "engine" if name.startswith("rollout-") else "trainer" if name.endswith("-trainer") else \
             name.removeprefix("pm-")
         g = GroupPlan(name, kind, pl.bundles, pl.strategy, {}, 0.0)
@@ -455,6 +458,8 @@ def _too_big(g: GroupPlan, where: str, need: float, have: float) -> str:
 
 def format_plan(plan: Plan) -> str:
     lines = [f"capacity plan{' on ' + plan.cluster if plan.cluster else ' (no cluster: each group on its own GPU)'}"]
+    if not plan.groups:
+        lines.append("  no GPU groups (CPU-only job or no PPO stage): nothing to plan")
     for g in plan.groups:
         where = f" -> {', '.join(g.nodes)}" if g.nodes else ""
         mem = (f"{g.per_gpu_gb:.1f} GB/GPU ({_sum_line(g.memory_gb)})" if g.memory_gb

@@ -117,6 +117,12 @@ def test_node_markers_steer_groups_to_their_node_type():
     assert free.fits and [g.nodes for g in free.groups if g.name == "rollout-0"] == [["trainer-8gpu#0"]]
 
 
+def test_cpu_jobs_have_nothing_to_plan():
+    for job in ("quickstart.yaml", "pm-minilm.yaml"):
+        plan = plan_job(load_config(ROOT / "jobs" / job))
+        assert plan.fits and plan.groups == []
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "hh_ray.cli", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=120)
