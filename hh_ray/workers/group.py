@@ -96,11 +96,11 @@ class WorkerGroup:
         if not ready:
             remove_placement_group(self.pg)
             have = ray.cluster_resources()
+            kinds = ["CPU", "GPU"] + sorted({k for b in plan.bundles for k in b} - {"CPU", "GPU"})
             raise PlacementError(
                 f"group '{name}' needs bundles {plan.bundles} ({plan.strategy}) but could not be placed within "
-                f"{placement_timeout_s:.0f} s; cluster has CPU={have.get('CPU', 0):g} GPU={have.get('GPU', 0):g}"
-                f"{f' {node_resource}={have.get(node_resource, 0):g}' if node_resource else ''} "
-                "(other groups may hold some)"
+                f"{placement_timeout_s:.0f} s; cluster has {' '.join(f'{k}={have.get(k, 0):g}' for k in kinds)} "
+                "(other groups may hold some; hh-ray plan shows where each group should land)"
             )
         remote_cls = ray.remote(actor_cls) if not hasattr(actor_cls, "remote") else actor_cls
         kwargs = list(actor_kwargs) if actor_kwargs is not None else [{} for _ in range(size)]

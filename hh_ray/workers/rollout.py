@@ -27,9 +27,8 @@ class WeightSyncExtension:
         self.hh_sync_group = make_group(tuple(master), rank_offset + self.rank, world, backend)
 
     def hh_receive_weights(self, metas, bucket_bytes: int) -> dict:
-        from hh_ray.workers.weight_sync import receive_buckets
-
         from hh_ray.workers.device import synchronized_clock
+        from hh_ray.workers.weight_sync import receive_buckets
 
         device = "cpu" if str(self.device).startswith("cpu") else str(self.device)
         on_gpu = device != "cpu"
