@@ -205,10 +205,10 @@ def run_ppo(cfg) -> dict:
               if p.adaptive_kl_target > 0 else FixedKLController(p.kl_coef))
 
     connect(cfg.ray)
-    if cfg.ray.check_shared_storage:  # every node's ranks write checkpoint shards into run_dir
-        check_shared_folder(run_dir)
     t_start = time.perf_counter()
     w = PPOWorkers.start(cfg, policy_path, pm_path)
+    if cfg.ray.check_shared_storage:  # now that autoscaled nodes are up: every rank writes checkpoint shards here
+        check_shared_folder(run_dir)
     connect_weight_sync(w.policy, w.rollout)
     metas = w.policy.weight_metas()
     ckpt = run_dir / "checkpoints" / "ppo"
