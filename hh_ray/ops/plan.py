@@ -30,6 +30,7 @@ RayJob (head and worker groups: rayStartParams, container limits); GPU memory fr
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -248,7 +249,7 @@ def read_node_types(path: str | Path) -> list[NodeType]:
 
 
 # ---- placement ---------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(eq=False)  # identity: two empty GPUs are still two GPUs
 class GpuLoad:
     node: str  # "<node type>#<index>"
     index: int
@@ -261,7 +262,7 @@ class GpuLoad:
         return sum(gb for _, gb in self.entries)
 
 
-@dataclass
+@dataclass(eq=False)
 class Node:
     type: NodeType
     label: str
@@ -317,43 +318,53 @@ class Plan:
         return not self.problems
 
 
+def _empty_node(t: NodeType, index: int, default_gb: float) -> Node:
+    label = f"{t.name}#{index}"
+    return Node(t, label, dict(t.resources),
+                [GpuLoad(label, i, t.gpu_gb or default_gb) for i in range(int(t.resources.get("GPU", 0)))])
+
+
+def _holds_all(node: Node, bundles: list[dict]) -> bool:
+    """Whether `node`, as it is now, could take every one of `bundles` (checked on a copy)."""
+    trial = copy.deepcopy(node)
+    for b in bundles:
+        if not trial.fits(b):
+            return False
+        trial.take(b)
+    return True
+
+
 def _new_node(types: list[NodeType], counts: dict[str, int], bundles: list[dict], default_gb: float) -> Node | None:
     """Start a node of the first type (in file order) with capacity left whose empty node holds `bundles`."""
     for t in types:
-        if counts.get(t.name, 0) >= t.max_count:
-            continue
-        node = Node(t, f"{t.name}#{counts.get(t.name, 0)}", dict(t.resources),
-                    [GpuLoad("", i, t.gpu_gb or default_gb) for i in range(int(t.resources.get("GPU", 0)))])
-        trial = Node(t, node.label, dict(node.free), [GpuLoad("", i, 0) for i in range(len(node.gpus))])
-        if all(trial.fits(b) and trial.take(b) is not None for b in bundles):
-            counts[t.name] = counts.get(t.name, 0) + 1
-            for g in node.gpus:
-                g.node = node.label
-            return node
+        if counts.get(t.name, 0) < t.max_count:
+            node = _empty_node(t, counts.get(t.name, 0), default_gb)
+            if _holds_all(node, bundles):
+                counts[t.name] = counts.get(t.name, 0) + 1
+                return node
     return None
 
 
 def place_group(nodes: list[Node], types: list[NodeType], counts: dict[str, int], bundles: list[dict],
                 strategy: str, default_gb: float) -> list[tuple[Node, list[GpuLoad]]] | None:
-    """Where each bundle lands: one node for STRICT_PACK (or PACK when one holds all), else node by node."""
-    def on_one(node: Node):
-        trial = Node(node.type, node.label, dict(node.free),
-                     [GpuLoad(g.node, g.index, g.capacity_gb, g.used_fraction) for g in node.gpus])
-        return all(trial.fits(b) and trial.take(b) is not None for b in bundles)
-
-    target = next((n for n in nodes if on_one(n)), None)
-    if target is None:
-        target = _new_node(types, counts, bundles, default_gb)
-        if target is not None:
-            nodes.append(target)
+    """Where each bundle lands: on one node (a running one, else a new one) when one holds them all, else (not
+    STRICT_PACK) bundle by bundle over running and new nodes. None, with nothing taken, when they do not fit."""
+    target = next((n for n in nodes if _holds_all(n, bundles)), None) or _new_node(types, counts, bundles,
+                                                                                   default_gb)
     if target is not None:
+        if target not in nodes:
+            nodes.append(target)
         return [(target, target.take(b)) for b in bundles]
     if strategy == "STRICT_PACK":
         return None
+    saved_nodes, saved_counts = copy.deepcopy(nodes), dict(counts)
     out = []
     for b in bundles:
         node = next((n for n in nodes if n.fits(b)), None) or _new_node(types, counts, [b], default_gb)
-        if node is None:
+        if node is None:  # undo the partial placement: a group is placed whole or not at all
+            nodes[:] = saved_nodes
+            counts.clear()
+            counts.update(saved_counts)
             return None
         if node not in nodes:
             nodes.append(node)
