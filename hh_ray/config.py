@@ -335,7 +335,8 @@ def validate(cfg: JobConfig) -> None:
         if t.num_ranks < 1 or t.micro_batch_size < 1 or t.grad_accum_steps < 1:
             raise ConfigError(f"{sect}: num_ranks, micro_batch_size and grad_accum_steps must be >= 1")
         if t.placement_strategy not in ("PACK", "STRICT_PACK", "SPREAD"):
-            raise ConfigError(f"{sect}.placement_strategy: expected PACK, STRICT_PACK or SPREAD, got '{t.placement_strategy}'")
+            raise ConfigError(f"{sect}.placement_strategy: expected PACK, STRICT_PACK or SPREAD, "
+                              f"got '{t.placement_strategy}'")
     if r.executor_backend not in ("auto", "uni", "mp", "ray"):
         raise ConfigError(f"ppo.rollout.executor_backend: expected auto, uni, mp or ray, got '{r.executor_backend}'")
     if r.seed_mode not in ("auto", "engine", "request"):

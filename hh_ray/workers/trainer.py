@@ -203,12 +203,14 @@ class TrainerWorker(Worker):
         lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
         out: list[list[float] | None] = [None] * len(prompts)
         for idx in token_budget_batches(lengths, self.cfg.forward_token_budget, num_batches):
-            p, r = ([prompts[i] for i in idx], [responses[i] for i in idx]) if idx else ([[self.pad_id]], [[self.pad_id]])
+            # an empty group is a placeholder forward (one pad token) that keeps this ZeRO-3 rank in step
+            p = [prompts[i] for i in idx] or [[self.pad_id]]
+            r = [responses[i] for i in idx] or [[self.pad_id]]
             if what == "values":
                 rows, _ = response_values(self.engine, p, r, self.pad_id)
             else:
                 rows, _, _ = response_logprobs(self.engine, p, r, self.pad_id, temperature)
-            for i, row, resp in zip(idx, rows.cpu(), r):  # a placeholder forward (no idx) keeps nothing
+            for i, row, resp in zip(idx, rows.cpu(), r):  # a placeholder keeps nothing
                 out[i] = row[: len(resp)].tolist()
         return out
 
