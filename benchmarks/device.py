@@ -114,7 +114,7 @@ def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str, ze
     # the trainer places itself (and picks bf16, NCCL, fused AdamW) by its GPU share, as a Ray actor would
     cfg = TrainerConfig(micro_batch_size=B, zero_stage=zero_stage, lr=1e-5,
                         gpus_per_rank=1.0 if device == "cuda" else 0.0)
-    parameters = worker.setup(0, 1, ("127.0.0.1", free_port()), path, "causal_lm", cfg, 0)
+    parameters = worker.setup(0, 1, ("127.0.0.1", free_port()), path, "causal_lm", cfg, 0).parameters
     g = torch.Generator().manual_seed(0)
     ids = lambda n, t: torch.randint(10, size["vocab_size"], (n, t), generator=g).tolist()
     seq = P + R

@@ -44,7 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--runtime-env", default=None, help="runtime env YAML (default: jobs/runtime_env.yaml when present)")
     sm.add_argument("--entrypoint", default="run", choices=["run", "sft", "pm", "ppo", "label"],
                     help="the hh-ray command the job runs; label = `hh-ray label serve`")
+    sm.add_argument("--cluster", default=None, help="cluster config the capacity plan checks (default: ray.cluster)")
     _add_config(sm)
+    pl = sub.add_parser("plan", help="capacity plan: memory per group and GPU, placement on the cluster's node types")
+    pl.add_argument("--cluster", default=None, help="launcher YAML or KubeRay manifest (default: the job's ray.cluster)")
+    pl.add_argument("--gpu-memory-gb", type=float, default=80.0, help="GPU memory where a node type does not say")
+    pl.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_config(pl)
 
     label = sub.add_parser("label", help="the labeling service (Ray Serve): serve, user add, export")
     label_sub = label.add_subparsers(dest="label_command", required=True)
@@ -214,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     from hh_ray.config import ConfigError
     from hh_ray.data.hh import DataError
     from hh_ray.driver.stage import ResumeError
+    from hh_ray.ops.plan import PlanError
     from hh_ray.ops.submit import SubmitError
     from hh_ray.workers.group import PlacementError
     from hh_ray.workers.rollout import StaleWeightsError
@@ -239,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
 
                 load_label_config(args.config, args.overrides)
             return submit_job(args)
+        if args.command == "plan":
+            from hh_ray.ops.plan import run_plan
+
+            return run_plan(_config(args), args.config, args.cluster, args.gpu_memory_gb, args.json)
         cfg = _config(args)
         if args.command == "sft":
             from hh_ray.driver.sft import run_sft
@@ -258,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             run_pipeline(cfg)
         return 0
     except (ConfigError, DataError, FileNotFoundError, PlacementError, StaleWeightsError, SubmitError,
-            ResumeError) as exc:
+            ResumeError, PlanError) as exc:
         print(f"hh-ray: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the drivers' `finally` blocks have torn their actor groups down by now

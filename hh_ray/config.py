@@ -57,6 +57,9 @@ class ModelConfig:
     policy: str = "tiny"
     tokenizer_vocab_size: int = 8192  # for the offline BPE tokenizer the presets use
     dtype: str = "auto"  # every model a run builds: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16
+    # capacity plan only: a built-in shape (e.g. Llama-2-7b; see hh_ray/ops/plan.py) or a folder with config.json,
+    # used when `policy` is not readable where `hh-ray plan`/`submit` runs; "" = read `policy` itself
+    shape: str = ""
 
 
 @dataclass
@@ -76,6 +79,15 @@ class TrainerConfig:
     grad_clip: float = 1.0
     forward_micro_batch_size: int = 16  # forward-only passes (logprobs, values, PM eval): samples per call
     forward_token_budget: int = 16384  # ... and at most this many prompt+response tokens per call
+    # GPU-side settings (issue 11). Node type: a custom Ray resource that only the intended node type advertises
+    # (cluster/*.yaml); every bundle of the group asks for a sliver of it, so the group lands there. "" = any node.
+    node_resource: str = ""
+    gradient_checkpointing: bool = False  # recompute activations in backward: ~1 hidden state per layer kept
+    zero3_prefetch_bucket_size: int = 50_000_000  # ZeRO-3: parameters fetched ahead of use (DeepSpeed default)
+    zero3_param_persistence_threshold: int = 100_000  # ZeRO-3: params smaller than this stay whole on every rank
+    zero3_max_live_parameters: int = 1_000_000_000  # ZeRO-3: gathered parameters held at once
+    placement_strategy: str = "PACK"  # PACK (one node when it can) or STRICT_PACK (one node or wait: keeps every
+    # ZeRO-3 gather on the node's NVLink; for groups no larger than a node)
 
 
 @dataclass
@@ -129,6 +141,12 @@ class RolloutConfig:
     scale_down_idle_s: float = 60.0  # autoscaling: shrink after demand stayed below capacity this long
     gpu_memory_utilization: float = 0.5
     kv_cache_gb: float = 1.0  # CPU engines only
+    # GPU-side settings (issue 11); hh_ray/workers/placement.py turns them into bundles and vLLM arguments.
+    executor_backend: str = "auto"  # auto = "uni" (in-process) at tensor_parallel_size 1, "ray" above; or mp/uni/ray
+    enforce_eager: bool = False  # GPU: False captures CUDA graphs (fast decode); CPU engines always run eager
+    seed_mode: str = "auto"  # engine = one seed per engine (batched sampling), request = per-request seeds
+    # (reproducible per prompt, but vLLM samples those requests one by one); auto = engine on GPU, request on CPU
+    node_resource: str = ""  # custom Ray resource of the node type engines go to (e.g. hh_rollout_node); "" = any
 
 
 @dataclass
@@ -180,6 +198,8 @@ class PPOConfig:
     reference_gpus: float = 0.0  # fractional GPUs let reference and scorer share a device
     scorer_cpus: float = 0.25
     scorer_gpus: float = 0.0
+    reference_node_resource: str = ""  # custom Ray resource of the reference model's node type; "" = any node
+    scorer_node_resource: str = ""  # custom Ray resource of the PM scorer's node type; "" = any node
 
 
 @dataclass
@@ -198,6 +218,8 @@ class RayConfig:
 
     address: str = "local"
     num_cpus: int = 0  # 0 = Ray's own count (local only)
+    cluster: str = ""  # cluster config the job is planned against (cluster/*.yaml); `hh-ray plan --cluster` overrides
+    check_shared_storage: bool = True  # before training, every node must see run_dir (a token file per node)
 
 
 @dataclass
@@ -394,6 +416,16 @@ def validate(cfg: JobConfig) -> None:
                    t.forward_token_budget) >= 1,
                f"{sect}: num_ranks, micro_batch_size, grad_accum_steps and the forward limits must be >= 1")
         _check(t.lr > 0 and math.isfinite(t.lr), f"{sect}.lr: must be > 0, got {t.lr}")
+        _check(t.placement_strategy in ("PACK", "STRICT_PACK", "SPREAD"),
+               f"{sect}.placement_strategy: expected PACK, STRICT_PACK or SPREAD, got '{t.placement_strategy}'")
+    _check(r.executor_backend in ("auto", "uni", "mp", "ray"),
+           f"ppo.rollout.executor_backend: expected auto, uni, mp or ray, got '{r.executor_backend}'")
+    _check(r.seed_mode in ("auto", "engine", "request"),
+           f"ppo.rollout.seed_mode: expected auto, engine or request, got '{r.seed_mode}'")
+    _check(r.tensor_parallel_size >= 1, f"ppo.rollout.tensor_parallel_size: must be >= 1, got {r.tensor_parallel_size}")
+    _check(r.tensor_parallel_size == 1 or r.gpus_per_engine in (0.0, 1.0),
+           f"ppo.rollout.gpus_per_engine: with tensor_parallel_size {r.tensor_parallel_size} each rank takes one "
+           f"whole GPU (vLLM's Ray executor), so 0 or 1, got {r.gpus_per_engine}")
     # every sample is trained on each epoch: the smallest minibatch must still give each rank its micro-batches
     batch = p.prompts_per_step * r.samples_per_prompt
     smallest = batch // p.minibatches

@@ -39,6 +39,7 @@ from hh_ray.models.objectives import PolicyObjective, TokenLogprobs, TokenValues
 from hh_ray.ops.autoscale import RolloutAutoscaler
 from hh_ray.ops.metrics import PPOMetrics
 from hh_ray.workers.checkpoint import has_checkpoints, intact_tags
+from hh_ray.ops.storage import check_shared_folder
 from hh_ray.workers.reference import ReferenceGroup
 from hh_ray.workers.rollout import NoEnginesError, RolloutGroup, Sampling
 from hh_ray.workers.scorer import ScorerGroup
@@ -92,15 +93,19 @@ class PPOWorkers:
             return group
 
         try:
-            rollout = up(RolloutGroup(policy_path, p.rollout, max_len, cfg.seed, dtype=dtype))
-            reference = up(ReferenceGroup(policy_path, cpus=p.reference_cpus, gpus=p.reference_gpus, dtype=dtype))
-            scorer = up(ScorerGroup(p.scorer, pm_path, policy_path, cfg.pm.max_tokens, cpus=p.scorer_cpus,
-                                    gpus=p.scorer_gpus, dtype=dtype))
+            # largest groups first (workers.placement.ppo_group_placements): whole-node trainer groups claim their
+            # nodes before single-GPU groups scatter over them
             policy, critic = start_trainers(cfg, policy_path, up)
+            reference = up(ReferenceGroup(policy_path, cpus=p.reference_cpus, gpus=p.reference_gpus, dtype=dtype,
+                                          node_resource=p.reference_node_resource))
+            scorer = up(ScorerGroup(p.scorer, pm_path, policy_path, cfg.pm.max_tokens, cpus=p.scorer_cpus,
+                                    gpus=p.scorer_gpus, dtype=dtype, node_resource=p.scorer_node_resource))
             test_pm = Path(cfg.run_dir) / TEST_PM
             test_scorer = (up(ScorerGroup("pm", str(test_pm), policy_path, cfg.pm.max_tokens, cpus=p.scorer_cpus,
-                                          gpus=p.scorer_gpus, dtype=dtype, name="test-pm-scorer"))
+                                          gpus=p.scorer_gpus, dtype=dtype, name="test-pm-scorer",
+                                          node_resource=p.scorer_node_resource))
                            if p.scorer == "pm" and cfg.pm.test_split else None)
+            rollout = up(RolloutGroup(policy_path, p.rollout, max_len, cfg.seed, dtype=dtype))
         except BaseException:
             for g in started:
                 g.shutdown()
@@ -408,6 +413,8 @@ def run_ppo(cfg) -> dict:
     t_start = time.perf_counter()
     w = PPOWorkers.start(cfg, setup.policy_path, setup.pm_path)
     try:
+        if cfg.ray.check_shared_storage:  # now that autoscaled nodes are up: every rank writes checkpoint shards here
+            check_shared_folder(run_dir)
         w.sync.connect()
         start = resume(w, ckpt, resume_state, setup.kl_ctl)
         w.sync.push(start)

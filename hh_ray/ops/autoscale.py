@@ -35,7 +35,7 @@ class RolloutAutoscaler:
     def _request(self, engines: int) -> None:
         from ray.autoscaler.sdk import request_resources
 
-        request_resources(bundles=[self.rollout.bundle()] * engines)
+        request_resources(bundles=[b for _ in range(engines) for b in self.rollout.bundles()])
 
     def adjust(self, pending_prompts: int, last_latency_s: float = 0.0) -> dict:
         """Resize before a generation call; returns {"engines": n, "added": a, "removed": r}."""

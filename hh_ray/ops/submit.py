@@ -127,9 +127,15 @@ def submit_job(args) -> int:
         raise FileNotFoundError(f"config file not found: {args.config}")
     if args.config:  # validate here, so a typo fails now and not minutes later on the cluster
         from hh_ray.config import load_config
+        from hh_ray.ops.plan import plan_job, refusal, resolve_cluster
 
         if args.entrypoint != "label":  # the CLI validates label configs (hh_ray.label sits beside ops)
-            load_config(args.config, args.overrides)
+            cfg = load_config(args.config, args.overrides)
+            # the capacity plan first: a job that cannot fit is refused before anything is submitted
+            plan = plan_job(cfg, resolve_cluster(getattr(args, "cluster", None), cfg, args.config))
+            if refusal(plan):
+                print(f"hh-ray: error: {refusal(plan)}", file=sys.stderr)
+                return 2
     client = client_for(args.address, resolve_token(args.token))
     runtime_env = load_runtime_env(args.runtime_env, args.config)
     overrides = list(args.overrides) + (["fresh=true"] if getattr(args, "fresh", False) else [])

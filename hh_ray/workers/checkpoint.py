@@ -5,6 +5,10 @@ Layout: `<root>/<tag>/...` (DeepSpeed's files) and `<root>/<tag>/COMPLETE` (JSON
 last, after every rank's files; `<root>/latest` names the newest tag. Any process may be killed at any moment,
 so a tag without its marker, or with a file missing, cut short or unreadable, is skipped with a warning and
 the newest intact tag is used instead.
+
+Under ZeRO every rank writes its own shard; `missing_checkpoint_files` names the files a whole checkpoint must
+hold (after DeepSpeed's `_get_ckpt_name`), so rank 0 marks it COMPLETE only when every rank's shard is in the
+(shared) folder: ranks on other nodes writing to a local disk would otherwise leave a marked, unloadable tag.
 """
 
 from __future__ import annotations
@@ -89,3 +93,32 @@ def has_checkpoints(root: str | Path) -> bool:
     """Whether any tag folder (intact or not) exists under `root`."""
     rootp = Path(root)
     return rootp.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in rootp.iterdir())
+
+
+def expected_checkpoint_files(world: int, zero_stage: int, bf16: bool) -> list[str | tuple[str, ...]]:
+    """Per file, its name (or the names it may have) in a checkpoint of `world` data-parallel ranks.
+
+    Model states: one file (`mp_rank_00_model_states.pt`) below ZeRO-3, one per rank at ZeRO-3. Optimizer
+    states: one per rank at ZeRO 1-3, and at stage 0 in bf16 (DeepSpeed's bf16 optimizer shards them too);
+    DeepSpeed prefixes them `bf16_` in bf16 mode.
+    """
+    if zero_stage == 3:
+        files: list[str | tuple[str, ...]] = [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world)]
+    else:
+        files = ["mp_rank_00_model_states.pt"]
+    if zero_stage >= 1 or bf16:
+        for r in range(world):
+            plain = f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
+            files.append((f"bf16_{plain}", plain) if bf16 else plain)
+    return files
+
+
+def missing_checkpoint_files(folder: str | Path, world: int, zero_stage: int, bf16: bool = False) -> list[str]:
+    """The expected files `folder` lacks (empty when the checkpoint is whole); names as DeepSpeed writes them."""
+    folder = Path(folder)
+    missing = []
+    for entry in expected_checkpoint_files(world, zero_stage, bf16):
+        names = entry if isinstance(entry, tuple) else (entry,)
+        if not any((folder / n).is_file() for n in names):
+            missing.append(names[0])
+    return missing

@@ -20,14 +20,16 @@ class PlacementError(RuntimeError):
     """A group's resources cannot be had from the cluster; the message says what was asked and what exists."""
 
 
-def actor_env(cpus: float = 1.0) -> dict[str, str]:
+def actor_env(cpus: float = 1.0, on_gpu: bool = False) -> dict[str, str]:
     """Environment for a worker process: BLAS threads = its whole CPUs (at least 1), cached JIT ops."""
+    from hh_ray.workers.device import process_env
+
     cache = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~/.cache/hh-ray/torch_extensions")
     env = {
         "OMP_NUM_THREADS": os.environ.get("HH_RAY_ACTOR_THREADS", str(max(1, int(cpus)))),
         "TORCH_EXTENSIONS_DIR": cache,
         "TOKENIZERS_PARALLELISM": "false",
-        "TORCHDYNAMO_DISABLE": os.environ.get("TORCHDYNAMO_DISABLE", "1"),
+        **process_env(on_gpu, dict(os.environ)),
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
         "PYTHONUNBUFFERED": "1",
@@ -88,33 +90,44 @@ class WorkerGroup:
         actor_kwargs: Sequence[dict] | None = None,
         rank_suffix: bool = True,
         restarts: int = 0,
+        node_resource: str = "",
+        placement=None,
+        on_gpu: bool | None = None,
     ):
+        """`placement` (a `placement.GroupPlacement`) overrides the plain one-bundle-per-actor layout;
+        `on_gpu` (default: the group has GPUs) picks the per-device process environment."""
         import ray
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from hh_ray.workers.placement import worker_placement
+
         self.name = name
-        bundle = {"CPU": cpus} | ({"GPU": gpus} if gpus else {})
-        self.pg = placement_group([dict(bundle) for _ in range(size)], strategy="PACK", name=f"{name}-pg")
+        plan = placement or worker_placement(size, cpus, gpus, node_resource)
+        on_gpu = plan.gpus > 0 if on_gpu is None else on_gpu
+        self.pg = placement_group(plan.bundles, strategy=plan.strategy, name=f"{name}-pg")
         ready, _ = ray.wait([self.pg.ready()], timeout=placement_timeout_s)
         if not ready:
             remove_placement_group(self.pg)
             have = ray.cluster_resources()
+            kinds = ["CPU", "GPU"] + sorted({k for b in plan.bundles for k in b} - {"CPU", "GPU"})
             raise PlacementError(
-                f"group '{name}' needs {size} x {bundle} but could not be placed within {placement_timeout_s:.0f} s; "
-                f"cluster has CPU={have.get('CPU', 0):g} GPU={have.get('GPU', 0):g} (other groups may hold some)"
+                f"group '{name}' needs bundles {plan.bundles} ({plan.strategy}) but could not be placed within "
+                f"{placement_timeout_s:.0f} s; cluster has {' '.join(f'{k}={have.get(k, 0):g}' for k in kinds)} "
+                "(other groups may hold some; hh-ray plan shows where each group should land)"
             )
         remote_cls = ray.remote(actor_cls) if not hasattr(actor_cls, "remote") else actor_cls
         kwargs = list(actor_kwargs) if actor_kwargs is not None else [{} for _ in range(size)]
         self.actors = [
             remote_cls.options(
                 name=f"{name}-{rank}" if rank_suffix else name,
-                num_cpus=cpus,
-                num_gpus=gpus,
+                num_cpus=plan.actor_cpus,
+                num_gpus=plan.actor_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=self.pg, placement_group_bundle_index=rank
+                    placement_group=self.pg, placement_group_bundle_index=plan.actor_bundles[rank],
+                    placement_group_capture_child_tasks=plan.capture_child_tasks,
                 ),
-                runtime_env={"env_vars": actor_env(cpus)},
+                runtime_env={"env_vars": actor_env(plan.actor_cpus, on_gpu)},
                 max_restarts=restarts,
                 max_task_retries=restarts,
             ).remote(**kwargs[rank])

@@ -9,12 +9,14 @@ from hh_ray.workers.group import STATELESS_RESTARTS, Worker, WorkerGroup
 class ReferenceWorker(Worker):
     """A frozen HF causal LM in inference mode (no optimizer, no DeepSpeed)."""
 
-    def __init__(self, model_path: str, on_gpu: bool, dtype: str = "auto", micro_batch_size: int = 16):
+    def __init__(self, model_path: str, gpus: float = 0.0, dtype: str = "auto", micro_batch_size: int = 16):
         from hh_ray.data.tokenize import load_tokenizer
         from hh_ray.models.forward import load_model, resolve_dtype
+        from hh_ray.workers.device import gpu_worker_device
 
-        self.device = "cuda" if on_gpu else "cpu"
-        self.model = load_model(model_path, "causal_lm", resolve_dtype(dtype, on_gpu)).to(self.device).eval()
+        self.device = gpu_worker_device(gpus, "reference")
+        dtype = resolve_dtype(dtype, self.device != "cpu")
+        self.model = load_model(model_path, "causal_lm", dtype).to(self.device).eval()
         self.model.requires_grad_(False)
         self.pad_id = load_tokenizer(model_path).pad_token_id
         self.micro = micro_batch_size
@@ -32,10 +34,10 @@ class ReferenceWorker(Worker):
 
 class ReferenceGroup:
     def __init__(self, model_path: str, num_workers: int = 1, cpus: float = 0.25, gpus: float = 0.0,
-                 dtype: str = "auto"):
-        kw = {"model_path": model_path, "on_gpu": gpus > 0, "dtype": dtype}
+                 dtype: str = "auto", node_resource: str = ""):
+        kw = {"model_path": model_path, "gpus": gpus, "dtype": dtype}
         self.group = WorkerGroup(ReferenceWorker, num_workers, "reference", cpus, gpus, actor_kwargs=[kw] * num_workers,
-                                 restarts=STATELESS_RESTARTS)
+                                 node_resource=node_resource, restarts=STATELESS_RESTARTS)
 
     def logprobs_async(self, batch: SequenceBatch, temperature: float, pack_to: int = 0):
         """Start the pass on every worker's shard; returns a callable that waits and concatenates in order."""

@@ -32,13 +32,15 @@ class WeightSyncExtension:
         self.hh_sync_group = make_group(tuple(master), rank_offset + self.rank, world, backend, timeout_s)
 
     def hh_receive_weights(self, metas, bucket_bytes: int) -> dict:
+        from hh_ray.workers.device import synchronized_clock
         from hh_ray.workers.weight_sync import receive_buckets
 
         device = "cpu" if str(self.device).startswith("cpu") else str(self.device)
+        on_gpu = device != "cpu"
         stats: dict = {}
-        t0 = time.perf_counter()
+        t0 = synchronized_clock(on_gpu)
         self.reload_weights(weights_iterator=receive_buckets(self.hh_sync_group, metas, bucket_bytes, device, stats))
-        return {"seconds": time.perf_counter() - t0, "wait_seconds": stats.get("wait_seconds", 0.0)}
+        return {"seconds": synchronized_clock(on_gpu) - t0, "wait_seconds": stats.get("wait_seconds", 0.0)}
 
     def hh_weight_sum(self) -> float:
         """A cheap fingerprint of the loaded weights (tests check that a sync changed them)."""
@@ -71,27 +73,19 @@ class RolloutWorker(Worker):
     """One vLLM engine (tensor-parallel inside when asked) serving prompt token ids."""
 
     def __init__(self, model_path: str, rollout_cfg, max_model_len: int, seed: int = 0, dtype: str = "auto"):
+        import os
+
         from vllm import LLM
 
-        from hh_ray.models.forward import resolve_dtype
+        from hh_ray.workers.device import device_from_config
+        from hh_ray.workers.placement import engine_env_to_clear, per_request_seeds, vllm_engine_kwargs
 
-        self.on_gpu = rollout_cfg.gpus_per_engine > 0
-        kwargs = dict(
-            model=model_path, tokenizer=model_path, seed=seed, enforce_eager=True,
-            tensor_parallel_size=rollout_cfg.tensor_parallel_size, max_model_len=max_model_len,
-            worker_extension_cls="hh_ray.workers.rollout.WeightSyncExtension",
-            logprobs_mode="processed_logprobs",  # logprobs after temperature, as the trainer computes them
-            dtype=str(resolve_dtype(dtype, self.on_gpu)).removeprefix("torch."),
-        )
-        if self.on_gpu:
-            kwargs["gpu_memory_utilization"] = rollout_cfg.gpu_memory_utilization
-        else:
-            kwargs["kv_cache_memory_bytes"] = int(rollout_cfg.kv_cache_gb * 2**30)
-            # vLLM 0.32 on CPU: a chunked prefill of a seeded request rewinds its generator with set_offset,
-            # which CPU generators lack ("CPU Generator does not use offset"). Whole prefills avoid that path.
-            kwargs["enable_chunked_prefill"] = False
-            kwargs["max_num_batched_tokens"] = max(8192, max_model_len)
-        self.llm = LLM(**kwargs)
+        # from the config, not torch.cuda: at tensor-parallel > 1 this actor holds no GPU, its vLLM workers do
+        self.on_gpu = device_from_config(rollout_cfg.gpus_per_engine) == "cuda"
+        self.per_request_seeds = per_request_seeds(rollout_cfg, self.on_gpu)
+        for key in engine_env_to_clear(rollout_cfg, self.on_gpu):
+            os.environ.pop(key, None)
+        self.llm = LLM(**vllm_engine_kwargs(rollout_cfg, self.on_gpu, model_path, max_model_len, seed, dtype))
         tok = self.llm.get_tokenizer()
         self.eos = tok.eos_token_id
         self.version = 0
@@ -114,7 +108,8 @@ class RolloutWorker(Worker):
             raise StaleWeightsError(f"engine holds policy version {self.version}, driver asked for {version}")
         params = [
             SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                           max_tokens=sampling.max_new_tokens, logprobs=0, seed=seed,
+                           max_tokens=sampling.max_new_tokens, logprobs=0,
+                           seed=seed if self.per_request_seeds else None,
                            stop=None if sampling.ignore_eos else [HUMAN], ignore_eos=sampling.ignore_eos,
                            stop_token_ids=None if sampling.ignore_eos else [self.eos],
                            include_stop_str_in_output=True, detokenize=True)
@@ -184,16 +179,21 @@ class RolloutGroup:
     def engines(self) -> list:
         return [g.actors[0] for g in self._groups]
 
-    def bundle(self) -> dict:
-        gpus = self.cfg.gpus_per_engine * self.cfg.tensor_parallel_size
-        return {"CPU": self.cfg.cpus_per_engine} | ({"GPU": gpus} if gpus else {})
+    def bundles(self) -> list[dict]:
+        """One engine's bundles (what the autoscaler asks Ray for, per engine)."""
+        from hh_ray.workers.placement import engine_placement
+
+        return engine_placement(self.cfg).bundles
 
     def add_engine(self, timeout_s: float | None = None):
         """Start one more engine (it holds version 0 until synced; `generate` refuses it until then)."""
         i = self._next_id
         self._next_id += 1
-        b = self.bundle()
-        group = WorkerGroup(RolloutWorker, 1, f"{self.name}-{i}", b["CPU"], b.get("GPU", 0.0),
+        from hh_ray.workers.placement import engine_placement
+
+        plan = engine_placement(self.cfg)
+        group = WorkerGroup(RolloutWorker, 1, f"{self.name}-{i}", plan.actor_cpus, plan.actor_gpus,
+                            placement=plan, on_gpu=self.cfg.gpus_per_engine > 0,
                             placement_timeout_s=timeout_s or self.placement_timeout_s,
                             actor_kwargs=[dict(model_path=self.model_path, rollout_cfg=self.cfg,
                                                max_model_len=self.max_model_len, seed=self.seed + i,

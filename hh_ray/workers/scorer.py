@@ -14,7 +14,7 @@ from hh_ray.workers.group import STATELESS_RESTARTS, Worker, WorkerGroup
 
 
 class ScorerWorker(Worker):
-    def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int, on_gpu: bool,
+    def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int, gpus: float = 0.0,
                  dtype: str = "auto"):
         from hh_ray.data.tokenize import load_tokenizer
 
@@ -28,9 +28,10 @@ class ScorerWorker(Worker):
                 raise ValueError(f"scorer '{scorer}': no token of {policy_tokenizer} contains {text!r}")
             return
         from hh_ray.models.forward import load_model, read_pm_stats, resolve_dtype
+        from hh_ray.workers.device import gpu_worker_device
 
-        self.device = "cuda" if on_gpu else "cpu"
-        self.model = load_model(pm_path, "pm", resolve_dtype(dtype, on_gpu))
+        self.device = gpu_worker_device(gpus, "pm-scorer")
+        self.model = load_model(pm_path, "pm", resolve_dtype(dtype, self.device != "cpu"))
         self.model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = load_tokenizer(pm_path)
         stats = read_pm_stats(pm_path)
@@ -52,11 +53,12 @@ class ScorerWorker(Worker):
 
 class ScorerGroup:
     def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int, num_workers: int = 1,
-                 cpus: float = 0.25, gpus: float = 0.0, dtype: str = "auto", name: str = "pm-scorer"):
+                 cpus: float = 0.25, gpus: float = 0.0, dtype: str = "auto", name: str = "pm-scorer",
+                 node_resource: str = ""):
         kw = dict(scorer=scorer, pm_path=pm_path, policy_tokenizer=policy_tokenizer, max_tokens=max_tokens,
-                  on_gpu=gpus > 0, dtype=dtype)
+                  gpus=gpus, dtype=dtype)
         self.group = WorkerGroup(ScorerWorker, num_workers, name, cpus, gpus, actor_kwargs=[kw] * num_workers,
-                                 restarts=STATELESS_RESTARTS)
+                                 node_resource=node_resource, restarts=STATELESS_RESTARTS)
 
     def score_async(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]):
         """Start scoring on every worker's shard; returns a callable that waits and concatenates in order."""

@@ -1,8 +1,9 @@
 """DeepSpeed trainer groups: N Ray actors forming one torch.distributed world, one engine per rank.
 
 The same group trains the SFT policy, the PM, and PPO's policy and critic; what differs is the model kind and
-the objective object passed with each batch (`hh_ray.models.objectives`). Losses are normalized by the unit count of the *whole* batch (tokens or
-pairs), so N ranks with batch b take exactly the step one rank takes with batch N*b.
+the objective object passed with each batch (`hh_ray.models.objectives`). Losses are normalized by the unit
+count of the *whole* batch (tokens or pairs), so N ranks with batch b take exactly the step one rank takes with
+batch N*b.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,15 @@ import torch
 
 from hh_ray.algo.batch import PairBatch, SequenceBatch, TokenBatch, batch_size, split
 from hh_ray.models.objectives import StepResult, merge_results, probe_tokens
-from hh_ray.workers.checkpoint import checkpoint_problem, latest_tag, write_manifest
+from hh_ray.workers.checkpoint import checkpoint_problem, latest_tag, missing_checkpoint_files, write_manifest
 from hh_ray.workers.group import Worker, WorkerGroup, free_port, get_all, node_ip
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    parameters: int
+    gradient_checkpointing: bool
+
 
 def filler(batch_type: type, pad_id: int):
     """A one-sample, one-token batch of `batch_type`: the forward a rank runs when its shard is used up."""
@@ -66,8 +75,10 @@ def ds_config(t, world: int, dtype: torch.dtype) -> dict:
     elif t.warmup_steps:
         cfg["scheduler"] = {"type": "WarmupLR", "params": {
             "warmup_min_lr": 0.0, "warmup_max_lr": t.lr, "warmup_num_steps": t.warmup_steps, "warmup_type": "linear"}}
-    if t.zero_stage == 3:
-        cfg["zero_optimization"] |= {"stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 0}
+    if t.zero_stage == 3:  # prefetch and persistence at 0 made every layer wait for its gather (33-45% slower)
+        cfg["zero_optimization"] |= {"stage3_param_persistence_threshold": t.zero3_param_persistence_threshold,
+                                     "stage3_prefetch_bucket_size": t.zero3_prefetch_bucket_size,
+                                     "stage3_max_live_parameters": t.zero3_max_live_parameters}
     return cfg
 
 
@@ -78,16 +89,21 @@ class TrainerWorker(Worker):
         return node_ip(), free_port()
 
     def setup(self, rank: int, world: int, master: tuple[str, int], model_path: str, kind: str, trainer_cfg,
-              seed: int, dtype: str = "auto") -> int:
-        """Join the group's torch.distributed world and build the engine; returns the parameter count."""
+              seed: int, dtype: str = "auto") -> RankInfo:
+        """Join the group's torch.distributed world and build the engine."""
         import deepspeed
 
         from hh_ray.data.tokenize import load_tokenizer
         from hh_ray.models.forward import load_model, resolve_dtype
+        from hh_ray.workers.device import check_device, device_from_config, local_rank, ray_gpu_ids
 
+        self.on_gpu = device_from_config(trainer_cfg.gpus_per_rank) == "cuda"
+        check_device(self.on_gpu, torch.cuda.is_available(), f"trainer rank {rank}")
+        gpu_index = local_rank(ray_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES")) if self.on_gpu else 0
         os.environ.update({"MASTER_ADDR": master[0], "MASTER_PORT": str(master[1]), "RANK": str(rank),
-                           "WORLD_SIZE": str(world), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"})
-        self.on_gpu = trainer_cfg.gpus_per_rank > 0
+                           "WORLD_SIZE": str(world), "LOCAL_RANK": str(gpu_index), "LOCAL_WORLD_SIZE": "1"})
+        if self.on_gpu:
+            torch.cuda.set_device(gpu_index)
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo", auto_mpi_discovery=False)
         self.rank, self.world, self.cfg = rank, world, trainer_cfg
         self.dtype = resolve_dtype(dtype, self.on_gpu)
@@ -99,11 +115,15 @@ class TrainerWorker(Worker):
             self._hf_ds = HfDeepSpeedConfig(config)
         torch.manual_seed(seed)  # new heads (PM score, value) start identical on every rank
         model = load_model(model_path, kind, self.dtype)
+        if trainer_cfg.gradient_checkpointing:  # keep one hidden state per layer; recompute the rest in backward
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
         self.tokenizer = load_tokenizer(model_path)
         self.pad_id = self.tokenizer.pad_token_id
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
         self.steps = 0
-        return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
+        return RankInfo(sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()),
+                        bool(getattr(model, "is_gradient_checkpointing", False)))
 
     def train(self, batch, objective, total_units: int) -> StepResult:
         """One optimizer step over this rank's shard, in grad_accum_steps micro batches."""
@@ -158,6 +178,11 @@ class TrainerWorker(Worker):
                                     save_latest=False)
         dist.barrier()
         if self.rank == 0:
+            missing = missing_checkpoint_files(staging / tag, self.world, self.cfg.zero_stage,
+                                               bf16=self.dtype == torch.bfloat16)
+            if missing:  # e.g. other nodes wrote their shards to a disk rank 0 cannot see
+                raise RuntimeError(f"checkpoint {staging / tag} is missing {len(missing)} rank file(s) "
+                                   f"({', '.join(missing[:4])}); is {root} on storage every node shares?")
             write_manifest(staging / tag)
             final = rootp / tag
             if final.exists():
@@ -208,7 +233,9 @@ class TrainerWorker(Worker):
 
         from hh_ray.workers.weight_sync import BucketSender, ParamMeta, buckets
 
-        t0 = time.perf_counter()
+        from hh_ray.workers.device import synchronized_clock
+
+        t0 = synchronized_clock(self.on_gpu)
         params = dict(self.engine.module.named_parameters())
         sender = BucketSender(self.sync_group) if self.rank == 0 else None
         metas = [ParamMeta(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
@@ -220,9 +247,7 @@ class TrainerWorker(Worker):
                     sender.send(tensors)
         if sender:
             sender.flush()
-        if self.on_gpu:
-            torch.cuda.synchronize()  # NCCL waits do not block the host: without this the clock reads queueing
-        return {"bytes": sender.sent if sender else 0, "seconds": time.perf_counter() - t0}
+        return {"bytes": sender.sent if sender else 0, "seconds": synchronized_clock(self.on_gpu) - t0}
 
     def param_vector(self) -> torch.Tensor:
         """All parameters flattened in order (gathered under ZeRO-3); for equivalence tests and digests."""
@@ -239,13 +264,16 @@ class TrainerGroup:
     def __init__(self, name: str, model_path: str, kind: str, trainer_cfg, seed: int = 0, dtype: str = "auto"):
         import ray
 
+        from hh_ray.workers.placement import trainer_placement
+
         self.cfg, self.kind = trainer_cfg, kind
         self.group = WorkerGroup(TrainerWorker, trainer_cfg.num_ranks, name, trainer_cfg.cpus_per_rank,
-                                 trainer_cfg.gpus_per_rank)
+                                 trainer_cfg.gpus_per_rank, placement=trainer_placement(trainer_cfg))
         master = ray.get(self.group.actors[0].address.remote())
-        counts = get_all([a.setup.remote(r, len(self.group), master, model_path, kind, trainer_cfg, seed, dtype)
-                          for r, a in enumerate(self.group.actors)])
-        self.num_parameters = counts[0]
+        infos = get_all([a.setup.remote(r, len(self.group), master, model_path, kind, trainer_cfg, seed, dtype)
+                         for r, a in enumerate(self.group.actors)])
+        self.num_parameters = infos[0].parameters
+        self.gradient_checkpointing = infos[0].gradient_checkpointing
 
     @property
     def world(self) -> int:
