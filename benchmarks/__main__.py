@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.async_packing import bench_async, bench_packing
 from benchmarks.common import Fixture, machine
 from benchmarks.pm import bench_pm
 from benchmarks.ppo import bench_ppo
@@ -24,7 +25,7 @@ from benchmarks.sync import bench_sync
 from benchmarks.trl_comparison import bench_trl
 
 BENCHES = {"rollout": bench_rollout, "pm": bench_pm, "sync": bench_sync, "scaling": bench_rollout_scaling,
-           "ppo": bench_ppo, "trl": bench_trl}
+           "ppo": bench_ppo, "async": bench_async, "packing": bench_packing, "trl": bench_trl}
 
 
 def to_markdown(results: dict) -> str:
