@@ -61,7 +61,7 @@ def bench_packing(fx: Fixture, quick: bool) -> dict:
     finally:
         rollout.shutdown()
     responses = [s.response for s in samples]
-    pack_to = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    pack_to = 4 * max(len(p) + len(r) for p, r in zip(prompts, responses))  # rows of about four samples
     padded, packed = layout(prompts, responses, 0), layout(prompts, responses, 0, pack_to)
     batch = PolicyBatch(prompts, responses, [[-5.0] * len(r) for r in responses], [[1.0] * len(r) for r in responses])
     tokens = sum(len(p) + len(r) for p, r in zip(prompts, responses))
