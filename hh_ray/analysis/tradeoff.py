@@ -38,11 +38,12 @@ def pm_point(label: str, pm_eval_path: str | Path, helpful: str = HELPFUL, harml
                          harmless_pairs=x["pairs"])
 
 
-def above_all(points: list[TradeoffPoint], baselines: dict[str, list[float]]) -> list[str]:
-    """Labels of the points strictly above every baseline on both axes (a NaN baseline value is no bar)."""
+def above_all(points: list[TradeoffPoint], baselines: dict[str, list[float]], z: float = 0.0) -> list[str]:
+    """Labels of the points above every baseline on both axes by more than z of their standard errors
+    (z = 0: the point estimates alone); a NaN baseline value is no bar."""
     def clears(p: TradeoffPoint) -> bool:
-        return all((math.isnan(bh) or p.helpful > bh) and (math.isnan(bx) or p.harmless > bx)
-                   for bh, bx in baselines.values())
+        return all((math.isnan(bh) or p.helpful - z * p.helpful_se > bh)
+                   and (math.isnan(bx) or p.harmless - z * p.harmless_se > bx) for bh, bx in baselines.values())
 
     return [p.label for p in points if clears(p)]
 
@@ -62,7 +63,8 @@ def pm_tradeoff(evals: list[tuple[str, str | Path]], helpful: str = HELPFUL, har
                  "longer response wins": [per[helpful]["length_baseline_accuracy"],
                                           per[harmless]["length_baseline_accuracy"]]}
     return Tradeoff(metric=f"PM accuracy on held-out {helpful} (x) and {harmless} (y) comparisons", points=points,
-                    baselines=baselines, above_all_baselines=above_all(points, baselines), notes=notes)
+                    baselines=baselines, above_all_baselines=above_all(points, baselines), notes=notes,
+                    clearly_above_all=above_all(points, baselines, z=2.0))
 
 
 def policy_point(label: str, helpful_scores: list[float], harmless_scores: list[float]) -> TradeoffPoint:
@@ -98,7 +100,8 @@ def policy_tradeoff(points: list[TradeoffPoint], baseline: str | None = None, no
     baselines = {baseline: [base[baseline].helpful, base[baseline].harmless]} if baseline else {}
     others = [p for p in points if p.label != baseline]
     return Tradeoff(metric="mean PM score on held-out helpful (x) and harmless-base (y) prompts", points=points,
-                    baselines=baselines, above_all_baselines=above_all(others, baselines), notes=notes)
+                    baselines=baselines, above_all_baselines=above_all(others, baselines), notes=notes,
+                    clearly_above_all=above_all(others, baselines, z=2.0))
 
 
 def write_tradeoff(result: Tradeoff, run_dir: str | Path) -> Tradeoff:

@@ -211,8 +211,13 @@ def _analyses_md(run: Path) -> list[str]:
                   for p in trade.points]
         lines += [""] + [f"Baseline {name}: helpful {h:.3f}, harmless {x:.3f}." for name, (h, x) in
                          trade.baselines.items()]
-        lines += ["", ("Above every baseline on both axes at once: " + ", ".join(trade.above_all_baselines) + ".")
+        lines += ["", ("Above every baseline on both axes at once (point estimates): "
+                       + ", ".join(trade.above_all_baselines) + ".")
                   if trade.above_all_baselines else "**No model is above every baseline on both axes at once.**"]
+        if trade.above_all_baselines:
+            lines.append(("By more than 2 standard errors on both axes: " + ", ".join(trade.clearly_above_all) + ".")
+                         if trade.clearly_above_all else "**None is above every baseline by more than 2 standard "
+                         "errors on both axes: the difference is within noise.**")
         if trade.notes:
             lines += ["", trade.notes]
         lines += ["", "![helpful vs harmless](analysis/tradeoff.png)", ""]

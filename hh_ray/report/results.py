@@ -51,8 +51,9 @@ class Tradeoff:
     metric: str  # what both axes measure, e.g. "PM accuracy on held-out comparisons"
     points: list[TradeoffPoint]
     baselines: dict[str, list[float]]
-    above_all_baselines: list[str]  # labels above every baseline on both axes at once
+    above_all_baselines: list[str]  # labels above every baseline on both axes at once (point estimates)
     notes: str = ""
+    clearly_above_all: list[str] = dataclasses.field(default_factory=list)  # ... by more than 2 standard errors
 
 
 @dataclass

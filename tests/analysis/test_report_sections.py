@@ -41,7 +41,9 @@ def test_report_sections_from_a_run_folder(tmp_path, capsys):
                          test_pm=[0.0, 0.3], test_pm_se=[0.1, 0.1], prompts=8, policy="p", train_scorer="pm",
                          test_scorer="pm-test", temperature=1.0, max_new_tokens=16), result_path(run, BestOfN))
     write_result(Tradeoff(metric="PM accuracy on held-out comparisons", baselines={"chance": [0.5, 0.5]},
-                          points=[TradeoffPoint("harmless x1", 0.6, 0.45, 0.02, 0.02)], above_all_baselines=[]),
+                          points=[TradeoffPoint("harmless x1", 0.6, 0.45, 0.02, 0.02),
+                                  TradeoffPoint("harmless x2", 0.53, 0.52, 0.02, 0.02)],
+                          above_all_baselines=["harmless x2"], clearly_above_all=[]),
                  result_path(run, Tradeoff))
     write_result(AlignmentTax(before_model="sft", after_model="ppo", limit=None, num_fewshot=0,
                               tasks=[TaskScore("arc_easy", "acc", 0.40, 0.01, 0.38, 0.01, 100)]),
@@ -63,7 +65,8 @@ def test_report_sections_from_a_run_folder(tmp_path, capsys):
     assert "**PPO raised the train-PM score (+2.500) but not the test-PM score (-0.100)" in md
     # gap - initial gap = 0.8 > 2 * sqrt(0.05^2 * 2) = 0.141 from step 1 on, and it stays so
     assert "The curves part ways at step 1 " in md
-    for section in ("## Best-of-N", "## Helpful vs harmless", "**No model is above every baseline",
+    for section in ("## Best-of-N", "## Helpful vs harmless", "(point estimates): harmless x2.",
+                    "**None is above every baseline by more than 2 standard errors",
                     "## Alignment tax", "| arc_easy | acc | 0.400 ± 0.010 | 0.380 ± 0.010 | -0.020 | 100 |",
                     "**AUROC 0.710**", "## Elo by policy version",
                     f"| 1 | +191 | [{elo.lo[1]:+.0f}, {elo.hi[1]:+.0f}] | 40 |"):

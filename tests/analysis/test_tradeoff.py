@@ -27,6 +27,9 @@ def test_pm_tradeoff_baselines_and_both_axes(tmp_path):
     assert t.baselines == {"chance": [0.5, 0.5], "longer response wins": [0.6, 0.45]}
     # x0.5 fails harmless (0.44 < 0.5); x4 fails helpful against the length baseline (0.58 < 0.6)
     assert t.above_all_baselines == ["harmless x2"]
+    assert t.clearly_above_all == []  # 0.55 - 2 * 0.0497 < 0.5: within noise of chance on harmless
+    big = pm_tradeoff([("harmless x2, 4000 pairs", _pm_eval(tmp_path / "d" / "pm_eval.json", 0.62, 0.55, 4000))])
+    assert big.clearly_above_all == ["harmless x2, 4000 pairs"]  # se 0.0079: 0.55 - 0.016 > 0.5
     assert t.points[0].helpful_se == pytest.approx(math.sqrt(0.64 * 0.36 / 100))
     write_tradeoff(t, tmp_path / "run")
     assert read_result(Tradeoff, result_path(tmp_path / "run", Tradeoff)) == t
