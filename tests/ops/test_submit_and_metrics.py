@@ -69,7 +69,7 @@ import ray
 ray.init()
 from hh_ray.ops.metrics import PPOMetrics
 m = PPOMetrics("other-run")
-for _ in range(20):
+for _ in range(300):
     m.record({"objective/reward": 1.0, "objective/kl": 2.0, "time/generate": 0.5, "rollout/queue_depth": 3})
     time.sleep(2)
 """
@@ -111,18 +111,21 @@ def test_metrics_reach_prometheus_and_every_panel_shows_one_run(ray_head, hh_dir
                "--no-follow", "--runtime-env", str(_runtime_env(tmp_path, hh_dir)), *_job_args(tmp_path / "run", 12)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ray_head["env"])
         assert proc.returncode == 0, proc.stderr[-2000:]
-        JobSubmissionClient(ray_head["url"]).submit_job(entrypoint=f"python -c '{OTHER_RUN}'",
+        ppo_job = proc.stdout.strip().splitlines()[-1]
+        client = JobSubmissionClient(ray_head["url"])
+        client.submit_job(entrypoint=f"python -c '{OTHER_RUN}'",
                                                         runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
         want = {f"ray_hh_ray_{g}" for g in GAUGES} | {"ray_hh_ray_phase_seconds"}
         seen: dict = {}
-        deadline = time.time() + 400
+        deadline = time.time() + 900
         while time.time() < deadline:
             seen = _scrape(ray_head["metrics"])
             if want <= set(seen) and _query(prom_url, 'ray_hh_ray_reward{run="other-run"}') \
                     and _query(prom_url, 'ray_hh_ray_logprob_gap{run="quickstart"}'):
                 break
             time.sleep(5)
-        assert want <= set(seen), f"missing {sorted(want - set(seen))}"
+        assert want <= set(seen), (f"missing {sorted(want - set(seen))}; PPO job "
+                                   f"{client.get_job_status(ppo_job)}: {client.get_job_logs(ppo_job)[-3000:]}")
         value = lambda name: max(v for tags, v in seen[name] if 'run="quickstart"' in tags)
         assert value("ray_hh_ray_generated_tokens_per_s") > 10
         assert 0 < value("ray_hh_ray_samples_per_s") < 1000
