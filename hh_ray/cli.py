@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32)
     _add_config(sub.add_parser("ppo", help="PPO against the PM with a KL penalty to the initial policy"))
     _add_config(sub.add_parser("run", help="the whole pipeline: data -> tokenizer -> SFT -> PM -> PPO -> report"))
+    online = sub.add_parser("online", help="iterated online RLHF: rounds of collect -> retrain PM -> PPO, then Elo")
+    online.add_argument("--config", help="online YAML (see jobs/online-quickstart.yaml)")
+    online.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. rounds=3")
     sm = sub.add_parser("submit", help="submit a job to a Ray cluster through the Jobs API and follow it")
     sm.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://head:8265")
     sm.add_argument("--no-follow", action="store_true", help="print the job id and return")
@@ -229,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
             from hh_ray.label.commands import run_label
 
             return run_label(args)
+        if args.command == "online":
+            from hh_ray.driver.online import load_online_config, run_online
+
+            run_online(load_online_config(args.config, args.overrides))
+            return 0
         if args.command in ANALYSIS_COMMANDS:
             return _run_analysis(args)
         if args.command == "submit":
