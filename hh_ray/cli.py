@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--no-follow", action="store_true", help="print the job id and return")
     sm.add_argument("--token", default=None, help="Ray auth token (default: RAY_AUTH_TOKEN or Ray's token file)")
     sm.add_argument("--runtime-env", default=None, help="runtime env YAML (default: jobs/runtime_env.yaml when present)")
-    sm.add_argument("--entrypoint", default="run", choices=["run", "sft", "pm", "ppo", "label"],
+    sm.add_argument("--entrypoint", default="run", choices=["run", "sft", "pm", "ppo", "label", "online"],
                     help="the hh-ray command the job runs; label = `hh-ray label serve`")
     _add_config(sm)
 
@@ -246,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
                 from hh_ray.label.config import load_label_config
 
                 load_label_config(args.config, args.overrides)
+            if args.entrypoint == "online" and args.config:
+                from hh_ray.driver.online import load_online_config
+
+                load_online_config(args.config, args.overrides)
             return submit_job(args)
         cfg = _config(args)
         if args.command == "sft":

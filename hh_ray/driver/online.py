@@ -87,7 +87,8 @@ def validate(cfg: OnlineConfig) -> None:
         (cfg.pm_init in ("scratch", "warm"), f"pm_init: expected 'scratch' or 'warm', got '{cfg.pm_init}'"),
         (cfg.online_weight >= 0 and cfg.deadline_s >= 0 and cfg.head_to_head >= 0,
          "online_weight, deadline_s and head_to_head must be >= 0"),
-        (lab.helpful + lab.red_team >= 1, "labelers: need at least one (helpful + red_team >= 1)"),
+        (lab.helpful + lab.red_team >= 1 or cfg.deadline_s > 0,
+         "labelers: with no simulated labelers (people only) set deadline_s > 0, so a round cannot wait forever"),
         (lab.helpful >= 0 and lab.red_team >= 0 and lab.turns >= 1, "labelers: counts >= 0 and turns >= 1"),
         (lab.temperature > 0, f"labelers.temperature: must be > 0, got {lab.temperature}"),
         (len(lab.strength_thresholds) == 2 and 0 < lab.strength_thresholds[0] <= lab.strength_thresholds[1],
@@ -224,7 +225,7 @@ def collect(run: OnlineRun, out_dir: Path, versions: list[int], campaigns: list[
                 temperature=lab.temperature, thresholds=tuple(lab.strength_thresholds), seed=seed * 1000 + i,
                 judge_max_tokens=cfg.job.pm.max_tokens, work_dir=str(out_dir), parent_pid=os.getpid()))
         out_dir.mkdir(parents=True, exist_ok=True)
-        target = sum(a.quota for a in work)
+        target = sum(a.quota for a in work) or cfg.comparisons_per_round
         count = lambda: sum(1 for r in store.comparisons() if r.campaign in names)
 
         def progress(n: int, total: int, elapsed: float) -> None:
@@ -271,12 +272,11 @@ def best_version(run: OnlineRun, below: int) -> int:
 
 
 def round_work(cfg: OnlineConfig, k: int, opponent: int) -> tuple[list[CampaignConfig], list[Assignment]]:
+    """Round k's campaigns (people label in r<k>-helpful too) and the simulated labelers' shares of N."""
     lab = cfg.labelers
     n = lab.helpful + lab.red_team
-    quotas = split_quota(cfg.comparisons_per_round, n)
-    campaigns, work = [], []
-    if lab.helpful:
-        campaigns.append(CampaignConfig(f"r{k}-helpful", HELPFUL, [f"v{k}", f"v{opponent}"]))
+    quotas = split_quota(cfg.comparisons_per_round, n) if n else []
+    campaigns, work = [CampaignConfig(f"r{k}-helpful", HELPFUL, [f"v{k}", f"v{opponent}"])], []
     if lab.red_team:
         campaigns.append(CampaignConfig(f"r{k}-redteam", RED_TEAM, [f"v{k}", f"v{k}"]))
     for i in range(n):

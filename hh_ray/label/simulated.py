@@ -145,18 +145,23 @@ class CollectionResult:
 
 def run_labelers(specs: list[LabelerSpec], count: Callable[[], int], target: int, deadline_s: float = 0.0,
                  poll_s: float = 5.0, progress: Callable[[int, int, float], None] | None = None) -> CollectionResult:
-    """Run one process per labeler until all exit or `deadline_s` passes (0 = none); shows `count()` progress."""
+    """Run one process per labeler until all exit or `deadline_s` passes (0 = none); shows `count()` progress.
+
+    With no specs (people only) it waits until `count()` reaches `target` or the deadline."""
     ctx = mp.get_context("spawn")  # a fresh interpreter: no Ray or torch state inherited from the driver
     procs = {s.name: ctx.Process(target=labeler_main, args=(s,), name=f"labeler-{s.name}", daemon=True)
              for s in specs}
     t0 = time.monotonic()
     for p in procs.values():
         p.start()
+    n = 0
     try:
-        while any(p.is_alive() for p in procs.values()):
-            elapsed = time.monotonic() - t0
+        while True:  # with no simulated labelers, people label until the campaigns hold `target`
+            n, elapsed = count(), time.monotonic() - t0
             if progress:
-                progress(count(), target, elapsed)
+                progress(n, target, elapsed)
+            if (procs and not any(p.is_alive() for p in procs.values())) or (not procs and n >= target):
+                break
             if deadline_s and elapsed > deadline_s:
                 break
             time.sleep(poll_s)
@@ -165,8 +170,9 @@ def run_labelers(specs: list[LabelerSpec], count: Callable[[], int], target: int
             if p.is_alive():
                 p.terminate()
             p.join(timeout=30)
-    codes = {n: p.exitcode for n, p in procs.items()}
-    return CollectionResult(all(c == 0 for c in codes.values()), codes, time.monotonic() - t0)
+    codes = {name: p.exitcode for name, p in procs.items()}
+    finished = all(c == 0 for c in codes.values()) and (bool(procs) or n >= target)
+    return CollectionResult(finished, codes, time.monotonic() - t0)
 
 
 def spec_summary(spec: LabelerSpec) -> dict:

@@ -128,7 +128,7 @@ def submit_job(args) -> int:
     if args.config:  # validate here, so a typo fails now and not minutes later on the cluster
         from hh_ray.config import load_config
 
-        if args.entrypoint != "label":  # the CLI validates label configs (hh_ray.label sits beside ops)
+        if args.entrypoint not in ("label", "online"):  # the CLI validates these (their modules sit above ops)
             load_config(args.config, args.overrides)
     client = client_for(args.address, resolve_token(args.token))
     runtime_env = load_runtime_env(args.runtime_env, args.config)
