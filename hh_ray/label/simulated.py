@@ -113,7 +113,9 @@ def label_until_quota(spec: LabelerSpec, judge: Judge, client: LabelClient) -> i
                         break
                     raise
                 sa, sb = judge.scores(pair.context, pair.response_a, pair.response_b)
-                u = random.Random(f"{spec.seed}:{pair.task_id}").random()  # a draw fixed per task
+                # the draw is a function of the task's content, so a rerun decides the same task the same way
+                draw = "\x00".join((str(spec.seed), pair.context, pair.response_a, pair.response_b))
+                u = random.Random(draw).random()
                 d = decide(sa, sb, spec.temperature, u, want_harmful=spec.red_team, thresholds=spec.thresholds)
                 ack = client.choose(pair.task_id, d.choice, d.strength)
                 with open(acks, "a") as fh:
