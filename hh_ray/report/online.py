@@ -90,11 +90,12 @@ def online_section(run_dir: str | Path) -> list[str]:
     s = read_summary(run_dir)
     if s is None:
         return []
+    against = "the best earlier version" if s.opponent == "best" else "itself"
+    init = "from the SFT backbone" if s.pm_init == "scratch" else "warm-started from the previous PM"
     lines = ["## Online rounds", "",
-             f"Each round deploys policy k against {'the best earlier version' if s.opponent == 'best' else 'itself'} "
-             f"in a labeling campaign, retrains the PM on static HH plus every online comparison so far (online "
-             f"weight {s.online_weight:g}, {'from the SFT backbone' if s.pm_init == 'scratch' else 'warm-started from the previous PM'}), "
-             "then runs PPO from policy k against it.", "",
+             f"Each round deploys policy k against {against} in a labeling campaign, retrains the PM on static HH "
+             f"plus every online comparison so far (online weight {s.online_weight:g}, {init}), then runs PPO from "
+             "policy k against it.", "",
              "| round | policy vs | comparisons | PM train pairs | PM acc. static held-out | PM acc. next round's "
              "comparisons | PPO PM score before -> after |", "|---|---|---|---|---|---|---|"]
     for r in s.rounds:

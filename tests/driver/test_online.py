@@ -88,7 +88,8 @@ def test_online_rounds_resume_after_kills(tmp_path):
         summary = read_summary(run)
         assert [r.comparisons for r in summary.rounds] == [{"helpful": 6}, {"helpful": 6}]
         assert [r.version for r in summary.elo_head_to_head] == [0, 1, 2]
-        steps = [json.loads(x)["step"] for x in (run / "rounds" / "1" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+        metrics = (run / "rounds" / "1" / "ppo" / "metrics.jsonl").read_text().splitlines()
+        steps = [json.loads(x)["step"] for x in metrics]
         assert steps == [1, 2, 3, 4]  # PPO resumed after the kill: no step lost or logged twice
         assert "## Online rounds" in (run / "report.md").read_text()
     # round 0 of b ran uninterrupted from a's SFT, PM and judge: the same comparisons, decided the same way
