@@ -191,8 +191,11 @@ def split_quota(total: int, n: int) -> list[int]:
 
 
 def collect(run: OnlineRun, out_dir: Path, versions: list[int], campaigns: list[CampaignConfig],
-            work: list[Assignment], seed: int) -> dict:
-    """Deploy the versions, let the labelers work to their quotas (or the deadline), export; returns the marker."""
+            work: list[Assignment], seed: int, evaluation: bool = False) -> dict:
+    """Deploy the versions, let the labelers work to their quotas (or the deadline), export; returns the marker.
+
+    The held-out dialogues are split in two: rounds draw from the first half (their comparisons then train PMs
+    and their prompts PPO), the final head-to-head (`evaluation`) from the second, which no model has seen."""
     from hh_ray.label.auth import create_user, hash_password, new_password
     from hh_ray.label.serve import start_service, stop_service
     from hh_ray.label.store import LABELER
@@ -205,8 +208,10 @@ def collect(run: OnlineRun, out_dir: Path, versions: list[int], campaigns: list[
     names = [c.name for c in campaigns]
     dialogues = {}
     for red in sorted({a.red_team for a in work}):
-        dialogues[red] = held_out_dialogues(data.data_dir, RED_TEAM_PROMPTS if red else HELPFUL_PROMPTS,
-                                            data.holdout_fraction, cfg.labelers.dialogues, data.split)
+        every = held_out_dialogues(data.data_dir, RED_TEAM_PROMPTS if red else HELPFUL_PROMPTS,
+                                   data.holdout_fraction, cfg.labelers.dialogues, data.split)
+        half = max(1, len(every) // 2)
+        dialogues[red] = (every[half:] or every) if evaluation else every[:half]
     service = start_service(label_cfg)
     try:
         store = service.store
@@ -375,7 +380,7 @@ def head_to_head(run: OnlineRun) -> Path:
     work = [Assignment(f"sim-h2h-v{v}", f"h2h-v{v}", False, cfg.head_to_head, 1) for v in range(1, K + 1)]
     out = run.dir / "h2h" / "online"
     print(f"== online head-to-head: v1..v{K} vs v0, {cfg.head_to_head} comparisons each ==", flush=True)
-    collect(run, out, list(range(K + 1)), campaigns, work, cfg.job.seed + 10_000)
+    collect(run, out, list(range(K + 1)), campaigns, work, cfg.job.seed + 10_000, evaluation=True)
     return out
 
 
