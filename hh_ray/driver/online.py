@@ -233,9 +233,13 @@ def collect(run: OnlineRun, out_dir: Path, versions: list[int], campaigns: list[
         target = sum(a.quota for a in work) or cfg.comparisons_per_round
         count = lambda: sum(1 for r in store.comparisons() if r.campaign in names)
 
-        def progress(n: int, total: int, elapsed: float) -> None:
-            print(f"[online] {out_dir.parent.name}/{out_dir.name}: {n}/{total} comparisons, {elapsed:.0f}s",
-                  flush=True)
+        shown = {"n": -1, "t": 0.0}
+
+        def progress(n: int, total: int, elapsed: float) -> None:  # on news, else every 30 s
+            if n != shown["n"] or elapsed - shown["t"] >= 30:
+                shown.update(n=n, t=elapsed)
+                print(f"[online] {out_dir.parent.name}/{out_dir.name}: {n}/{total} comparisons, {elapsed:.0f}s",
+                      flush=True)
 
         result = run_labelers(specs, count, target, cfg.deadline_s, progress=progress)
         records = [r for r in store.comparisons() if r.campaign in names]
