@@ -105,8 +105,8 @@ def online_section(run_dir: str | Path) -> list[str]:
         lines.append(f"| {r.round} | v{r.policy_version} vs v{r.opponent_version} | {cmp} | {r.pm_train_pairs} | "
                      f"{r.pm_static_accuracy:.3f} | {nxt} | {r.ppo_score_before:+.3f} -> {r.ppo_score_after:+.3f} |")
     lines += ["", "The paper found PMs less accurate on comparisons from the newest policy than on the distribution "
-                  "they were trained on; the two accuracy columns put the two side by side (for the last round, 'next' is the "
-                  "final head-to-head's comparisons).", ""]
+                  "they were trained on; the two accuracy columns put the two side by side (for the last round, "
+                  "'next' is the final head-to-head's comparisons).", ""]
     if s.elo_all:
         lines += ["Elo of every version from all comparisons between versions: the \"Elo by policy version\" "
                   "section.", ""]
