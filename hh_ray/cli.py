@@ -37,12 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32)
     _add_config(sub.add_parser("ppo", help="PPO against the PM with a KL penalty to the initial policy"))
     _add_config(sub.add_parser("run", help="the whole pipeline: data -> tokenizer -> SFT -> PM -> PPO -> report"))
+    online = sub.add_parser("online", help="iterated online RLHF: rounds of collect -> retrain PM -> PPO, then Elo")
+    online.add_argument("--config", help="online YAML (see jobs/online-quickstart.yaml)")
+    online.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. rounds=3")
     sm = sub.add_parser("submit", help="submit a job to a Ray cluster through the Jobs API and follow it")
     sm.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://head:8265")
     sm.add_argument("--no-follow", action="store_true", help="print the job id and return")
     sm.add_argument("--token", default=None, help="Ray auth token (default: RAY_AUTH_TOKEN or Ray's token file)")
     sm.add_argument("--runtime-env", default=None, help="runtime env YAML (default: jobs/runtime_env.yaml when present)")
-    sm.add_argument("--entrypoint", default="run", choices=["run", "sft", "pm", "ppo", "label"],
+    sm.add_argument("--entrypoint", default="run", choices=["run", "sft", "pm", "ppo", "label", "online"],
                     help="the hh-ray command the job runs; label = `hh-ray label serve`")
     sm.add_argument("--cluster", default=None, help="cluster config the capacity plan checks (default: ray.cluster)")
     _add_config(sm)
@@ -236,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             from hh_ray.label.commands import run_label
 
             return run_label(args)
+        if args.command == "online":
+            from hh_ray.driver.online import load_online_config, run_online
+
+            run_online(load_online_config(args.config, args.overrides))
+            return 0
         if args.command in ANALYSIS_COMMANDS:
             return _run_analysis(args)
         if args.command == "submit":
@@ -245,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
                 from hh_ray.label.config import load_label_config
 
                 load_label_config(args.config, args.overrides)
+            if args.entrypoint == "online" and args.config:
+                from hh_ray.driver.online import load_online_config
+
+                load_online_config(args.config, args.overrides)
             return submit_job(args)
         if args.command == "plan":
             from hh_ray.ops.plan import run_plan

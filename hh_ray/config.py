@@ -34,6 +34,14 @@ def default_data_dir() -> str:
 
 
 @dataclass
+class ExtraData:
+    """One more HH-layout folder (e.g. exported online comparisons): its train split joins the training side."""
+
+    dir: str = ""
+    weight: float = 1.0  # multiplier on its size (as subset_weights): 2.0 repeats each comparison twice
+
+
+@dataclass
 class DataConfig:
     """Where comparisons come from and how they are mixed, split and cut to length."""
 
@@ -47,7 +55,8 @@ class DataConfig:
     strict: bool = False  # raise on the first malformed record instead of skipping it
     max_prompt_tokens: int = 256
     max_response_tokens: int = 128
-    max_examples: int = 0  # 0 = all; else a cap after mixing (for quick runs)
+    max_examples: int = 0  # 0 = all; else a cap after mixing (for quick runs); extra folders are not capped
+    extra: list[ExtraData] = field(default_factory=list)  # more folders in HH layout, every subset in them read
 
 
 @dataclass
@@ -368,6 +377,8 @@ def validate(cfg: JobConfig) -> None:
     _check(0.0 <= d.holdout_fraction < 1.0, f"data.holdout_fraction: must be in [0, 1), got {d.holdout_fraction}")
     for name, w in d.subset_weights.items():
         _check(w >= 0, f"data.subset_weights.{name}: must be >= 0, got {w}")
+    for i, x in enumerate(d.extra):
+        _check(bool(x.dir) and x.weight >= 0, f"data.extra[{i}]: needs a dir and a weight >= 0, got {x}")
     _check(d.max_prompt_tokens >= 1 and d.max_response_tokens >= 1,
            "data.max_prompt_tokens and data.max_response_tokens must be >= 1")
     _check(cfg.model.dtype in ("auto", "float32", "bfloat16", "float16"),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 from hh_ray.data.hh import (  # noqa: F401  (the data layer's public names)
     SUBSETS,
     Comparison,
     DataError,
     LoadReport,
     load_comparisons,
+    local_subsets,
     mix_subsets,
     split_holdout,
     unique_prompts,
@@ -27,4 +30,24 @@ def load_train_holdout(data_cfg, seed: int) -> tuple[list[Comparison], list[Comp
     train = mix_subsets(train, data_cfg.subset_weights, seed)
     if data_cfg.max_examples:
         train = train[: data_cfg.max_examples]
+    extra = [c for x in data_cfg.extra for c in load_extra(x.dir, x.weight, data_cfg.strict, seed, report)]
+    if extra:
+        train = train + extra
+        random.Random(seed + 1).shuffle(train)
     return train, held, report
+
+
+def load_extra(folder: str, weight: float, strict: bool, seed: int, report: LoadReport) -> list[Comparison]:
+    """The train split of every subset in an HH-layout folder, each subset's size times `weight`."""
+    from pathlib import Path
+
+    if not Path(folder).expanduser().is_dir():
+        raise DataError(f"data.extra: folder not found: {folder}")
+    subsets = local_subsets(folder)
+    if not subsets:
+        raise DataError(f"data.extra: no subset folders with train.jsonl.gz under {folder}")
+    items, rep = load_comparisons(folder, subsets, "train", strict)
+    report.kept.update(rep.kept)
+    for file, counts in rep.rejected.items():
+        report.rejected.setdefault(file, counts)
+    return mix_subsets(items, {s: weight for s in {c.subset for c in items}}, seed) if items else []

@@ -129,7 +129,7 @@ def submit_job(args) -> int:
         from hh_ray.config import load_config
         from hh_ray.ops.plan import plan_job, refusal, resolve_cluster
 
-        if args.entrypoint != "label":  # the CLI validates label configs (hh_ray.label sits beside ops)
+        if args.entrypoint not in ("label", "online"):  # the CLI validates these (their modules sit above ops)
             cfg = load_config(args.config, args.overrides)
             # the capacity plan first: a job that cannot fit is refused before anything is submitted
             plan = plan_job(cfg, resolve_cluster(getattr(args, "cluster", None), cfg, args.config))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from hh_ray.algo.analysis import divergence_index, sqrt_kl_law
 from hh_ray.algo.ppo import sqrt_kl
 from hh_ray.report import plots
+from hh_ray.report.online import online_section
 from hh_ray.report.results import OOD, AlignmentTax, BestOfN, Elo, Tradeoff, read_result, result_path
 
 
@@ -247,4 +248,5 @@ def _analyses_md(run: Path) -> list[str]:
                   for v, e, a, b, g in zip(elo.versions, elo.elo, elo.lo, elo.hi, elo.games)]
         png = plots.elo_by_round(elo.versions, elo.elo, elo.lo, elo.hi, run / "analysis" / "elo.png")
         lines += ["", f"![Elo by round](analysis/{png.name})", ""]
+    lines += online_section(run)
     return lines
