@@ -40,6 +40,28 @@ def actor_env(cpus: float = 1.0, on_gpu: bool = False) -> dict[str, str]:
     return env
 
 
+def clear_stale_build_locks(max_age_s: float = 600.0) -> list[str]:
+    """Remove JIT-build `lock` files older than `max_age_s` under TORCH_EXTENSIONS_DIR.
+
+    torch's extension builder waits forever while a `lock` file exists; a process killed mid-build (any may be)
+    leaves one behind, and every later DeepSpeed start on that machine would hang. A build takes about a minute,
+    so a lock this old has no builder left.
+    """
+    import time
+    from pathlib import Path
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~/.cache/hh-ray/torch_extensions"))
+    removed = []
+    for lock in root.glob("*/lock") if root.is_dir() else []:
+        try:
+            if time.time() - lock.stat().st_mtime > max_age_s:
+                lock.unlink()
+                removed.append(str(lock))
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))

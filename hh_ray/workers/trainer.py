@@ -20,7 +20,7 @@ import torch
 from hh_ray.algo.batch import PairBatch, SequenceBatch, TokenBatch, batch_size, split
 from hh_ray.models.objectives import StepResult, merge_results, probe_tokens
 from hh_ray.workers.checkpoint import checkpoint_problem, latest_tag, missing_checkpoint_files, write_manifest
-from hh_ray.workers.group import Worker, WorkerGroup, free_port, get_all, node_ip
+from hh_ray.workers.group import Worker, WorkerGroup, clear_stale_build_locks, free_port, get_all, node_ip
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class TrainerWorker(Worker):
     def setup(self, rank: int, world: int, master: tuple[str, int], model_path: str, kind: str, trainer_cfg,
               seed: int, dtype: str = "auto") -> RankInfo:
         """Join the group's torch.distributed world and build the engine."""
+        clear_stale_build_locks()  # DeepSpeed JIT-builds an op at init and would wait forever on a dead builder's lock
         import deepspeed
 
         from hh_ray.data.tokenize import load_tokenizer

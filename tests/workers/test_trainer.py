@@ -183,3 +183,18 @@ def test_context_distillation_lowers_the_prompted_unprompted_kl(ray_local, tiny_
         g.shutdown()
     assert kls[0] > 1e-4  # the prompt changes the random model's predictions
     assert kls[-1] < 0.5 * kls[0], kls
+
+
+def test_a_dead_builders_lock_is_cleared_and_a_live_one_kept(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from hh_ray.workers.group import clear_stale_build_locks
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    for name, age in (("old_op", 3600), ("building_op", 5)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "lock").write_text("")
+        os.utime(tmp_path / name / "lock", (time.time() - age, time.time() - age))
+    assert clear_stale_build_locks() == [str(tmp_path / "old_op" / "lock")]
+    assert (tmp_path / "building_op" / "lock").exists()
