@@ -54,6 +54,7 @@ def test_lm_eval_accuracy_matches_direct_loglikelihood(tmp_path, tiny_model_dir,
         write_choice_task(tmp_path / "bad", "bad", [ChoiceDoc("q", ["a", "b"], 2)])
 
 
+@pytest.mark.slow  # kept out of the default suite for time; run with -m slow
 def test_cli_alignment_tax_on_local_hh_tasks(tmp_path, tiny_model_dir, capsys):
     from hh_ray.cli import main
 

@@ -51,6 +51,7 @@ def test_best_of_n_keeps_the_train_pm_best_and_scores_it_with_both(ray_local, ti
     assert (tmp_path / "analysis" / "bon.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # kept out of the default suite for time; run with -m slow
 def test_cli_bon_on_held_out_prompts_then_report(ray_local, tiny_model_dir, tmp_path):
     from hh_ray.cli import main
 

@@ -42,6 +42,7 @@ def _acks(folder: Path, name: str) -> list[dict]:
     return [json.loads(x) for x in f.read_text().splitlines()] if f.is_file() else []
 
 
+@pytest.mark.slow  # kept out of the default suite for time; run with -m slow
 def test_killed_labelers_resume_without_loss_or_repeat_and_pm_data_is_the_http_data(
         label_service, judge_dir, hh_dir, tmp_path):
     svc = label_service

