@@ -40,7 +40,7 @@ def start_head(tmp: Path, extra_env: dict | None = None):
     log = open(tmp / "head.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{ports['dashboard']}"
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # a loaded 2-core machine takes minutes to start a head
     while time.time() < deadline:
         try:
             urllib.request.urlopen(url + "/api/version", timeout=2)
