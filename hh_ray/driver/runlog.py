@@ -46,7 +46,7 @@ class RunLog:
 
     def log(self, step: int, metrics: dict, show: tuple[str, ...] = ()) -> None:
         row = {"step": step, "time": round(time.perf_counter() - self.t0, 3)} | {
-            k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+            k: (float(f"{v:.7g}") if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
