@@ -20,6 +20,7 @@ def test_browser_logs_in_labels_continues_and_ends(label_service, tmp_path):
         pytest.skip(f"{CHROMIUM} not installed (Debian package chromium)")
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=60_000)  # a CPU vLLM engine may take longer than the 5 s default to answer
     name, store = "browser-labeler", label_service.store
     password = label_service.new_labeler(name)
     with sync_playwright() as p:
