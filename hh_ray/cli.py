@@ -141,26 +141,17 @@ def _dispatch_analysis(args) -> int:
 
         run_harmless_sweep(_config(args), args.harmless_weights)
     elif args.command == "alignment-tax":
-        from pathlib import Path
-
-        from hh_ray.analysis.alignment_tax import (
-            AlignmentTaxConfig, alignment_tax, hh_choice_docs, write_choice_task,
-        )
+        from hh_ray.analysis.alignment_tax import AlignmentTaxConfig, alignment_tax, hh_task_folder
         from hh_ray.config import default_data_dir
 
         cfg = AlignmentTaxConfig(before=args.before, after=args.after, run_dir=args.run, limit=args.limit,
                                  include_path=args.include_path, num_fewshot=args.num_fewshot, device=args.device)
-        tasks = args.tasks or (cfg.tasks if not args.hh_tasks else [])
         if args.hh_tasks:
-            if args.include_path:
-                raise ValueError("--hh-tasks writes its own task folder; leave --include-path out")
-            folder = Path(args.run) / "analysis" / "lm_eval_tasks"
-            for subset in ("helpful-base", "harmless-base"):
-                name = f"hh_{subset.replace('-', '_')}_choice"
-                write_choice_task(folder, name, hh_choice_docs(default_data_dir(), subset, args.hh_tasks))
-                tasks.append(name)
-            cfg.include_path = str(folder)
-        cfg.tasks = tasks
+            if args.include_path or args.tasks:
+                raise ValueError("--hh-tasks writes and evaluates its own tasks; leave --include-path and --tasks out")
+            cfg.include_path, cfg.tasks = hh_task_folder(args.run, default_data_dir(), args.hh_tasks)
+        elif args.tasks:
+            cfg.tasks = args.tasks
         for t in alignment_tax(cfg).tasks:
             print(f"[alignment-tax] {t.task}: {t.before:.3f} ± {t.before_se:.3f} -> {t.after:.3f} ± {t.after_se:.3f}")
     elif args.command == "ood":

@@ -232,6 +232,25 @@ class RayConfig:
 
 
 @dataclass
+class AnalysesConfig:
+    """The paper's analyses that `hh-ray run` adds after PPO when their stage is listed (jobs/paper.yaml); the
+    same analyses run alone as `hh-ray bon`, `tradeoff`, `alignment-tax` and `ood`."""
+
+    bon_ns: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    bon_prompts: int = 32  # held-out prompts (best-of-N and the policies' helpful/harmless points)
+    # tradeoff: one PM per harmless-base weight in the PM's data mix, and the initial and final policies scored
+    # per subset by the run's PM
+    harmless_weights: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    lm_eval_tasks: list[str] = field(default_factory=list)  # empty = local HH choice tasks (no hub needed)
+    hh_task_questions: int = 100  # questions per local HH choice task
+    lm_eval_limit: int = 0  # 0 = every example of each task
+    ood_model: str = "pm"  # "pm" (the run's PM), "policy" (the final policy) or an HF folder / all-MiniLM-L6-v2
+    ood_layer: int = -1
+    ood_fit_prompts: int = 400
+    ood_test_prompts: int = 200
+
+
+@dataclass
 class JobConfig:
     """A whole hh-ray job: data, models, and the SFT -> PM -> PPO stages."""
 
@@ -247,9 +266,10 @@ class JobConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    analyses: AnalysesConfig = field(default_factory=AnalysesConfig)
 
 
-STAGES = ("data", "tokenizer", "sft", "pm", "ppo", "report")
+STAGES = ("data", "tokenizer", "sft", "pm", "ppo", "bon", "tradeoff", "alignment_tax", "ood", "report")
 
 
 def _type_name(tp: Any) -> str:
@@ -448,6 +468,13 @@ def validate(cfg: JobConfig) -> None:
     _check(cfg.sft.mode in ("sft", "context_distill"),
            f"sft.mode: expected 'sft' or 'context_distill', got '{cfg.sft.mode}'")
     _check(cfg.pm.epochs > 0, f"pm.epochs: must be > 0, got {cfg.pm.epochs}")
+    a = cfg.analyses
+    _check(bool(a.bon_ns) and min(a.bon_ns) >= 1, f"analyses.bon_ns: need positive integers, got {a.bon_ns}")
+    _check(a.bon_prompts >= 2, f"analyses.bon_prompts: need at least 2 prompts, got {a.bon_prompts}")
+    _check(bool(a.harmless_weights) and min(a.harmless_weights) >= 0,
+           f"analyses.harmless_weights: need weights >= 0, got {a.harmless_weights}")
+    _check(a.hh_task_questions >= 2 and a.lm_eval_limit >= 0 and a.ood_fit_prompts >= 2 and a.ood_test_prompts >= 2,
+           "analyses: hh_task_questions, ood_fit_prompts and ood_test_prompts must be >= 2, lm_eval_limit >= 0")
     _check(cfg.logging.wandb_mode in ("offline", "online", "disabled"),
            f"logging.wandb_mode: expected offline, online or disabled, got '{cfg.logging.wandb_mode}'")
 

@@ -87,6 +87,17 @@ def hh_choice_docs(data_dir: str, subset: str, count: int, seed: int = 0) -> lis
     return docs
 
 
+def hh_task_folder(run_dir: str | Path, data_dir: str, questions: int) -> tuple[str, list[str]]:
+    """Local HH choice tasks (helpful-base and harmless-base, `questions` each) written under
+    `<run_dir>/analysis/lm_eval_tasks`: (the include path, the task names)."""
+    folder = Path(run_dir) / "analysis" / "lm_eval_tasks"
+    names = []
+    for subset in ("helpful-base", "harmless-base"):
+        names.append(f"hh_{subset.replace('-', '_')}_choice")
+        write_choice_task(folder, names[-1], hh_choice_docs(data_dir, subset, questions))
+    return str(folder), names
+
+
 def evaluate_model(model_dir: str, tasks: list[str], include_path: str = "", metric: str = "acc",
                    num_fewshot: int = 0, limit: int = 0, batch_size: int = 8,
                    device: str = "cpu") -> dict[str, tuple[float, float, int]]:

@@ -105,8 +105,8 @@ def policy_tradeoff(points: list[TradeoffPoint], baseline: str | None = None, no
 
 
 def write_tradeoff(result: Tradeoff, run_dir: str | Path) -> Tradeoff:
-    """`<run>/analysis/tradeoff.json` and `tradeoff.png`."""
-    path = write_result(result, result_path(run_dir, Tradeoff))
+    """`<run>/analysis/tradeoff.json` and `tradeoff.png` (`tradeoff_policies.*` for a PolicyTradeoff)."""
+    path = write_result(result, result_path(run_dir, type(result)))
     axis = "PM accuracy" if result.metric.startswith("PM accuracy") else "mean PM score"
     tradeoff_plane([p.label for p in result.points], [p.helpful for p in result.points],
                    [p.harmless for p in result.points], path.with_suffix(".png"), f"{axis}: helpful",

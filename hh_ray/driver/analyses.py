@@ -1,5 +1,6 @@
-"""Drivers of the analysis commands that need Ray or a job config: `hh-ray bon` (best-of-N) and
-`hh-ray tradeoff` (a sweep over the harmless weight of the PM's data mix).
+"""Drivers of the paper's analyses over a run folder: `hh-ray bon` (best-of-N), `hh-ray tradeoff` (a sweep over
+the harmless weight of the PM's data mix, and the run's policies on the same plane), `hh-ray alignment-tax` and
+`hh-ray ood`; `hh-ray run` calls the same functions as stages (jobs/paper.yaml).
 
 Best-of-N samples from the run's initial policy (its SFT export, else the preset it starts from) on the job's
 held-out prompts, as PPO's evaluation does, so its points share the axes of the PPO curve.
@@ -10,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from hh_ray.analysis.best_of_n import BestOfNConfig, best_of_n, scorer_for_one_call, write_best_of_n
-from hh_ray.analysis.tradeoff import HARMLESS, pm_tradeoff, write_tradeoff
-from hh_ray.report.results import BestOfN, Tradeoff
+from hh_ray.analysis.tradeoff import HARMLESS, policy_point_from_samples, policy_tradeoff, pm_tradeoff, write_tradeoff
+from hh_ray.report.results import OOD, AlignmentTax, BestOfN, PolicyTradeoff, Tradeoff
 
 
 def _scorer(spec: str, policy: str, cfg):
-    """A ScorerGroup for `substring:<t>` or a PM folder (keywords: the same call before and after issue 10)."""
+    """A ScorerGroup for `substring:<t>` or a PM folder."""
     from hh_ray.workers.scorer import ScorerGroup
 
     if not spec.startswith("substring:") and not (Path(spec) / "config.json").is_file():
@@ -25,26 +26,52 @@ def _scorer(spec: str, policy: str, cfg):
                        cpus=cfg.ppo.scorer_cpus, gpus=cfg.ppo.scorer_gpus)
 
 
-def run_best_of_n(cfg, bon: BestOfNConfig) -> BestOfN:
-    """Start a rollout group and the scorers, run best-of-N on held-out prompts, write analysis/bon.json + PNG."""
+def _initial(cfg) -> str:
+    """The run's initial policy: its SFT export, else the preset it starts from."""
+    from hh_ray.driver.sft import initial_policy
+
+    sft = Path(cfg.run_dir) / "sft"
+    return str(sft) if (sft / "config.json").is_file() else initial_policy(cfg)
+
+
+def _heldout_prompts(cfg, count: int, harmless: bool | None = None) -> list[str]:
+    """The first `count` distinct held-out prompts (of harmless-base only, of the other subsets only, or all)."""
     from hh_ray.data import load_train_holdout
     from hh_ray.data.hh import unique_prompts
-    from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
+
+    train, held, _ = load_train_holdout(cfg.data, cfg.seed)
+    keep = lambda items: [c for c in items if harmless is None or (c.subset == HARMLESS) == harmless]
+    prompts = unique_prompts(keep(held))[:count] or unique_prompts(keep(train))[-count:]
+    if len(prompts) < 2:
+        raise ValueError(f"fewer than 2 {'harmless-base' if harmless else 'helpful'} prompts in data.subsets "
+                         f"{cfg.data.subsets}")
+    return prompts
+
+
+def _rollout(cfg, policy: str, max_new_tokens: int, name: str):
     from hh_ray.driver.cluster import connect
-    from hh_ray.driver.sft import initial_policy
     from hh_ray.workers.rollout import RolloutGroup
 
-    run_dir = Path(cfg.run_dir)
-    sft = run_dir / "sft"
-    policy = bon.policy or (str(sft) if (sft / "config.json").is_file() else initial_policy(cfg))
-    train_spec, test_spec = bon.train_pm or str(run_dir / "pm"), bon.test_pm or None
-    train, held, _ = load_train_holdout(cfg.data, cfg.seed)
-    prompts = unique_prompts(held)[: bon.prompts] or unique_prompts(train)[-bon.prompts:]
-    tok = load_tokenizer(policy)
-    ids = [truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in prompts]
     connect(cfg.ray)
-    rollout = RolloutGroup(policy, cfg.ppo.rollout, cfg.data.max_prompt_tokens + bon.max_new_tokens + 8,
-                           seed=cfg.seed, name="bon-rollout")
+    return RolloutGroup(policy, cfg.ppo.rollout, cfg.data.max_prompt_tokens + max_new_tokens + 8, seed=cfg.seed,
+                        name=name)
+
+
+def _prompt_ids(cfg, policy: str, prompts: list[str]) -> list[list[int]]:
+    from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
+
+    tok = load_tokenizer(policy)
+    return [truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in prompts]
+
+
+def run_best_of_n(cfg, bon: BestOfNConfig) -> BestOfN:
+    """Start a rollout group and the scorers, run best-of-N on held-out prompts, write analysis/bon.json + PNG."""
+    run_dir = Path(cfg.run_dir)
+    policy = bon.policy or _initial(cfg)
+    train_spec, test_spec = bon.train_pm or str(run_dir / "pm"), bon.test_pm or None
+    prompts = _heldout_prompts(cfg, bon.prompts)
+    ids = _prompt_ids(cfg, policy, prompts)
+    rollout = _rollout(cfg, policy, bon.max_new_tokens, "bon-rollout")
     train_score = scorer_for_one_call(lambda: _scorer(train_spec, policy, cfg))
     test_score = scorer_for_one_call(lambda: _scorer(test_spec, policy, cfg)) if test_spec else None
     try:
@@ -59,17 +86,24 @@ def run_best_of_n(cfg, bon: BestOfNConfig) -> BestOfN:
 
 def run_harmless_sweep(cfg, weights: list[float]) -> Tradeoff:
     """Train one PM per harmless-base weight in the data mix (each in <run_dir>/harmless-w<w>, reused when done),
-    then place them in the helpful/harmless accuracy plane: writes <run_dir>/analysis/tradeoff.json + PNG."""
+    then place them in the helpful/harmless accuracy plane: writes <run_dir>/analysis/tradeoff.json + PNG.
+    The run's own PM, when trained on the whole train side (no pm.test_split), is the point of its own weight;
+    `pm.backbone: sft` means the run's SFT policy."""
     from dataclasses import replace
 
     from hh_ray.driver.pm import run_pm
 
     if not weights or any(w < 0 for w in weights):
         raise ValueError(f"harmless weights must be >= 0, got {weights}")
-    evals = []
-    for w in weights:
+    run_dir, own = Path(cfg.run_dir), cfg.data.subset_weights.get(HARMLESS, 1.0)
+    backbone = str(run_dir / "sft") if cfg.pm.backbone == "sft" else cfg.pm.backbone
+    evals = [(f"harmless x{own:g} (the run's PM)", run_dir / "pm" / "pm_eval.json")]
+    if cfg.pm.test_split or not evals[0][1].is_file():
+        evals = []
+    for w in sorted(set(weights) - ({own} if evals else set())):
         mix = dict(cfg.data.subset_weights) | {HARMLESS: w}
-        sub = replace(cfg, run_dir=f"{cfg.run_dir}/harmless-w{w:g}", data=replace(cfg.data, subset_weights=mix))
+        sub = replace(cfg, run_dir=f"{cfg.run_dir}/harmless-w{w:g}", data=replace(cfg.data, subset_weights=mix),
+                      pm=replace(cfg.pm, backbone=backbone, test_split=False))
         path = Path(sub.run_dir) / "pm" / "pm_eval.json"
         if not path.is_file():
             run_pm(sub)
@@ -85,3 +119,64 @@ def run_harmless_sweep(cfg, weights: list[float]) -> Tradeoff:
               f"{p.harmless_se:.3f}")
     print(f"[tradeoff] above every baseline on both axes: {result.above_all_baselines or 'none'}")
     return result
+
+
+def run_policy_tradeoff(cfg, prompts: int) -> Tradeoff:
+    """The initial and the final (PPO) policy in the helpful/harmless plane: one sample per held-out helpful and
+    harmless-base prompt, scored by the run's PM; writes analysis/tradeoff_policies.json + PNG."""
+    from hh_ray.analysis.best_of_n import scorer_for_one_call
+
+    run_dir = Path(cfg.run_dir)
+    final = run_dir / "ppo" / "policy"
+    if not (final / "config.json").is_file():
+        raise FileNotFoundError(f"no PPO policy at {final}; run the ppo stage first")
+    pm = cfg.ppo.scorer if cfg.ppo.scorer != "pm" else str(run_dir / "pm")
+    helpful, harmless = _heldout_prompts(cfg, prompts, harmless=False), _heldout_prompts(cfg, prompts, harmless=True)
+    points = []
+    for label, policy in (("initial", _initial(cfg)), ("ppo", str(final))):
+        rollout = _rollout(cfg, policy, cfg.ppo.rollout.max_new_tokens, "tradeoff-rollout")
+        try:
+            score = scorer_for_one_call(lambda p=policy: _scorer(pm, p, cfg))
+            points.append(policy_point_from_samples(
+                label, rollout, score, (helpful, _prompt_ids(cfg, policy, helpful)),
+                (harmless, _prompt_ids(cfg, policy, harmless)), cfg.ppo.rollout.max_new_tokens,
+                cfg.ppo.rollout.temperature, cfg.seed))
+        finally:
+            rollout.shutdown()
+    notes = (f"One sample per prompt ({len(helpful)} helpful and {len(harmless)} harmless-base held-out prompts), "
+             f"scored by the run's PM (`{pm}`), normalised by its own held-out statistics. One PM scores both axes: "
+             f"its per-subset scores, since the run trains one PM on the mix, as the paper's main PMs are.")
+    result = write_tradeoff(PolicyTradeoff(**vars(policy_tradeoff(points, baseline="initial", notes=notes))),
+                            cfg.run_dir)
+    for p in result.points:
+        print(f"[tradeoff] policy {p.label}: helpful {p.helpful:+.3f} ± {p.helpful_se:.3f}, harmless "
+              f"{p.harmless:+.3f} ± {p.harmless_se:.3f}")
+    return result
+
+
+def run_alignment_tax(cfg) -> AlignmentTax:
+    """lm-eval before (the initial policy) and after (the PPO policy) on the configured tasks, or on local HH
+    choice tasks written into the run folder when none are configured (no hub needed)."""
+    from hh_ray.analysis.alignment_tax import AlignmentTaxConfig, alignment_tax, hh_task_folder
+
+    a = cfg.analyses
+    tax = AlignmentTaxConfig(before=_initial(cfg), after=str(Path(cfg.run_dir) / "ppo" / "policy"),
+                             run_dir=cfg.run_dir, limit=a.lm_eval_limit)
+    if a.lm_eval_tasks:
+        tax.tasks = list(a.lm_eval_tasks)
+    else:
+        tax.include_path, tax.tasks = hh_task_folder(cfg.run_dir, cfg.data.data_dir, a.hh_task_questions)
+    return alignment_tax(tax)
+
+
+def run_ood(cfg) -> OOD:
+    """Mahalanobis OOD detection of harmless-base requests on the activations of the run's PM, its final policy
+    or any HF folder (analyses.ood_model)."""
+    from hh_ray.analysis.ood import OODConfig, ood_detection
+    from hh_ray.driver.pm import _resolve_model_id
+
+    a, run_dir = cfg.analyses, Path(cfg.run_dir)
+    model = {"pm": str(run_dir / "pm"), "policy": str(run_dir / "ppo" / "policy")}.get(a.ood_model, a.ood_model)
+    return ood_detection(OODConfig(model=_resolve_model_id(model), run_dir=cfg.run_dir, data_dir=cfg.data.data_dir,
+                                   layer=a.ood_layer, fit_prompts=a.ood_fit_prompts, test_prompts=a.ood_test_prompts,
+                                   seed=cfg.seed))

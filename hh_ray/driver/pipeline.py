@@ -1,4 +1,5 @@
-"""`hh-ray run`: the whole pipeline, data check -> tokenizer -> SFT -> PM -> PPO -> report."""
+"""`hh-ray run`: the whole pipeline, data check -> tokenizer -> SFT -> PM -> PPO -> [the paper's analyses] ->
+report. The analyses run only when their stage is listed (`stages:` in jobs/paper.yaml)."""
 
 from __future__ import annotations
 
@@ -49,12 +50,41 @@ def run_pipeline(cfg) -> Path:
 
         run_ppo(cfg)
 
+    def bon() -> None:
+        from hh_ray.analysis.best_of_n import BestOfNConfig
+        from hh_ray.driver.analyses import run_best_of_n
+        from hh_ray.driver.pm import TEST_PM
+
+        a, test_pm = cfg.analyses, run_dir / TEST_PM
+        run_best_of_n(cfg, BestOfNConfig(ns=a.bon_ns, prompts=a.bon_prompts, seed=cfg.seed,
+                                         test_pm=str(test_pm) if cfg.pm.test_split else "",
+                                         max_new_tokens=cfg.ppo.rollout.max_new_tokens,
+                                         temperature=cfg.ppo.rollout.temperature))
+
+    def tradeoff() -> None:
+        from hh_ray.driver.analyses import run_harmless_sweep, run_policy_tradeoff
+
+        run_harmless_sweep(cfg, cfg.analyses.harmless_weights)
+        run_policy_tradeoff(cfg, cfg.analyses.bon_prompts)
+
+    def alignment_tax() -> None:
+        from hh_ray.driver.analyses import run_alignment_tax
+
+        for t in run_alignment_tax(cfg).tasks:
+            print(f"[alignment-tax] {t.task}: {t.before:.3f} ± {t.before_se:.3f} -> {t.after:.3f} ± {t.after_se:.3f}")
+
+    def ood() -> None:
+        from hh_ray.driver.analyses import run_ood
+
+        print(f"[ood] AUROC {run_ood(cfg).auroc:.3f}")
+
     def report() -> None:
         from hh_ray.report.report import write_report
 
         write_report(run_dir)
 
     for name, fn in (("data", check_data), ("tokenizer", tokenizer), ("sft", sft), ("pm", pm), ("ppo", ppo),
+                     ("bon", bon), ("tradeoff", tradeoff), ("alignment_tax", alignment_tax), ("ood", ood),
                      ("report", report)):
         stage(name, fn)
     summary = ", ".join(f"{k} {v:.0f}s" for k, v in stage_s.items())

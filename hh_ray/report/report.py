@@ -13,7 +13,9 @@ from hh_ray.algo.analysis import divergence_index, sqrt_kl_law
 from hh_ray.algo.ppo import sqrt_kl
 from hh_ray.report import plots
 from hh_ray.report.online import online_section
-from hh_ray.report.results import OOD, AlignmentTax, BestOfN, Elo, Tradeoff, read_result, result_path
+from hh_ray.report.results import (
+    OOD, AlignmentTax, BestOfN, Elo, PolicyTradeoff, Tradeoff, read_result, result_path,
+)
 
 
 def _read_jsonl(p: Path) -> list[dict]:
@@ -204,24 +206,10 @@ def _analyses_md(run: Path) -> list[str]:
         lines += [f"| {n} | {k:.3f} | {sqrt_kl(k):.3f} | {a:+.3f} ± {ase:.3f} | {b:+.3f} ± {bse:.3f} |"
                   for n, k, a, ase, b, bse in zip(bon.ns, bon.kl, bon.train_pm, bon.train_pm_se, test, test_se)]
         lines += ["", "![best-of-N](analysis/bon.png)", ""]
-    trade = read_result(Tradeoff, result_path(run, Tradeoff))
-    if trade:
-        lines += ["## Helpful vs harmless", "", f"Both axes: {trade.metric}.", "",
-                  "| model | helpful | harmless |", "|---|---|---|"]
-        lines += [f"| {p.label} | {p.helpful:.3f} ± {p.helpful_se:.3f} | {p.harmless:.3f} ± {p.harmless_se:.3f} |"
-                  for p in trade.points]
-        lines += [""] + [f"Baseline {name}: helpful {h:.3f}, harmless {x:.3f}." for name, (h, x) in
-                         trade.baselines.items()]
-        lines += ["", ("Above every baseline on both axes at once (point estimates): "
-                       + ", ".join(trade.above_all_baselines) + ".")
-                  if trade.above_all_baselines else "**No model is above every baseline on both axes at once.**"]
-        if trade.above_all_baselines:
-            lines.append(("By more than 2 standard errors on both axes: " + ", ".join(trade.clearly_above_all) + ".")
-                         if trade.clearly_above_all else "**None is above every baseline by more than 2 standard "
-                         "errors on both axes: the difference is within noise.**")
-        if trade.notes:
-            lines += ["", trade.notes]
-        lines += ["", "![helpful vs harmless](analysis/tradeoff.png)", ""]
+    for cls, title in ((Tradeoff, "Helpful vs harmless: PMs"), (PolicyTradeoff, "Helpful vs harmless: policies")):
+        trade = read_result(cls, result_path(run, cls))
+        if trade:
+            lines += _tradeoff_md(trade, title, result_path(run, cls).with_suffix(".png").name)
     tax = read_result(AlignmentTax, result_path(run, AlignmentTax))
     if tax:
         lines += ["## Alignment tax (zero-shot evaluations)", "",
@@ -249,4 +237,23 @@ def _analyses_md(run: Path) -> list[str]:
         png = plots.elo_by_round(elo.versions, elo.elo, elo.lo, elo.hi, run / "analysis" / "elo.png")
         lines += ["", f"![Elo by round](analysis/{png.name})", ""]
     lines += online_section(run)
+    return lines
+
+
+def _tradeoff_md(trade: Tradeoff, title: str, png: str) -> list[str]:
+    lines = ["## " + title, "", f"Both axes: {trade.metric}.", "", "| model | helpful | harmless |", "|---|---|---|"]
+    lines += [f"| {p.label} | {p.helpful:.3f} ± {p.helpful_se:.3f} | {p.harmless:.3f} ± {p.harmless_se:.3f} |"
+              for p in trade.points]
+    lines += [""] + [f"Baseline {name}: helpful {h:.3f}, harmless {x:.3f}." for name, (h, x) in
+                     trade.baselines.items()]
+    lines += ["", ("Above every baseline on both axes at once (point estimates): "
+                   + ", ".join(trade.above_all_baselines) + ".")
+              if trade.above_all_baselines else "**No model is above every baseline on both axes at once.**"]
+    if trade.above_all_baselines:
+        lines.append(("By more than 2 standard errors on both axes: " + ", ".join(trade.clearly_above_all) + ".")
+                     if trade.clearly_above_all else "**None is above every baseline by more than 2 standard "
+                     "errors on both axes: the difference is within noise.**")
+    if trade.notes:
+        lines += ["", trade.notes]
+    lines += ["", f"![{title}](analysis/{png})", ""]
     return lines

@@ -57,6 +57,11 @@ class Tradeoff:
 
 
 @dataclass
+class PolicyTradeoff(Tradeoff):
+    """Policies (not PMs) in the helpful/harmless plane: mean PM score per subset; stored in a file of its own."""
+
+
+@dataclass
 class TaskScore:
     task: str
     metric: str
@@ -115,7 +120,7 @@ class Elo:
                    confidence=r.confidence, bootstraps=r.bootstraps, prior_sd=r.prior_sd, anchor=r.anchor)
 
 
-RESULT_FILES = {BestOfN: "bon", Tradeoff: "tradeoff", AlignmentTax: "alignment_tax", OOD: "ood", Elo: "elo"}
+RESULT_FILES = {BestOfN: "bon", Tradeoff: "tradeoff", PolicyTradeoff: "tradeoff_policies", AlignmentTax: "alignment_tax", OOD: "ood", Elo: "elo"}
 
 
 def result_path(run_dir: str | Path, cls: type) -> Path:

@@ -8,7 +8,7 @@ import math
 from hh_ray.algo.elo import Comparison, elo_ratings
 from hh_ray.cli import main
 from hh_ray.report.results import (
-    OOD, AlignmentTax, BestOfN, Elo, TaskScore, Tradeoff, TradeoffPoint, result_path, write_result,
+    OOD, AlignmentTax, BestOfN, Elo, PolicyTradeoff, TaskScore, Tradeoff, TradeoffPoint, result_path, write_result,
 )
 
 
@@ -45,6 +45,10 @@ def test_report_sections_from_a_run_folder(tmp_path, capsys):
                                   TradeoffPoint("harmless x2", 0.53, 0.52, 0.02, 0.02)],
                           above_all_baselines=["harmless x2"], clearly_above_all=[]),
                  result_path(run, Tradeoff))
+    write_result(PolicyTradeoff(metric="mean PM score", baselines={"initial": [0.1, -0.1]},
+                                points=[TradeoffPoint("initial", 0.1, -0.1, 0.05, 0.05),
+                                        TradeoffPoint("ppo", 0.9, -0.4, 0.05, 0.05)], above_all_baselines=[]),
+                 result_path(run, PolicyTradeoff))
     write_result(AlignmentTax(before_model="sft", after_model="ppo", limit=None, num_fewshot=0,
                               tasks=[TaskScore("arc_easy", "acc", 0.40, 0.01, 0.38, 0.01, 100)]),
                  result_path(run, AlignmentTax))
@@ -65,7 +69,9 @@ def test_report_sections_from_a_run_folder(tmp_path, capsys):
     assert "**PPO raised the train-PM score (+2.500) but not the test-PM score (-0.100)" in md
     # gap - initial gap = 0.8 > 2 * sqrt(0.05^2 * 2) = 0.141 from step 1 on, and it stays so
     assert "The curves part ways at step 1 " in md
-    for section in ("## Best-of-N", "## Helpful vs harmless", "(point estimates): harmless x2.",
+    for section in ("## Best-of-N", "## Helpful vs harmless: PMs", "(point estimates): harmless x2.",
+                    "## Helpful vs harmless: policies", "| ppo | 0.900 ± 0.050 | -0.400 ± 0.050 |",
+                    "![Helpful vs harmless: policies](analysis/tradeoff_policies.png)",
                     "**None is above every baseline by more than 2 standard errors",
                     "## Alignment tax", "| arc_easy | acc | 0.400 ± 0.010 | 0.380 ± 0.010 | -0.020 | 100 |",
                     "**AUROC 0.710**", "## Elo by policy version",

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
 
@@ -34,3 +36,29 @@ def test_run_writes_the_run_folder(tmp_path):
     assert "PM score vs sqrt(KL)" in report and "before PPO" in report
     for png in run.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow  # four MiniLM PMs, PPO and every analysis: about 10 minutes on 2 cores
+def test_paper_job_runs_every_analysis_into_the_report(tmp_path):
+    run = tmp_path / "paper"
+    args = [sys.executable, "-m", "hh_ray.cli", "run", "--config", str(JOBS / "paper.yaml"), f"run_dir={run}",
+            "data.max_examples=240", "sft.steps=6", "sft.trainer.total_steps=6", "pm.epochs=0.3",
+            "ppo.steps=2", "ppo.eval_every=1", "ppo.prompts_per_step=8", "ppo.eval_prompts=8",
+            "ppo.rollout.max_new_tokens=16", "analyses.bon_ns=[1,2,4]", "analyses.bon_prompts=6",
+            "analyses.hh_task_questions=6", "analyses.lm_eval_limit=4", "analyses.ood_fit_prompts=40",
+            "analyses.ood_test_prompts=20"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=1800,
+                          env=os.environ | {"RAY_AUTH_MODE": "disabled"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for name in ("bon", "tradeoff", "tradeoff_policies", "alignment_tax", "ood"):
+        assert (run / "analysis" / f"{name}.json").is_file(), name
+        assert (run / "analysis" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    policies = json.loads((run / "analysis" / "tradeoff_policies.json").read_text())
+    assert [p["label"] for p in policies["points"]] == ["initial", "ppo"]
+    assert all(p["helpful_pairs"] == 6 and p["harmless_pairs"] == 6 for p in policies["points"])
+    pms = json.loads((run / "analysis" / "tradeoff.json").read_text())
+    assert [p["label"] for p in pms["points"]] == ["harmless x0.5", "harmless x2"]  # test_split: the run's PM is half
+    report = (run / "report.md").read_text()
+    for section in ("Best-of-N", "Helpful vs harmless: PMs", "Helpful vs harmless: policies", "Alignment tax",
+                    "OOD detection", "Robustness: train PM vs test PM"):
+        assert section in report, section
