@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     from hh_ray.data.hh import DataError
     from hh_ray.driver.stage import ResumeError
     from hh_ray.ops.plan import PlanError
+    from hh_ray.ops.storage import SharedStorageError
     from hh_ray.ops.submit import SubmitError
     from hh_ray.workers.group import PlacementError
     from hh_ray.workers.rollout import StaleWeightsError
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             run_pipeline(cfg)
         return 0
     except (ConfigError, DataError, FileNotFoundError, PlacementError, StaleWeightsError, SubmitError,
-            ResumeError, PlanError) as exc:
+            ResumeError, PlanError, SharedStorageError) as exc:
         print(f"hh-ray: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the drivers' `finally` blocks have torn their actor groups down by now

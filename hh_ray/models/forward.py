@@ -171,9 +171,12 @@ def read_pm_stats(path: str | Path) -> dict:
     return json.loads(f.read_text()) if f.is_file() else {"mean": 0.0, "std": 1.0}
 
 
+SCORE_BATCH_ROWS = 32  # texts per PM forward pass in score_texts (the capacity plan sizes activations by it)
+
+
 @torch.no_grad()
 def score_texts(model, tokenizer, prompts: list[str], responses: list[str], max_tokens: int,
-                batch_size: int = 32) -> torch.Tensor:
+                batch_size: int = SCORE_BATCH_ROWS) -> torch.Tensor:
     """Raw PM scores of (prompt, response) texts, in order (the PM's own tokenizer and input format)."""
     from hh_ray.data.tokenize import pm_input_ids
 

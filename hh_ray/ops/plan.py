@@ -36,12 +36,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from hh_ray.models.forward import SCORE_BATCH_ROWS
+from hh_ray.workers.reference import MICRO_BATCH_ROWS
+
 GB = 1e9
 RUNTIME_GB = 3.0  # CUDA context, NCCL buffers, allocator fragmentation: per GPU process
 ENGINE_RESERVE_GB = 2.0  # a vLLM engine's activations and CUDA graphs inside its memory fraction, per GPU
 DEFAULT_GPU_GB = 80.0
-REFERENCE_ROWS = 16  # ReferenceWorker's micro batch (rows)
-SCORER_ROWS = 32  # score_texts' batch (rows)
 ANNOTATION = "hh-ray/gpu-memory-gb"
 
 
@@ -397,9 +398,9 @@ def plan_job(cfg, cluster: str | None = None, gpu_gb: float = DEFAULT_GPU_GB) ->
             name.removeprefix("pm-")
         g = GroupPlan(name, kind, pl.bundles, pl.strategy, {}, 0.0)
         if name == "reference":
-            g.memory_gb = inference_memory(shape, "lm", REFERENCE_ROWS, seq, resp)
+            g.memory_gb = inference_memory(shape, "lm", MICRO_BATCH_ROWS, seq, resp)
         elif name == "pm-scorer":
-            g.memory_gb = inference_memory(pm_shape, "scalar", SCORER_ROWS, cfg.pm.max_tokens, 0)
+            g.memory_gb = inference_memory(pm_shape, "scalar", SCORE_BATCH_ROWS, cfg.pm.max_tokens, 0)
         elif name.endswith("-trainer"):
             head, t = ("lm", p.policy_trainer) if name == "policy-trainer" else ("scalar", p.critic_trainer)
             rows = max(t.micro_batch_size, math.ceil(minibatch / (t.num_ranks * t.grad_accum_steps)))

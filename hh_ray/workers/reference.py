@@ -6,10 +6,14 @@ from hh_ray.algo.batch import SequenceBatch, split
 from hh_ray.workers.group import STATELESS_RESTARTS, Worker, WorkerGroup
 
 
+MICRO_BATCH_ROWS = 16  # samples per forward pass (the capacity plan sizes activations by it)
+
+
 class ReferenceWorker(Worker):
     """A frozen HF causal LM in inference mode (no optimizer, no DeepSpeed)."""
 
-    def __init__(self, model_path: str, gpus: float = 0.0, dtype: str = "auto", micro_batch_size: int = 16):
+    def __init__(self, model_path: str, gpus: float = 0.0, dtype: str = "auto",
+                 micro_batch_size: int = MICRO_BATCH_ROWS):
         from hh_ray.data.tokenize import load_tokenizer
         from hh_ray.models.forward import load_model, resolve_dtype
         from hh_ray.workers.device import gpu_worker_device

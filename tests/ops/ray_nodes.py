@@ -67,3 +67,15 @@ def wait_for_nodes(count: int, timeout_s: float = 120.0) -> list[dict]:
             return alive
         time.sleep(0.5)
     raise RuntimeError(f"only {len(alive)} of {count} Ray nodes came up")
+
+
+def run_scenario(script: Path, timeout_s: float) -> tuple[dict, subprocess.CompletedProcess]:
+    """Run a scenario script as PID 1 of its own PID namespace (its Ray nodes die with it); returns the
+    observations it printed last (`SCENARIO {json}`) and the finished process."""
+    env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(script)],
+                          capture_output=True, text=True, timeout=timeout_s, env=env)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("SCENARIO ")]
+    assert lines, f"scenario printed nothing (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
+    return json.loads(lines[-1].removeprefix("SCENARIO ")), proc

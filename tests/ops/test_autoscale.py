@@ -6,14 +6,11 @@ under `unshare --pid --fork --mount-proc` where it sees only its own.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from ray_nodes import run_scenario
 
 SCENARIO = Path(__file__).with_name("autoscale_scenario.py")
 
@@ -21,13 +18,7 @@ SCENARIO = Path(__file__).with_name("autoscale_scenario.py")
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare for a private PID namespace")
 @pytest.mark.slow  # kept out of the default suite for time; run with -m slow
 def test_engines_grow_on_new_nodes_survive_a_death_and_shrink():
-    env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-                        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(SCENARIO)],
-                          capture_output=True, text=True, timeout=900, env=env)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("SCENARIO ")]
-    assert lines, f"scenario printed nothing (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
-    obs = json.loads(lines[-1].removeprefix("SCENARIO "))
+    obs, proc = run_scenario(SCENARIO, 900)
     assert proc.returncode == 0, (obs, proc.stderr[-3000:])
     # grow: backlog 24 at 8 per engine -> 3 engines, the new ones on new nodes (the head had CPU for one)
     assert obs["grow"]["added"] == 2 and obs["grow"]["engines"] == 3

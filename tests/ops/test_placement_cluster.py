@@ -3,14 +3,11 @@ every bundle lands on the node type it asks for; a tensor-parallel engine's vLLM
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from ray_nodes import run_scenario
 
 SCENARIO = Path(__file__).with_name("placement_scenario.py")
 
@@ -19,13 +16,8 @@ SCENARIO = Path(__file__).with_name("placement_scenario.py")
 def placed():
     if shutil.which("unshare") is None:
         pytest.skip("needs util-linux unshare for a private PID namespace")
-    env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-                        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(SCENARIO)],
-                          capture_output=True, text=True, timeout=600, env=env)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("SCENARIO ")]
-    assert proc.returncode == 0 and lines, f"scenario failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
-    obs = json.loads(lines[-1].removeprefix("SCENARIO "))
+    obs, proc = run_scenario(SCENARIO, 600)
+    assert proc.returncode == 0, f"scenario failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
     shutil.rmtree(obs.pop("tmp"), ignore_errors=True)  # the cluster ended with the namespace
     return obs
 

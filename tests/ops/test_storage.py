@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from ray_nodes import run_scenario
 
 from hh_ray.ops.storage import CHECK_DIR, check_shared_folder
 
@@ -25,13 +23,8 @@ def test_local_ray_sees_its_own_run_folder(ray_local, tmp_path):
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
                     reason="needs unshare and root for a node with a private mount")
 def test_a_node_that_does_not_see_the_folder_fails_the_check_by_name():
-    env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-                        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(SCENARIO)],
-                          capture_output=True, text=True, timeout=400, env=env)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("SCENARIO ")]
-    assert proc.returncode == 0 and lines, f"scenario failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
-    obs = json.loads(lines[-1].removeprefix("SCENARIO "))
+    obs, proc = run_scenario(SCENARIO, 400)
+    assert proc.returncode == 0, f"scenario failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
     shutil.rmtree(obs["tmp"], ignore_errors=True)  # the cluster ended with the namespace
     assert obs["shared_nodes"] == 2 and obs["leftovers"] == []  # head and a worker on the same folder pass
     err = obs["error"]
