@@ -42,13 +42,6 @@ def _mean_se(xs: list[float]) -> tuple[float, float]:
     return mean, (math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1) / n) if n > 1 else 0.0)
 
 
-def _fields(sample) -> tuple[list[int], str]:
-    """Response ids and text of one generated sample (a dict, or the typed Sample of the newer worker protocol)."""
-    if isinstance(sample, dict):
-        return sample["response"], sample["text"]
-    return sample.response, sample.text
-
-
 ScoreFn = Callable[[list[str], list[str], list[list[int]]], list[float]]
 """(prompt texts, response texts, response ids) -> one score per response, in order."""
 
@@ -88,7 +81,7 @@ def draw_and_score(rollout, score: ScoreFn, prompt_texts: list[str], prompt_ids:
         raise ValueError(f"need prompts: got {len(prompt_texts)} texts and {len(prompt_ids)} id lists")
     sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=n)
     seeds = [seed * 1_000_003 + i for i in range(len(prompt_ids))]
-    samples = [_fields(s) for s in rollout.generate(prompt_ids, sampling, seeds)]  # [i * n + j]: sample j of i
+    samples = [(s.response, s.text) for s in rollout.generate(prompt_ids, sampling, seeds)]  # [i * n + j]: sample j of i
     flat_prompts = [prompt_texts[k // n] for k in range(len(samples))]
     scores = score(flat_prompts, [t for _, t in samples], [ids for ids, _ in samples])
     return samples, torch.tensor(scores, dtype=torch.float64).view(len(prompt_ids), n)

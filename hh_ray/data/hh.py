@@ -20,7 +20,6 @@ from typing import Iterable, Iterator
 log = logging.getLogger(__name__)
 
 SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
-HUB_ID = "Anthropic/hh-rlhf"
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
 

@@ -18,7 +18,7 @@ import multiprocessing as mp
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -175,12 +175,4 @@ def run_labelers(specs: list[LabelerSpec], count: Callable[[], int], target: int
     codes = {name: p.exitcode for name, p in procs.items()}
     finished = all(c == 0 for c in codes.values()) and (bool(procs) or n >= target)
     return CollectionResult(finished, codes, time.monotonic() - t0)
-
-
-def spec_summary(spec: LabelerSpec) -> dict:
-    """A spec as it may be logged: no password, no dialogue texts."""
-    d = asdict(spec)
-    d.pop("password")
-    d["dialogues"] = len(spec.dialogues)
-    return d
 

@@ -99,8 +99,8 @@ def online_section(run_dir: str | Path) -> list[str]:
              "| round | policy vs | comparisons | PM train pairs | PM acc. static held-out | PM acc. next round's "
              "comparisons | PPO PM score before -> after |", "|---|---|---|---|---|---|---|"]
     for r in s.rounds:
-        cmp = ", ".join(f"{m} {n}" for m, n in sorted(r.comparisons.items())) + ("" if r.collection_finished
-                                                                                  else " (deadline)")
+        cmp = ", ".join(f"{m} {n}" for m, n in sorted(r.comparisons.items())) + (
+            f" in {r.collection_s:.0f} s" if r.collection_finished else f" (deadline, {r.collection_s:.0f} s)")
         nxt = f"{r.pm_next_accuracy:.3f} ({r.pm_next_pairs})" if r.pm_next_pairs else "-"
         lines.append(f"| {r.round} | v{r.policy_version} vs v{r.opponent_version} | {cmp} | {r.pm_train_pairs} | "
                      f"{r.pm_static_accuracy:.3f} | {nxt} | {r.ppo_score_before:+.3f} -> {r.ppo_score_after:+.3f} |")

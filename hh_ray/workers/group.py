@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    import ray
 
 
 STATELESS_RESTARTS = 3  # how often Ray restarts a dead reference or scorer actor in place

@@ -89,7 +89,6 @@ class RolloutWorker(Worker):
         tok = self.llm.get_tokenizer()
         self.eos = tok.eos_token_id
         self.version = 0
-        self.tokens_generated = 0
 
     def policy_version(self) -> int:
         return self.version
@@ -123,7 +122,6 @@ class RolloutWorker(Worker):
                 ids = list(c.token_ids)
                 lps = [lp[t].logprob for lp, t in zip(c.logprobs, ids)]
                 results.append(Sample(ids, lps, c.text, c.finish_reason))
-        self.tokens_generated += sum(len(r.response) for r in results)
         self.last_seconds = time.perf_counter() - t0
         return results
 

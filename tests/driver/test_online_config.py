@@ -62,6 +62,6 @@ def test_online_section_in_report(tmp_path):
     assert read_summary(tmp_path).rounds[1].pm_static_accuracy == pytest.approx(0.62)
     text = write_report(tmp_path).read_text()
     assert "## Online rounds" in text
-    assert "| 1 | v1 vs v0 | helpful 32 | 900 | 0.620 | 0.550 (32) | -0.100 -> +0.400 |" in text
+    assert "| 1 | v1 vs v0 | helpful 32 in 60 s | 900 | 0.620 | 0.550 (32) | -0.100 -> +0.400 |" in text
     assert "| 2 | +60 | [+5, +120] | 24 |" in text
     assert "hello \\| there" in text  # a pipe in a sample cannot break the table
