@@ -134,6 +134,7 @@ class TrainerWorker(Worker):
         if batch_size(batch) < gas:
             raise ValueError(f"rank {self.rank} got {batch_size(batch)} samples for {gas} accumulation steps")
         scale = self.world * gas / max(total_units, 1)
+        lr = self.engine.get_lr()  # the rate this step applies (the scheduler moves it on after the step)
         sums: dict[str, float] = {"loss": 0.0}
         for mb in split(batch, gas):
             loss, stats = objective.loss(self.engine, mb, self.pad_id)
@@ -143,7 +144,6 @@ class TrainerWorker(Worker):
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
         self.steps += 1
-        lr = self.engine.get_lr()
         gn = self.engine.get_global_grad_norm()
         return StepResult(sums, objective.units(batch), float(lr[0]) if lr else self.cfg.lr,
                           float(gn) if gn is not None else float("nan"), time.perf_counter() - t0)

@@ -38,11 +38,13 @@ def test_run_writes_the_run_folder(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow  # four MiniLM PMs, PPO and every analysis: about 10 minutes on 2 cores
+@pytest.mark.slow  # four MiniLM PMs, PPO and every analysis: 15-25 minutes on 2 cores
+@pytest.mark.timeout(2400)
 def test_paper_job_runs_every_analysis_into_the_report(tmp_path):
     run = tmp_path / "paper"
     args = [sys.executable, "-m", "hh_ray.cli", "run", "--config", str(JOBS / "paper.yaml"), f"run_dir={run}",
             "data.max_examples=240", "sft.steps=6", "sft.trainer.total_steps=6", "pm.epochs=0.3",
+            "pm.trainer.warmup_steps=0",
             "ppo.steps=2", "ppo.eval_every=1", "ppo.prompts_per_step=8", "ppo.eval_prompts=8",
             "ppo.rollout.max_new_tokens=16", "analyses.bon_ns=[1,2,4]", "analyses.bon_prompts=6",
             "analyses.hh_task_questions=6", "analyses.lm_eval_limit=4", "analyses.ood_fit_prompts=40",
@@ -53,6 +55,8 @@ def test_paper_job_runs_every_analysis_into_the_report(tmp_path):
     for name in ("bon", "tradeoff", "tradeoff_policies", "alignment_tax", "ood"):
         assert (run / "analysis" / f"{name}.json").is_file(), name
         assert (run / "analysis" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    bon = json.loads((run / "analysis" / "bon.json").read_text())
+    assert bon["test_pm"] != bon["train_pm"]  # two PMs trained on disjoint halves score differently
     policies = json.loads((run / "analysis" / "tradeoff_policies.json").read_text())
     assert [p["label"] for p in policies["points"]] == ["initial", "ppo"]
     assert all(p["helpful_pairs"] == 6 and p["harmless_pairs"] == 6 for p in policies["points"])
