@@ -8,8 +8,12 @@ Ray is imported where a group needs it, so a worker class also runs in-process w
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import socket
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
@@ -27,10 +31,9 @@ def actor_env(cpus: float = 1.0, on_gpu: bool = False) -> dict[str, str]:
     """Environment for a worker process: BLAS threads = its whole CPUs (at least 1), cached JIT ops."""
     from hh_ray.workers.device import process_env
 
-    cache = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~/.cache/hh-ray/torch_extensions")
     env = {
         "OMP_NUM_THREADS": os.environ.get("HH_RAY_ACTOR_THREADS", str(max(1, int(cpus)))),
-        "TORCH_EXTENSIONS_DIR": cache,
+        "TORCH_EXTENSIONS_DIR": str(extensions_dir()),
         "TOKENIZERS_PARALLELISM": "false",
         **process_env(on_gpu, dict(os.environ)),
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
@@ -43,26 +46,28 @@ def actor_env(cpus: float = 1.0, on_gpu: bool = False) -> dict[str, str]:
     return env
 
 
-def clear_stale_build_locks(max_age_s: float = 600.0) -> list[str]:
-    """Remove JIT-build `lock` files older than `max_age_s` under TORCH_EXTENSIONS_DIR.
+def extensions_dir() -> Path:
+    """Where torch JIT-builds DeepSpeed's ops: TORCH_EXTENSIONS_DIR, else one folder per Python environment (a
+    build's flags name the environment's include paths, so two checkouts sharing a folder rebuild it in turn)."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    env_tag = hashlib.sha1(sys.prefix.encode()).hexdigest()[:12]
+    return Path.home() / ".cache" / "hh-ray" / "torch_extensions" / env_tag
 
-    torch's extension builder waits forever while a `lock` file exists; a process killed mid-build (any may be)
-    leaves one behind, and every later DeepSpeed start on that machine would hang. A build takes about a minute,
-    so a lock this old has no builder left.
-    """
-    import time
-    from pathlib import Path
 
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~/.cache/hh-ray/torch_extensions"))
-    removed = []
-    for lock in root.glob("*/lock") if root.is_dir() else []:
-        try:
-            if time.time() - lock.stat().st_mtime > max_age_s:
-                lock.unlink()
-                removed.append(str(lock))
-        except FileNotFoundError:
-            pass
-    return removed
+@contextlib.contextmanager
+def exclusive_build(root: Path):
+    """Hold the build folder's flock (the kernel drops it when its holder dies, however it dies) and remove the
+    `lock` files torch's builder left: torch waits forever on one, and a builder killed mid-build leaves it
+    behind. Every hh-ray build runs under this flock, so no live builder owns a `lock` found here."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "hh-ray-build.flock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        for stale in root.glob("*/lock"):
+            stale.unlink(missing_ok=True)
+        yield
 
 
 def free_port() -> int:

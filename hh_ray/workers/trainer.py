@@ -20,7 +20,7 @@ import torch
 from hh_ray.algo.batch import PairBatch, SequenceBatch, TokenBatch, batch_size, split
 from hh_ray.models.objectives import StepResult, merge_results, probe_tokens
 from hh_ray.workers.checkpoint import checkpoint_problem, latest_tag, missing_checkpoint_files, write_manifest
-from hh_ray.workers.group import Worker, WorkerGroup, clear_stale_build_locks, free_port, get_all, node_ip
+from hh_ray.workers.group import Worker, WorkerGroup, exclusive_build, extensions_dir, free_port, get_all, node_ip
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,22 @@ def ds_config(t, world: int, dtype: torch.dtype) -> dict:
     return cfg
 
 
+def load_jit_ops() -> None:
+    """Build or load the op DeepSpeed JIT-compiles at init (its CPU shared-memory collectives) under
+    `exclusive_build`, so a build killed midway never leaves later trainers waiting; DeepSpeed's own load in
+    `init_distributed` then finds the op loaded in this process. GPU accelerators have no such op."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return
+    root = extensions_dir()
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(root)  # where torch builds: the folder the flock guards
+    with exclusive_build(root):
+        builder.load()
+
+
 class TrainerWorker(Worker):
     """One rank: a DeepSpeed engine over an HF model of one kind (causal_lm, pm, value)."""
 
@@ -91,9 +107,9 @@ class TrainerWorker(Worker):
     def setup(self, rank: int, world: int, master: tuple[str, int], model_path: str, kind: str, trainer_cfg,
               seed: int, dtype: str = "auto") -> RankInfo:
         """Join the group's torch.distributed world and build the engine."""
-        clear_stale_build_locks()  # DeepSpeed JIT-builds an op at init and would wait forever on a dead builder's lock
         import deepspeed
 
+        load_jit_ops()
         from hh_ray.data.tokenize import load_tokenizer
         from hh_ray.models.forward import load_model, resolve_dtype
         from hh_ray.workers.device import check_device, device_from_config, local_rank, ray_gpu_ids

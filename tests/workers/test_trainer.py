@@ -186,16 +186,35 @@ def test_context_distillation_lowers_the_prompted_unprompted_kl(ray_local, tiny_
     assert kls[-1] < 0.5 * kls[0], kls
 
 
-def test_a_dead_builders_lock_is_cleared_and_a_live_one_kept(tmp_path, monkeypatch):
-    import os
+def test_a_builder_killed_mid_build_blocks_nobody(tmp_path):
+    """A child takes the build flock, leaves torch's `lock` file as a build does, and is SIGKILLed mid-build:
+    the next builder gets the flock at once and finds the dead builder's `lock` gone."""
+    import signal
+    import subprocess
+    import sys
     import time
 
-    from hh_ray.workers.group import clear_stale_build_locks
+    from hh_ray.workers.group import exclusive_build
 
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    for name, age in (("old_op", 3600), ("building_op", 5)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "lock").write_text("")
-        os.utime(tmp_path / name / "lock", (time.time() - age, time.time() - age))
-    assert clear_stale_build_locks() == [str(tmp_path / "old_op" / "lock")]
-    assert (tmp_path / "building_op" / "lock").exists()
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from hh_ray.workers.group import exclusive_build\n"
+        f"root = Path({str(tmp_path)!r})\n"
+        "with exclusive_build(root):\n"
+        "    (root / 'op').mkdir(); (root / 'op' / 'lock').write_text('')\n"
+        "    print('building', flush=True); time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "building"
+    import fcntl
+
+    with open(tmp_path / "hh-ray-build.flock") as fh:  # held by the live builder: not ours to take
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            raise AssertionError("the flock was free while a builder held it")
+        except BlockingIOError:
+            pass
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert (tmp_path / "op" / "lock").exists()  # what a killed torch build leaves behind
+    t0 = time.monotonic()
+    with exclusive_build(tmp_path):
+        assert not (tmp_path / "op" / "lock").exists()
+    assert time.monotonic() - t0 < 5
