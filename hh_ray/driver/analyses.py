@@ -87,8 +87,8 @@ def run_best_of_n(cfg, bon: BestOfNConfig) -> BestOfN:
 def run_harmless_sweep(cfg, weights: list[float]) -> Tradeoff:
     """Train one PM per harmless-base weight in the data mix (each in <run_dir>/harmless-w<w>, reused when done),
     then place them in the helpful/harmless accuracy plane: writes <run_dir>/analysis/tradeoff.json + PNG.
-    The run's own PM, when trained on the whole train side (no pm.test_split), is the point of its own weight;
-    `pm.backbone: sft` means the run's SFT policy."""
+    Each PM learns from the pairs the run's PM learned from (with pm.test_split, the same half), so the run's PM
+    is the point of its own weight; `pm.backbone: sft` means the run's SFT policy."""
     from dataclasses import replace
 
     from hh_ray.driver.pm import run_pm
@@ -97,22 +97,26 @@ def run_harmless_sweep(cfg, weights: list[float]) -> Tradeoff:
         raise ValueError(f"harmless weights must be >= 0, got {weights}")
     run_dir, own = Path(cfg.run_dir), cfg.data.subset_weights.get(HARMLESS, 1.0)
     backbone = str(run_dir / "sft") if cfg.pm.backbone == "sft" else cfg.pm.backbone
-    evals = [(f"harmless x{own:g} (the run's PM)", run_dir / "pm" / "pm_eval.json")]
-    if cfg.pm.test_split or not evals[0][1].is_file():
-        evals = []
-    for w in sorted(set(weights) - ({own} if evals else set())):
+    evals = []
+    for w in sorted(set(weights) | ({own} if (run_dir / "pm" / "pm_eval.json").is_file() else set())):
+        if w == own and (run_dir / "pm" / "pm_eval.json").is_file():
+            evals.append((f"harmless x{w:g} (the run's PM)", run_dir / "pm" / "pm_eval.json"))
+            continue
         mix = dict(cfg.data.subset_weights) | {HARMLESS: w}
         sub = replace(cfg, run_dir=f"{cfg.run_dir}/harmless-w{w:g}", data=replace(cfg.data, subset_weights=mix),
-                      pm=replace(cfg.pm, backbone=backbone, test_split=False))
+                      pm=replace(cfg.pm, backbone=backbone))
         path = Path(sub.run_dir) / "pm" / "pm_eval.json"
         if not path.is_file():
-            run_pm(sub)
+            run_pm(sub, with_test_pm=False)
         evals.append((f"harmless x{w:g}", path))
     t = cfg.pm.trainer
+    schedule = f"decay to step {t.total_steps}" if t.total_steps else "then constant"
     notes = (f"One PM per harmless-base weight {weights} in the training mix (data.subset_weights); other settings "
              f"from the job `{cfg.name}`: backbone {cfg.pm.backbone}, {cfg.pm.epochs:g} epochs over "
-             f"data.max_examples {cfg.data.max_examples or 'all'} comparisons, lr {t.lr:g} (warmup {t.warmup_steps}, "
-             f"decay to step {t.total_steps}), max_tokens {cfg.pm.max_tokens}, holdout {cfg.data.holdout_fraction:g}.")
+             f"data.max_examples {cfg.data.max_examples or 'all'} comparisons"
+             f"{' (the first half of the train side, as pm.test_split gives the run PM)' if cfg.pm.test_split else ''}"
+             f", lr {t.lr:g} (warmup {t.warmup_steps}, {schedule}), max_tokens {cfg.pm.max_tokens}, holdout "
+             f"{cfg.data.holdout_fraction:g}.")
     result = write_tradeoff(pm_tradeoff(evals, notes=notes), cfg.run_dir)
     for p in result.points:
         print(f"[tradeoff] {p.label}: helpful {p.helpful:.3f} ± {p.helpful_se:.3f}, harmless {p.harmless:.3f} ± "

@@ -83,12 +83,12 @@ def require_pm(path: Path, need_stats: bool = False) -> None:
 TEST_PM = "pm-test"
 
 
-def run_pm(cfg) -> str:
+def run_pm(cfg, with_test_pm: bool = True) -> str:
     """Train on the train side, evaluate on held-out prompts, export to `<run_dir>/pm`; returns that path.
 
     With `pm.test_split`, the train side is cut in two halves by prompt: the PM PPO trains against learns from
     one, and a second, held-out "test" PM (`<run_dir>/pm-test`) from the other, to judge PPO's samples by a PM
-    the policy never optimized (the paper's robustness check).
+    the policy never optimized (the paper's robustness check). `with_test_pm=False` trains the first alone.
     """
     train, held, _ = load_train_holdout(cfg.data, cfg.seed)
     if not cfg.pm.test_split:
@@ -96,7 +96,8 @@ def run_pm(cfg) -> str:
     h = cfg.data.holdout_fraction
     first, second = split_holdout(train, h + (1 - h) / 2)  # prompt buckets [h, mid) and [mid, 1): equal halves
     out = train_pm(cfg, first, held, "pm")
-    train_pm(cfg, second, held, TEST_PM)
+    if with_test_pm:
+        train_pm(cfg, second, held, TEST_PM)
     return out
 
 

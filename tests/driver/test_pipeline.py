@@ -38,7 +38,7 @@ def test_run_writes_the_run_folder(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow  # four MiniLM PMs, PPO and every analysis: 15-25 minutes on 2 cores
+@pytest.mark.slow  # three MiniLM PMs, PPO and every analysis: 15-25 minutes on 2 cores
 @pytest.mark.timeout(2400)
 def test_paper_job_runs_every_analysis_into_the_report(tmp_path):
     run = tmp_path / "paper"
@@ -61,7 +61,7 @@ def test_paper_job_runs_every_analysis_into_the_report(tmp_path):
     assert [p["label"] for p in policies["points"]] == ["initial", "ppo"]
     assert all(p["helpful_pairs"] == 6 and p["harmless_pairs"] == 6 for p in policies["points"])
     pms = json.loads((run / "analysis" / "tradeoff.json").read_text())
-    assert [p["label"] for p in pms["points"]] == ["harmless x0.5", "harmless x2"]  # test_split: the run's PM is half
+    assert [p["label"] for p in pms["points"]] == ["harmless x0.5", "harmless x2 (the run's PM)"]
     report = (run / "report.md").read_text()
     for section in ("Best-of-N", "Helpful vs harmless: PMs", "Helpful vs harmless: policies", "Alignment tax",
                     "OOD detection", "Robustness: train PM vs test PM"):
