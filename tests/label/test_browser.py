@@ -38,10 +38,12 @@ def test_browser_logs_in_labels_continues_and_ends(label_service, tmp_path):
 
         # turn 1: typed, sent with Ctrl+Enter; B "much better" picked with key 6 (the right end of the scale)
         page.fill("#turn-text", "How do I make a good cup of <b>tea</b>?")
+        page.wait_for_load_state("load")  # the shortcuts' deferred script has run (it can lag a loaded server)
         page.press("#turn-text", "Control+Enter")
         expect(page.locator("#response-b")).to_be_visible()
         response_b = page.locator("#response-b .text").inner_text()
         page.screenshot(path=str(tmp_path / "1-pair.png"), full_page=True)
+        page.wait_for_load_state("load")
         page.keyboard.press("6")
         expect(page.locator("#turn-text")).to_be_visible()
         expect(page.locator("#my-count")).to_contain_text("Comparisons: 1")
@@ -56,6 +58,7 @@ def test_browser_logs_in_labels_continues_and_ends(label_service, tmp_path):
         page.click("#pick-A-1")
         expect(page.locator("#my-count")).to_contain_text("Comparisons: 2")
         page.screenshot(path=str(tmp_path / "3-dialogue.png"), full_page=True)
+        page.wait_for_load_state("load")
         page.keyboard.press("Alt+e")  # the shortcut for "End conversation"
         expect(page).to_have_url(label_service.url + "/label")
         assert page.evaluate("window.__xss") is None  # the typed markup never ran
