@@ -7,5 +7,5 @@ from ray_heads import start_head
 
 
 @pytest.fixture(scope="package")
-def ray_head(tmp_path_factory):
-    yield from start_head(tmp_path_factory.mktemp("head"))
+def ray_head():
+    yield from start_head()

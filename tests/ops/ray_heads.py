@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -20,10 +21,15 @@ import pytest
 from hh_ray.workers.group import free_port
 
 
-def start_head(tmp: Path, extra_env: dict | None = None):
-    """`ray start --head --block` in its own PID namespace, every port free and on 127.0.0.1; yields its info."""
+def start_head(extra_env: dict | None = None):
+    """`ray start --head --block` in its own PID namespace, every port free and on 127.0.0.1; yields its info.
+
+    Its files go to a short folder directly under /tmp, not pytest's tmp_path: Ray's socket paths must stay under
+    108 bytes, and `/tmp/pytest-of-root/pytest-NNN/<name>0/` left too few for the dashboard's sockets once
+    pytest's counter reached three digits (its MetricsHead module then failed to start)."""
     if shutil.which("unshare") is None:
         pytest.skip("needs util-linux unshare")
+    tmp = Path(tempfile.mkdtemp(prefix="rayhead-", dir="/tmp"))
     # every port this head binds is a free one: the session's in-process Ray (other tests) holds the defaults,
     # e.g. the dashboard agent's 52365, and a clash leaves this head without a job agent
     ports = {k: free_port() for k in ("gcs", "dashboard", "metrics", "agent", "agent_grpc", "client", "runtime_env")}
@@ -59,3 +65,4 @@ def start_head(tmp: Path, extra_env: dict | None = None):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the namespace's init: every process of this cluster goes with it
         proc.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -38,7 +38,7 @@ def token_head(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     (home / ".ray").mkdir()
     (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))  # where `ray get-auth-token --generate` puts it
-    yield from start_head(tmp_path_factory.mktemp("token-head"), {"RAY_AUTH_MODE": "token", "HOME": str(home)})
+    yield from start_head({"RAY_AUTH_MODE": "token", "HOME": str(home)})
 
 
 def test_token_is_found_where_ray_put_it_and_a_wrong_one_is_one_line(token_head):
