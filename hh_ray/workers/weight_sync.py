@@ -152,6 +152,8 @@ class WeightSync:
         """Broadcast the trainer's weights into every engine and mark them with `version`.
 
         An engine that dies during the broadcast is dropped, the group rebuilt without it, and the push repeated.
+        A trainer rank 0 that dies during it raises RayActorError (the driver rebuilds the trainer groups and pushes
+        again, overwriting what the engines half-received).
         """
         import ray
         from ray.exceptions import RayActorError
@@ -169,6 +171,12 @@ class WeightSync:
                     ray.get(ref)
                 except RayActorError:
                     dead.append(e)
+                except ray.exceptions.RayTaskError:
+                    # the engine's receive broke off ("connection reset"): when trainer rank 0 died mid-broadcast,
+                    # its RayActorError rises here for the driver to rebuild the trainers; otherwise the error
+                    # the broadcast itself met, or the engine's
+                    ray.get(send)
+                    raise
             if not dead:
                 break
             self.rollout.drop_dead(dead)
