@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hh_ray.analysis.best_of_n import BestOfNConfig, best_of_n, scorer_for_one_call, write_best_of_n
 from hh_ray.analysis.tradeoff import HARMLESS, policy_point_from_samples, policy_tradeoff, pm_tradeoff, write_tradeoff
+from hh_ray.driver.sft import starting_policy
 from hh_ray.report.results import OOD, AlignmentTax, BestOfN, PolicyTradeoff, Tradeoff
 
 
@@ -26,26 +27,22 @@ def _scorer(spec: str, policy: str, cfg):
                        cpus=cfg.ppo.scorer_cpus, gpus=cfg.ppo.scorer_gpus)
 
 
-def _initial(cfg) -> str:
-    """The run's initial policy: its SFT export, else the preset it starts from."""
-    from hh_ray.driver.sft import initial_policy
-
-    sft = Path(cfg.run_dir) / "sft"
-    return str(sft) if (sft / "config.json").is_file() else initial_policy(cfg)
-
-
-def _heldout_prompts(cfg, count: int, harmless: bool | None = None) -> list[str]:
-    """The first `count` distinct held-out prompts (of harmless-base only, of the other subsets only, or all)."""
+def _heldout_prompts(cfg, count: int, harmless: tuple[bool | None, ...] = (None,)) -> list[list[str]]:
+    """Per filter (True: harmless-base only, False: the other subsets, None: all), the first `count` distinct
+    held-out prompts; the data is read once."""
     from hh_ray.data import load_train_holdout
     from hh_ray.data.hh import unique_prompts
 
     train, held, _ = load_train_holdout(cfg.data, cfg.seed)
-    keep = lambda items: [c for c in items if harmless is None or (c.subset == HARMLESS) == harmless]
-    prompts = unique_prompts(keep(held))[:count] or unique_prompts(keep(train))[-count:]
-    if len(prompts) < 2:
-        raise ValueError(f"fewer than 2 {'harmless-base' if harmless else 'helpful'} prompts in data.subsets "
-                         f"{cfg.data.subsets}")
-    return prompts
+    out = []
+    for want in harmless:
+        keep = lambda items: [c for c in items if want is None or (c.subset == HARMLESS) == want]
+        prompts = unique_prompts(keep(held))[:count] or unique_prompts(keep(train))[-count:]
+        if len(prompts) < 2:
+            raise ValueError(f"fewer than 2 {'harmless-base' if want else 'helpful'} prompts in data.subsets "
+                             f"{cfg.data.subsets}")
+        out.append(prompts)
+    return out
 
 
 def _rollout(cfg, policy: str, max_new_tokens: int, name: str):
@@ -67,9 +64,9 @@ def _prompt_ids(cfg, policy: str, prompts: list[str]) -> list[list[int]]:
 def run_best_of_n(cfg, bon: BestOfNConfig) -> BestOfN:
     """Start a rollout group and the scorers, run best-of-N on held-out prompts, write analysis/bon.json + PNG."""
     run_dir = Path(cfg.run_dir)
-    policy = bon.policy or _initial(cfg)
+    policy = bon.policy or starting_policy(cfg)
     train_spec, test_spec = bon.train_pm or str(run_dir / "pm"), bon.test_pm or None
-    prompts = _heldout_prompts(cfg, bon.prompts)
+    (prompts,) = _heldout_prompts(cfg, bon.prompts)
     ids = _prompt_ids(cfg, policy, prompts)
     rollout = _rollout(cfg, policy, bon.max_new_tokens, "bon-rollout")
     train_score = scorer_for_one_call(lambda: _scorer(train_spec, policy, cfg))
@@ -91,16 +88,17 @@ def run_harmless_sweep(cfg, weights: list[float]) -> Tradeoff:
     is the point of its own weight; `pm.backbone: sft` means the run's SFT policy."""
     from dataclasses import replace
 
-    from hh_ray.driver.pm import run_pm
+    from hh_ray.driver.pm import resolve_backbone, run_pm
 
     if not weights or any(w < 0 for w in weights):
         raise ValueError(f"harmless weights must be >= 0, got {weights}")
-    run_dir, own = Path(cfg.run_dir), cfg.data.subset_weights.get(HARMLESS, 1.0)
-    backbone = str(run_dir / "sft") if cfg.pm.backbone == "sft" else cfg.pm.backbone
+    own, own_eval = cfg.data.subset_weights.get(HARMLESS, 1.0), Path(cfg.run_dir) / "pm" / "pm_eval.json"
+    reuse_own = own_eval.is_file()
+    backbone = resolve_backbone(cfg)
     evals = []
-    for w in sorted(set(weights) | ({own} if (run_dir / "pm" / "pm_eval.json").is_file() else set())):
-        if w == own and (run_dir / "pm" / "pm_eval.json").is_file():
-            evals.append((f"harmless x{w:g} (the run's PM)", run_dir / "pm" / "pm_eval.json"))
+    for w in sorted(set(weights) | ({own} if reuse_own else set())):
+        if reuse_own and w == own:
+            evals.append((f"harmless x{w:g} (the run's PM)", own_eval))
             continue
         mix = dict(cfg.data.subset_weights) | {HARMLESS: w}
         sub = replace(cfg, run_dir=f"{cfg.run_dir}/harmless-w{w:g}", data=replace(cfg.data, subset_weights=mix),
@@ -135,9 +133,9 @@ def run_policy_tradeoff(cfg, prompts: int) -> Tradeoff:
     if not (final / "config.json").is_file():
         raise FileNotFoundError(f"no PPO policy at {final}; run the ppo stage first")
     pm = cfg.ppo.scorer if cfg.ppo.scorer != "pm" else str(run_dir / "pm")
-    helpful, harmless = _heldout_prompts(cfg, prompts, harmless=False), _heldout_prompts(cfg, prompts, harmless=True)
+    helpful, harmless = _heldout_prompts(cfg, prompts, harmless=(False, True))
     points = []
-    for label, policy in (("initial", _initial(cfg)), ("ppo", str(final))):
+    for label, policy in (("initial", starting_policy(cfg)), ("ppo", str(final))):
         rollout = _rollout(cfg, policy, cfg.ppo.rollout.max_new_tokens, "tradeoff-rollout")
         try:
             score = scorer_for_one_call(lambda p=policy: _scorer(pm, p, cfg))
@@ -164,7 +162,7 @@ def run_alignment_tax(cfg) -> AlignmentTax:
     from hh_ray.analysis.alignment_tax import AlignmentTaxConfig, alignment_tax, hh_task_folder
 
     a = cfg.analyses
-    tax = AlignmentTaxConfig(before=_initial(cfg), after=str(Path(cfg.run_dir) / "ppo" / "policy"),
+    tax = AlignmentTaxConfig(before=starting_policy(cfg), after=str(Path(cfg.run_dir) / "ppo" / "policy"),
                              run_dir=cfg.run_dir, limit=a.lm_eval_limit)
     if a.lm_eval_tasks:
         tax.tasks = list(a.lm_eval_tasks)

@@ -33,7 +33,7 @@ from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver.cluster import connect
 from hh_ray.driver.pm import TEST_PM, require_pm
 from hh_ray.driver.runlog import RunLog, read_metrics, write_json_atomic
-from hh_ray.driver.sft import batches, initial_policy
+from hh_ray.driver.sft import batches, starting_policy
 from hh_ray.driver.stage import ResumeError
 from hh_ray.models.objectives import PolicyObjective, TokenLogprobs, TokenValues, ValueObjective
 from hh_ray.ops.autoscale import RolloutAutoscaler
@@ -347,8 +347,7 @@ class PPOSetup:
         if not held_texts:
             raise DataError("no held-out prompts to evaluate PPO on (data.holdout_fraction="
                             f"{cfg.data.holdout_fraction} left none); set data.holdout_fraction > 0, e.g. 0.1")
-        sft = run_dir / "sft"
-        policy_path = str(sft) if (sft / "config.json").is_file() else initial_policy(cfg)
+        policy_path = starting_policy(cfg)
         tok = load_tokenizer(policy_path)
         encode = lambda texts: Prompts([truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in texts], texts)
         kl_ctl = (AdaptiveKLController(p.kl_coef, p.adaptive_kl_target, p.adaptive_kl_horizon)

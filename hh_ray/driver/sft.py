@@ -34,6 +34,12 @@ def initial_policy(cfg) -> str:
     return ensure_policy(cfg.model.policy, cfg.run_dir, texts, cfg.model.tokenizer_vocab_size, cfg.seed)
 
 
+def starting_policy(cfg) -> str:
+    """The policy PPO and the analyses start from: the run's SFT export, else its initial policy."""
+    sft = Path(cfg.run_dir) / "sft"
+    return str(sft) if (sft / "config.json").is_file() else initial_policy(cfg)
+
+
 def sft_objective(cfg, tok):
     """SFT on chosen dialogues, or context distillation of the HHH prompt (`sft.mode`)."""
     if cfg.sft.mode == "context_distill":

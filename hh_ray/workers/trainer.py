@@ -109,10 +109,11 @@ class TrainerWorker(Worker):
         """Join the group's torch.distributed world and build the engine."""
         import deepspeed
 
-        load_jit_ops()
         from hh_ray.data.tokenize import load_tokenizer
         from hh_ray.models.forward import load_model, resolve_dtype
         from hh_ray.workers.device import check_device, device_from_config, local_rank, ray_gpu_ids
+
+        load_jit_ops()
 
         self.on_gpu = device_from_config(trainer_cfg.gpus_per_rank) == "cuda"
         check_device(self.on_gpu, torch.cuda.is_available(), f"trainer rank {rank}")
