@@ -41,6 +41,17 @@ COLLECTED = "collected.json"
 
 
 @dataclass
+class Collected:
+    """A finished collection, kept as its marker file: comparisons per mode, whether every quota was met (else the
+    deadline stopped it), its seconds, and the ids of the stored comparisons it exported."""
+
+    comparisons: dict[str, int]
+    finished: bool
+    seconds: float
+    ids: list[int]
+
+
+@dataclass
 class LabelersConfig:
     """The simulated labelers: how many per round, how they talk and how noisily they judge."""
 
@@ -191,7 +202,7 @@ def split_quota(total: int, n: int) -> list[int]:
 
 
 def collect(run: OnlineRun, out_dir: Path, versions: list[int], campaigns: list[CampaignConfig],
-            work: list[Assignment], seed: int, evaluation: bool = False) -> dict:
+            work: list[Assignment], seed: int, evaluation: bool = False) -> Collected:
     """Deploy the versions, let the labelers work to their quotas (or the deadline), export; returns the marker.
 
     The held-out dialogues are split in two: rounds draw from the first half (their comparisons then train PMs
@@ -202,7 +213,7 @@ def collect(run: OnlineRun, out_dir: Path, versions: list[int], campaigns: list[
 
     marker = out_dir / COLLECTED
     if marker.is_file():
-        return json.loads(marker.read_text())
+        return Collected(**json.loads(marker.read_text()))
     cfg, data = run.cfg, run.cfg.job.data
     label_cfg = run.label_config(versions, campaigns)
     names = [c.name for c in campaigns]
@@ -252,10 +263,9 @@ def collect(run: OnlineRun, out_dir: Path, versions: list[int], campaigns: list[
     modes: dict[str, int] = {}
     for r in records:
         modes[r.mode] = modes.get(r.mode, 0) + 1
-    summary = {"comparisons": modes, "finished": result.finished, "seconds": result.seconds,
-               "ids": [r.id for r in records]}
+    summary = Collected(modes, result.finished, result.seconds, [r.id for r in records])
     tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps(summary))
+    tmp.write_text(json.dumps(dataclasses.asdict(summary)))
     os.replace(tmp, marker)
     return summary
 
@@ -343,14 +353,14 @@ def pm_accuracy(pm: Path, folder: Path, max_tokens: int) -> tuple[float, int]:
     return float((c > r).double().mean()), len(pairs)
 
 
-def round_result(run: OnlineRun, k: int, opponent: int, collected: dict) -> RoundResult:
+def round_result(run: OnlineRun, k: int, opponent: int, collected: Collected) -> RoundResult:
     rd = run.round_dir(k)
     pm_eval = json.loads((rd / "pm" / "pm_eval.json").read_text())
     before = json.loads((rd / "ppo" / "eval_before.json").read_text())
     after = json.loads((rd / "ppo" / "eval_after.json").read_text())
     samples = json.loads((rd / "ppo" / "samples_after.json").read_text())[:3]
-    return RoundResult(round=k, policy_version=k, opponent_version=opponent, comparisons=collected["comparisons"],
-                       collection_finished=collected["finished"], collection_s=collected["seconds"],
+    return RoundResult(round=k, policy_version=k, opponent_version=opponent, comparisons=collected.comparisons,
+                       collection_finished=collected.finished, collection_s=collected.seconds,
                        pm_train_pairs=pm_eval.get("train_pairs", 0), pm_static_accuracy=pm_eval["accuracy"],
                        ppo_score_before=before["eval/pm_score"], ppo_score_after=after["eval/pm_score"],
                        samples=samples)
