@@ -66,6 +66,7 @@ def _rows(run_dir: Path):
         store.dispose()
 
 
+@pytest.mark.timeout(3600)  # four driver runs of two rounds each: about 25 minutes on 2 quiet cores
 def test_online_rounds_resume_after_kills(tmp_path):
     from hh_ray.driver.runlog import read_metrics
     from hh_ray.report.online import read_summary
