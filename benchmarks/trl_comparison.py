@@ -30,7 +30,7 @@ def bench_trl(fx: Fixture, quick: bool) -> dict:
     from hh_ray.data import load_train_holdout
     from hh_ray.data.tokenize import truncate_prompt
     from hh_ray.driver.ppo import run_ppo
-    from hh_ray.models.forward import load_model
+    from hh_ray.models.forward import PM_STATS, load_model
 
     shape = PPO_SHAPE
     out: dict = {"shape": dict(shape)}
@@ -42,6 +42,8 @@ def bench_trl(fx: Fixture, quick: bool) -> dict:
         if not pm_dir.is_dir():
             load_model(policy, "pm").save_pretrained(pm_dir)
             fx.tok.save_pretrained(pm_dir)
+            # identity normalization: hh-ray's rewards are the raw scores TRL's reward model gives
+            (pm_dir / PM_STATS).write_text(json.dumps({"mean": 0.0, "std": 1.0}))
         overrides = [
             "model.policy=" + policy, "ppo.scorer=pm", f"ppo.pm_checkpoint={pm_dir}", f"ppo.steps={steps}",
             f"ppo.prompts_per_step={shape['batch']}", "ppo.rollout.samples_per_prompt=1", "ppo.eval_prompts=4",
