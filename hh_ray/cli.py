@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -205,6 +206,11 @@ def _data_stats(args) -> int:
     return 0
 
 
+# the commands that run one driver on the job config: module and function, imported when called
+DRIVERS = {"sft": ("hh_ray.driver.sft", "run_sft"), "pm": ("hh_ray.driver.pm", "run_pm"),
+           "ppo": ("hh_ray.driver.ppo", "run_ppo"), "run": ("hh_ray.driver.pipeline", "run_pipeline")}
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -255,22 +261,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_plan(_config(args), args.config, args.cluster, args.gpu_memory_gb, args.json)
         cfg = _config(args)
-        if args.command == "sft":
-            from hh_ray.driver.sft import run_sft
-
-            run_sft(cfg)
-        elif args.command == "pm":
-            from hh_ray.driver.pm import run_pm
-
-            run_pm(cfg)
-        elif args.command == "ppo":
-            from hh_ray.driver.ppo import run_ppo
-
-            run_ppo(cfg)
-        elif args.command == "run":
-            from hh_ray.driver.pipeline import run_pipeline
-
-            run_pipeline(cfg)
+        module, function = DRIVERS[args.command]
+        getattr(importlib.import_module(module), function)(cfg)
         return 0
     except (ConfigError, DataError, FileNotFoundError, PlacementError, StaleWeightsError, SubmitError,
             ResumeError, PlanError, SharedStorageError) as exc:
