@@ -118,13 +118,11 @@ class PPOWorkers:
         return cls(rollout, reference, scorer, policy, critic, sync, autoscaler, test_scorer)
 
     def restart_trainers(self, cfg, policy_path: str) -> None:
-        """Replace both trainer groups (after a rank died) and the weight sync that joins rank 0 to the engines."""
+        """Replace both trainer groups (after a rank died) and rejoin the new rank 0 to the engines."""
         self.policy.shutdown()
         self.critic.shutdown()
         self.policy, self.critic = start_trainers(cfg, policy_path, lambda g: g)
-        self.sync = WeightSync(self.policy, self.rollout, self.sync.bucket_bytes, self.sync.timeout_s)
-        if self.autoscaler:
-            self.autoscaler.sync = self.sync
+        self.sync.policy = self.policy
         self.sync.connect()
 
     def groups(self) -> dict:

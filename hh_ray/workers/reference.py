@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hh_ray.algo.batch import SequenceBatch, split
-from hh_ray.workers.group import STATELESS_RESTARTS, Worker, WorkerGroup
+from hh_ray.workers.group import STATELESS_RESTARTS, GroupOwner, Worker, WorkerGroup
 
 
 MICRO_BATCH_ROWS = 16  # samples per forward pass (the capacity plan sizes activations by it)
@@ -36,7 +36,7 @@ class ReferenceWorker(Worker):
                     for row in probe(self.model, mb, self.pad_id)]
 
 
-class ReferenceGroup:
+class ReferenceGroup(GroupOwner):
     def __init__(self, model_path: str, num_workers: int = 1, cpus: float = 0.25, gpus: float = 0.0,
                  dtype: str = "auto", node_resource: str = ""):
         kw = {"model_path": model_path, "gpus": gpus, "dtype": dtype}
@@ -50,9 +50,3 @@ class ReferenceGroup:
         refs = [a.logprobs.remote(s, temperature, pack_to)
                 for a, s in zip(self.group.actors, split(batch, len(self.group))) if s.prompt]
         return lambda: [row for part in ray.get(refs) for row in part]
-
-    def peak_memory_mb(self) -> dict[str, float]:
-        return self.group.peak_memory_mb()
-
-    def shutdown(self) -> None:
-        self.group.shutdown()

@@ -10,7 +10,7 @@ normalized with the mean/std the PM measured on its own eval set (`pm_stats.json
 from __future__ import annotations
 
 from hh_ray.algo.batch import cut
-from hh_ray.workers.group import STATELESS_RESTARTS, Worker, WorkerGroup
+from hh_ray.workers.group import STATELESS_RESTARTS, GroupOwner, Worker, WorkerGroup
 
 
 class ScorerWorker(Worker):
@@ -51,7 +51,7 @@ class ScorerWorker(Worker):
         return ((raw - self.mean) / self.std).tolist()
 
 
-class ScorerGroup:
+class ScorerGroup(GroupOwner):
     def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int, num_workers: int = 1,
                  cpus: float = 0.25, gpus: float = 0.0, dtype: str = "auto", name: str = "pm-scorer",
                  node_resource: str = ""):
@@ -68,9 +68,3 @@ class ScorerGroup:
         refs = [a.score.remote(p, r, i) for a, p, r, i in
                 zip(self.group.actors, cut(prompts, n), cut(responses, n), cut(response_ids, n)) if p]
         return lambda: [s for part in ray.get(refs) for s in part]
-
-    def peak_memory_mb(self) -> dict[str, float]:
-        return self.group.peak_memory_mb()
-
-    def shutdown(self) -> None:
-        self.group.shutdown()
