@@ -98,6 +98,20 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def seconds_each(fn, repeats: int, warmup: int = 0, device: str = "cpu") -> list[float]:
+    """Wall seconds of each of `repeats` calls of `fn` after `warmup` untimed ones, each waited for on `device`."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str, zero_stage: int) -> dict:
     """hh-ray's TrainerWorker on one device: SFT and PPO-policy steps, tokens/s and achieved TFLOP/s."""
     import torch
@@ -129,26 +143,13 @@ def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str, ze
     out: dict = {"parameters": parameters, "zero_stage": cfg.zero_stage, "batch": B, "sequence": seq}
     for name, (objective, batch, flops) in runs.items():
         units = objective.units(batch)
-        for _ in range(2):  # warm-up: allocator, kernels, optimizer state
-            worker.train(batch, objective, units)
-        sync(device)
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            worker.train(batch, objective, units)
-            sync(device)
-            times.append(time.perf_counter() - t0)
-        step = statistics.median(times)
+        # two warm-up steps: allocator, kernels, optimizer state
+        step = statistics.median(seconds_each(lambda: worker.train(batch, objective, units), steps, 2, device))
         out[name] = {"step_seconds": step, "tokens_per_s": B * seq / step, "tflops": flops / step / 1e12}
     sequences = SequenceBatch(policy.prompt, policy.response)
     calls = forward_micro_batches([probe_tokens(sequences)], cfg.forward_micro_batch_size, cfg.forward_token_budget)
-    times = []
-    for i in range(4):  # the first call warms the eval path
-        t0 = time.perf_counter()
-        worker.forward(sequences, TokenLogprobs(), calls)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    out["reference_logprobs_tokens_per_s"] = B * seq / statistics.median(times[1:])
+    times = seconds_each(lambda: worker.forward(sequences, TokenLogprobs(), calls), 3, 1, device)  # 1: eval path
+    out["reference_logprobs_tokens_per_s"] = B * seq / statistics.median(times)
     if device == "cuda":
         out["gpu_peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     torch.distributed.destroy_process_group()  # the worker's one-rank world, before the next part

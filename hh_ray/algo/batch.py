@@ -67,17 +67,13 @@ class SequenceBatch:
 
 
 @dataclass
-class PolicyBatch:
-    prompt: list[list[int]]
-    response: list[list[int]]
+class PolicyBatch(SequenceBatch):
     old_logprobs: list[list[float]]
     advantages: list[list[float]]
 
 
 @dataclass
-class ValueBatch:
-    prompt: list[list[int]]
-    response: list[list[int]]
+class ValueBatch(SequenceBatch):
     old_values: list[list[float]]
     returns: list[list[float]]
 

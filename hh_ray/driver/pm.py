@@ -65,13 +65,11 @@ def write_eval(out_dir: Path, metrics: dict, extra: dict | None = None) -> dict:
 
 def require_pm(path: Path, need_stats: bool = False) -> None:
     """A folder holding a trained PM (a scalar-head model), else one clear error; a random head scores noise."""
-    import json as _json
-
     from hh_ray.models.forward import PM_STATS
 
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no saved PM at {path} (config.json missing)")
-    archs = _json.loads((path / "config.json").read_text()).get("architectures") or []
+    archs = json.loads((path / "config.json").read_text()).get("architectures") or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         raise DataError(f"{path} is not a preference model (architectures {archs}); pass a folder written by "
                         f"`hh-ray pm`, e.g. <run_dir>/pm")

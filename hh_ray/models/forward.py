@@ -23,11 +23,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_dtype(name: str, on_gpu: bool) -> torch.dtype:
-    """`model.dtype`: "auto" is bf16 on a GPU and fp32 on CPU (CPU kernels for bf16 are slow and less exact)."""
+    """`model.dtype` (the config loader checks its choices): "auto" is bf16 on a GPU and fp32 on CPU (CPU kernels
+    for bf16 are slow and less exact)."""
     if name == "auto":
         return torch.bfloat16 if on_gpu else torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"model.dtype: expected auto or one of {', '.join(DTYPES)}, got '{name}'")
     return DTYPES[name]
 
 

@@ -204,18 +204,13 @@ class RolloutGroup:
         self._groups.pop().shutdown()
 
     def drop_dead(self, actors) -> None:
-        """Forget engines found dead elsewhere (e.g. during a weight sync)."""
-        for a in actors:
-            self._drop(a)
-
-    def _drop(self, actor) -> None:
-        for g in list(self._groups):
-            if g.actors and g.actors[0] == actor:
-                self._groups.remove(g)
-                try:
-                    g.shutdown()
-                except Exception:  # the actor is already gone; its placement group still goes
-                    pass
+        """Forget engines found dead (mid-batch, or during a weight sync) and free their placement groups."""
+        for g in [g for g in self._groups if g.actors and g.actors[0] in actors]:
+            self._groups.remove(g)
+            try:
+                g.shutdown()
+            except Exception:  # the actor is already gone; its placement group still goes
+                pass
 
     def replenish(self) -> int:
         """Start engines until `num_engines` serve again (after deaths); returns how many were started.
@@ -250,7 +245,7 @@ class RolloutGroup:
             try:
                 out = ray.get(ref)
             except RayActorError:
-                self._drop(engine)  # the engine died mid-batch: its prompts go back in the queue
+                self.drop_dead([engine])  # the engine died mid-batch: its prompts go back in the queue
                 queue.append(idx)
                 self.requeued_chunks += 1
                 continue
