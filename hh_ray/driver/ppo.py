@@ -24,7 +24,7 @@ import torch
 from ray.exceptions import RayActorError
 
 from hh_ray.algo.analysis import paired_gap
-from hh_ray.algo.batch import Experience, batch_size, minibatches, select
+from hh_ray.algo.batch import Experience, PolicyBatch, SequenceBatch, ValueBatch, batch_size, minibatches, select
 from hh_ray.algo.ppo import (
     AdaptiveKLController, FixedKLController, compute_advantages, kl_k1, kl_penalty, logprob_gap, pad_ragged,
 )
@@ -179,7 +179,7 @@ def generate(w: PPOWorkers, prompts: Prompts, sampling: Sampling, seeds: list[in
 
 def make_experience(w: PPOWorkers, exp: Experience, ppo_cfg, with_values: bool = True) -> None:
     """Old logprobs (trainer), reference logprobs, PM scores and values of the samples, all at once."""
-    seqs, temperature, pack = exp.sequences(), ppo_cfg.rollout.temperature, ppo_cfg.pack_tokens
+    seqs, temperature, pack = exp.view(SequenceBatch), ppo_cfg.rollout.temperature, ppo_cfg.pack_tokens
     old = (w.policy.forward_async(seqs, TokenLogprobs(temperature, pack)) if ppo_cfg.old_logprobs == "trainer"
            else None)
     ref = w.reference.logprobs_async(seqs, temperature, pack)
@@ -200,8 +200,8 @@ def ppo_update(w: PPOWorkers, exp: Experience, ppo_cfg, temperature: float, rng:
     for _ in range(ppo_cfg.epochs):
         for idx in minibatches(batch_size(exp), ppo_cfg.minibatches, rng):
             mb = select(exp, idx)
-            pol = w.policy.train_async(mb.policy_batch(), pol_obj)
-            val = w.critic.train_async(mb.value_batch(), val_obj)
+            pol = w.policy.train_async(mb.view(PolicyBatch), pol_obj)
+            val = w.critic.train_async(mb.view(ValueBatch), val_obj)
             for k, v in (pol_obj.metrics(pol()) | val_obj.metrics(val())).items():
                 totals[k] = totals.get(k, 0.0) + v
             steps += 1
