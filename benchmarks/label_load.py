@@ -26,6 +26,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hh_ray.files import write_text_atomic
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -197,9 +199,7 @@ def run(out: Path, clients: int, seconds: float, model: str | None, max_replicas
         serve.shutdown()
         ray.shutdown()
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "label_load.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out / "label_load.json")
+    write_text_atomic(out / "label_load.json", json.dumps(result, indent=2))
     return result
 
 

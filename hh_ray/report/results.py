@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from hh_ray.algo.elo import EloRatings
+from hh_ray.files import write_text_atomic
 
 
 @dataclass
@@ -120,12 +120,8 @@ def result_path(run_dir: str | Path, cls: type) -> Path:
 
 def write_result(obj, path: str | Path) -> Path:
     """JSON of a result dataclass, written atomically."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(obj), indent=1))
-    os.replace(tmp, p)
-    return p
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(path, json.dumps(dataclasses.asdict(obj), indent=1))
 
 
 def _build(tp, value):

@@ -20,6 +20,8 @@ import time
 import zipfile
 from pathlib import Path
 
+from hh_ray.files import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
@@ -29,9 +31,7 @@ def write_manifest(tag_dir: Path) -> None:
     """Mark `tag_dir` complete: every file below it with its size, written atomically as the last file."""
     files = {str(p.relative_to(tag_dir)): p.stat().st_size for p in sorted(tag_dir.rglob("*"))
              if p.is_file() and p.name != COMPLETE}
-    tmp = tag_dir / (COMPLETE + ".tmp")
-    tmp.write_text(json.dumps({"time": time.time(), "files": files}))
-    tmp.replace(tag_dir / COMPLETE)
+    write_text_atomic(tag_dir / COMPLETE, json.dumps({"time": time.time(), "files": files}))
 
 
 def checkpoint_problem(root: str | Path, tag: str) -> str | None:

@@ -19,6 +19,7 @@ import torch
 
 from hh_ray.algo.batch import PairBatch, SequenceBatch, TokenBatch, batch_size, split
 from hh_ray.models.objectives import StepResult, merge_results, probe_tokens
+from hh_ray.files import write_text_atomic
 from hh_ray.workers.checkpoint import checkpoint_problem, latest_tag, missing_checkpoint_files, write_manifest
 from hh_ray.workers.group import (
     GroupOwner, Worker, WorkerGroup, exclusive_build, extensions_dir, free_port, get_all, node_ip,
@@ -209,9 +210,7 @@ class TrainerWorker(Worker):
                 shutil.rmtree(final)
             os.replace(staging / tag, final)
             shutil.rmtree(staging, ignore_errors=True)
-            tmp = rootp / "latest.tmp"
-            tmp.write_text(tag)
-            os.replace(tmp, rootp / "latest")
+            write_text_atomic(rootp / "latest", tag)
         dist.barrier()
 
     def load_checkpoint(self, root: str, tag: str | None = None) -> dict:
