@@ -25,9 +25,7 @@ from ray.exceptions import RayActorError
 
 from hh_ray.algo.analysis import paired_gap
 from hh_ray.algo.batch import Experience, PolicyBatch, SequenceBatch, ValueBatch, batch_size, minibatches, select
-from hh_ray.algo.ppo import (
-    AdaptiveKLController, FixedKLController, compute_advantages, kl_k1, kl_penalty, logprob_gap, pad_ragged,
-)
+from hh_ray.algo.ppo import KLController, compute_advantages, kl_k1, kl_penalty, logprob_gap, pad_ragged
 from hh_ray.data import DataError, load_train_holdout, unique_prompts
 from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver.cluster import connect
@@ -327,7 +325,7 @@ class PPOSetup:
     pm_path: str
     train: Prompts
     held_out: Prompts
-    kl_ctl: object
+    kl_ctl: KLController
 
     @classmethod
     def prepare(cls, cfg) -> "PPOSetup":
@@ -348,8 +346,7 @@ class PPOSetup:
         policy_path = starting_policy(cfg)
         tok = load_tokenizer(policy_path)
         encode = lambda texts: Prompts([truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in texts], texts)
-        kl_ctl = (AdaptiveKLController(p.kl_coef, p.adaptive_kl_target, p.adaptive_kl_horizon)
-                  if p.adaptive_kl_target > 0 else FixedKLController(p.kl_coef))
+        kl_ctl = KLController(p.kl_coef, p.adaptive_kl_target, p.adaptive_kl_horizon)
         return cls(policy_path, pm_path, encode(train_texts), encode(held_texts), kl_ctl)
 
 
