@@ -9,13 +9,12 @@ their estimates are correlated, which makes the curve smoother than independent 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from hh_ray.algo.analysis import best_of_n_indices, kl_best_of_n
+from hh_ray.algo.analysis import best_of_n_indices, kl_best_of_n, mean_se
 from hh_ray.algo.ppo import sqrt_kl
 from hh_ray.report.plots import score_vs_sqrt_kl
 from hh_ray.report.results import BestOfN, result_path, write_result
@@ -34,12 +33,6 @@ class BestOfNConfig:
     top_p: float = 1.0
     max_new_tokens: int = 48
     seed: int = 0
-
-
-def _mean_se(xs: list[float]) -> tuple[float, float]:
-    n = len(xs)
-    mean = sum(xs) / n
-    return mean, (math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1) / n) if n > 1 else 0.0)
 
 
 ScoreFn = Callable[[list[str], list[str], list[list[int]]], list[float]]
@@ -112,11 +105,11 @@ def best_of_n(rollout, train_score: ScoreFn, test_score: ScoreFn | None, prompt_
         test_by_flat = dict(zip(flat, scored))
     train_pm, train_se, test_pm, test_se = [], [], [], []
     for n in ns:
-        m, se = _mean_se([float(train_m[i, j]) for i, j in zip(rows, kept[n])])
+        m, se = mean_se([float(train_m[i, j]) for i, j in zip(rows, kept[n])])
         train_pm.append(m)
         train_se.append(se)
         if test_score is not None:
-            m, se = _mean_se([test_by_flat[i * n_max + j] for i, j in zip(rows, kept[n])])
+            m, se = mean_se([test_by_flat[i * n_max + j] for i, j in zip(rows, kept[n])])
             test_pm.append(m)
             test_se.append(se)
     return BestOfN(ns=ns, kl=[kl_best_of_n(n) for n in ns], train_pm=train_pm, train_pm_se=train_se,
