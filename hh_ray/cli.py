@@ -118,14 +118,6 @@ def _add_analysis_commands(sub) -> None:
 
 
 def _run_analysis(args) -> int:
-    try:
-        return _dispatch_analysis(args)
-    except ValueError as exc:  # bad analysis input (a task name, a layer, too few prompts): one clear line
-        print(f"hh-ray {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _dispatch_analysis(args) -> int:
     if args.command == "report":
         from hh_ray.report.report import write_report
 
@@ -209,6 +201,9 @@ def _data_stats(args) -> int:
 # the commands that run one driver on the job config: module and function, imported when called
 DRIVERS = {"sft": ("hh_ray.driver.sft", "run_sft"), "pm": ("hh_ray.driver.pm", "run_pm"),
            "ppo": ("hh_ray.driver.ppo", "run_ppo"), "run": ("hh_ray.driver.pipeline", "run_pipeline")}
+# the config loaders of the submit entrypoints whose configs are not job configs (their modules sit above ops)
+CONFIG_LOADERS = {"label": ("hh_ray.label.config", "load_label_config"),
+                  "online": ("hh_ray.driver.online", "load_online_config")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,18 +238,17 @@ def main(argv: list[str] | None = None) -> int:
             run_online(load_online_config(args.config, args.overrides))
             return 0
         if args.command in ANALYSIS_COMMANDS:
-            return _run_analysis(args)
+            try:
+                return _run_analysis(args)
+            except ValueError as exc:  # bad analysis input (a task name, a layer, too few prompts): one clear line
+                print(f"hh-ray {args.command}: error: {exc}", file=sys.stderr)
+                return 2
         if args.command == "submit":
             from hh_ray.ops.submit import submit_job
 
-            if args.entrypoint == "label" and args.config:
-                from hh_ray.label.config import load_label_config
-
-                load_label_config(args.config, args.overrides)
-            if args.entrypoint == "online" and args.config:
-                from hh_ray.driver.online import load_online_config
-
-                load_online_config(args.config, args.overrides)
+            if args.entrypoint in CONFIG_LOADERS and args.config:  # submit_job checks the job configs itself
+                module, function = CONFIG_LOADERS[args.entrypoint]
+                getattr(importlib.import_module(module), function)(args.config, args.overrides)
             return submit_job(args)
         if args.command == "plan":
             from hh_ray.ops.plan import run_plan

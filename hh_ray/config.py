@@ -428,8 +428,8 @@ def validate(cfg: JobConfig) -> None:
     _check(r.temperature > 0 and math.isfinite(r.temperature),
            f"ppo.rollout.temperature: must be > 0, got {r.temperature}")
     _check(0 < r.top_p <= 1, f"ppo.rollout.top_p: must be in (0, 1], got {r.top_p}")
-    _check(r.max_new_tokens >= 1, f"ppo.rollout.max_new_tokens: must be >= 1, got {r.max_new_tokens}")
-    _check(r.samples_per_prompt >= 1, f"ppo.rollout.samples_per_prompt: must be >= 1, got {r.samples_per_prompt}")
+    for key in ("max_new_tokens", "samples_per_prompt", "tensor_parallel_size"):
+        _check(getattr(r, key) >= 1, f"ppo.rollout.{key}: must be >= 1, got {getattr(r, key)}")
     _check(1 <= r.min_engines <= r.num_engines <= r.max_engines,
            f"ppo.rollout: need 1 <= min_engines <= num_engines <= max_engines, got "
            f"{r.min_engines}, {r.num_engines}, {r.max_engines}")
@@ -446,7 +446,6 @@ def validate(cfg: JobConfig) -> None:
                    t.forward_token_budget) >= 1,
                f"{sect}: num_ranks, micro_batch_size, grad_accum_steps and the forward limits must be >= 1")
         _check(t.lr > 0 and math.isfinite(t.lr), f"{sect}.lr: must be > 0, got {t.lr}")
-    _check(r.tensor_parallel_size >= 1, f"ppo.rollout.tensor_parallel_size: must be >= 1, got {r.tensor_parallel_size}")
     _check(r.tensor_parallel_size == 1 or r.gpus_per_engine in (0.0, 1.0),
            f"ppo.rollout.gpus_per_engine: with tensor_parallel_size {r.tensor_parallel_size} each rank takes one "
            f"whole GPU (vLLM's Ray executor), so 0 or 1, got {r.gpus_per_engine}")
