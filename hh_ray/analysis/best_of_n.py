@@ -39,18 +39,6 @@ ScoreFn = Callable[[list[str], list[str], list[list[int]]], list[float]]
 """(prompt texts, response texts, response ids) -> one score per response, in order."""
 
 
-def group_scores(scorer) -> ScoreFn:
-    """A running ScorerGroup as a ScoreFn (its refs of per-worker lists, or the callable that gathers them)."""
-
-    def score(prompts: list[str], responses: list[str], ids: list[list[int]]) -> list[float]:
-        import ray
-
-        pending = scorer.score_async(prompts, responses, ids)
-        return pending() if callable(pending) else [s for part in ray.get(pending) for s in part]
-
-    return score
-
-
 def scorer_for_one_call(start: Callable[[], object]) -> ScoreFn:
     """A ScoreFn that starts its ScorerGroup when called and stops it after: two PMs then never hold resources
     (or the group's actor names) at the same time."""
@@ -58,7 +46,7 @@ def scorer_for_one_call(start: Callable[[], object]) -> ScoreFn:
     def score(prompts: list[str], responses: list[str], ids: list[list[int]]) -> list[float]:
         group = start()
         try:
-            return group_scores(group)(prompts, responses, ids)
+            return group.score_async(prompts, responses, ids)()
         finally:
             group.shutdown()
 
@@ -103,17 +91,13 @@ def best_of_n(rollout, train_score: ScoreFn, test_score: ScoreFn | None, prompt_
         scored = test_score([flat_prompts[k] for k in flat], [samples[k][1] for k in flat],
                          [samples[k][0] for k in flat])
         test_by_flat = dict(zip(flat, scored))
-    train_pm, train_se, test_pm, test_se = [], [], [], []
-    for n in ns:
-        m, se = mean_se([float(train_m[i, j]) for i, j in zip(rows, kept[n])])
-        train_pm.append(m)
-        train_se.append(se)
-        if test_score is not None:
-            m, se = mean_se([test_by_flat[i * n_max + j] for i, j in zip(rows, kept[n])])
-            test_pm.append(m)
-            test_se.append(se)
-    return BestOfN(ns=ns, kl=[kl_best_of_n(n) for n in ns], train_pm=train_pm, train_pm_se=train_se,
-                   test_pm=test_pm or None, test_pm_se=test_se or None, prompts=n_prompts, policy=policy_name,
+    # per n: (mean, standard error) over prompts of the kept sample's score
+    train = [mean_se([float(train_m[i, j]) for i, j in zip(rows, kept[n])]) for n in ns]
+    test = ([mean_se([test_by_flat[i * n_max + j] for i, j in zip(rows, kept[n])]) for n in ns]
+            if test_score is not None else [])
+    return BestOfN(ns=ns, kl=[kl_best_of_n(n) for n in ns], train_pm=[m for m, _ in train],
+                   train_pm_se=[se for _, se in train], test_pm=[m for m, _ in test] or None,
+                   test_pm_se=[se for _, se in test] or None, prompts=n_prompts, policy=policy_name,
                    train_scorer=train_name, test_scorer=test_name, temperature=cfg.temperature,
                    max_new_tokens=cfg.max_new_tokens)
 
