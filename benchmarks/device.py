@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 SIZES = {
     # ~374M parameters (GPT-2-medium depth at width 1024, Llama blocks, 32k vocab)
     "350m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=2816,
@@ -42,7 +44,6 @@ DATASHEET_BF16_TFLOPS = 989.0  # H100/H200 SXM dense bf16
 
 def build_model(root: Path, size: dict) -> tuple[str, int, int]:
     """Random-init Llama saved with a small local tokenizer; returns (path, matmul params, head params)."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from hh_ray.data.tokenize import train_tokenizer
@@ -65,16 +66,12 @@ def build_model(root: Path, size: dict) -> tuple[str, int, int]:
 
 def matmul_tflops(device: str) -> float:
     """The chip's measured bf16 (GPU) or fp32 (CPU) matmul rate: the practical ceiling for MFU."""
-    import torch
-
     n, dtype = (8192, torch.bfloat16) if device == "cuda" else (512, torch.float32)
     return matmul_flops(n, n, n, device, dtype) / 1e12
 
 
 def matmul_flops(m: int, k: int, n: int, device: str, dtype, repeats: int = 10) -> float:
     """FLOP/s of an [m, k] x [k, n] product on `device`, after three warm-up products."""
-    import torch
-
     a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
@@ -92,8 +89,6 @@ def matmul_parameters(model) -> int:
 
 
 def sync(device: str) -> None:
-    import torch
-
     if device == "cuda":
         torch.cuda.synchronize()
 
@@ -114,8 +109,6 @@ def seconds_each(fn, repeats: int, warmup: int = 0, device: str = "cpu") -> list
 
 def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str, zero_stage: int) -> dict:
     """hh-ray's TrainerWorker on one device: SFT and PPO-policy steps, tokens/s and achieved TFLOP/s."""
-    import torch
-
     from hh_ray.algo.batch import PolicyBatch, SequenceBatch, TokenBatch
     from hh_ray.config import TrainerConfig
     from hh_ray.models.objectives import PolicyObjective, SFTObjective, TokenLogprobs, probe_tokens
@@ -158,7 +151,6 @@ def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str, ze
 
 def bench_generate(path: str, size: dict, device: str) -> dict:
     """HF `generate` (KV cache, sampling) in the device's dtype: the rollout baseline vLLM is measured against."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -184,8 +176,6 @@ def main(argv=None) -> int:
     ap.add_argument("--zero-stage", type=int, choices=(0, 2, 3), default=2)
     args = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.size != "smoke" and device != "cuda":
         ap.error(f"size {args.size} is for a GPU; use --size smoke on a CPU")

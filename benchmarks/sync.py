@@ -22,7 +22,6 @@ def wire_seconds(fx: Fixture, nbytes: int, timeout_s: float) -> float:
             self.group, self.rank, self.device = make_group(tuple(master), rank, 2, backend, timeout_s), rank, device
 
         def broadcast(self, nbytes: int, repeats: int) -> float:
-            from benchmarks.device import seconds_each
             from hh_ray.workers.weight_sync import _broadcast
 
             t = torch.empty(nbytes // 4, device=self.device)
