@@ -14,6 +14,7 @@ import torch
 
 from hh_ray.algo.batch import first_fit
 from hh_ray.algo.ppo import entropy_from_logits, gather_logprobs
+from hh_ray.data.tokenize import load_tokenizer, pm_input_ids
 
 KINDS = ("causal_lm", "pm", "value")
 PM_STATS = "pm_stats.json"
@@ -47,8 +48,6 @@ def load_model(path: str, kind: str, dtype: torch.dtype = torch.float32):
     else:
         raise ValueError(f"unknown model kind '{kind}'; kinds: {', '.join(KINDS)}")
     if model.config.pad_token_id is None:  # sequence-classification pooling needs it
-        from hh_ray.data.tokenize import load_tokenizer
-
         model.config.pad_token_id = load_tokenizer(path).pad_token_id
     return model
 
@@ -177,8 +176,6 @@ SCORE_BATCH_ROWS = 32  # texts per PM forward pass in score_texts (the capacity 
 def score_texts(model, tokenizer, prompts: list[str], responses: list[str], max_tokens: int,
                 batch_size: int = SCORE_BATCH_ROWS) -> torch.Tensor:
     """Raw PM scores of (prompt, response) texts, in order (the PM's own tokenizer and input format)."""
-    from hh_ray.data.tokenize import pm_input_ids
-
     model.eval()
     out = []
     for i in range(0, len(prompts), batch_size):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import torch
+
 from hh_ray.algo.batch import SequenceBatch, split
+from hh_ray.data.tokenize import load_tokenizer
+from hh_ray.models.forward import load_model, resolve_dtype
+from hh_ray.models.objectives import TokenLogprobs
+from hh_ray.workers.device import gpu_worker_device
 from hh_ray.workers.group import STATELESS_RESTARTS, GroupOwner, Worker, WorkerGroup
 
 
@@ -14,10 +20,6 @@ class ReferenceWorker(Worker):
 
     def __init__(self, model_path: str, gpus: float = 0.0, dtype: str = "auto",
                  micro_batch_size: int = MICRO_BATCH_ROWS):
-        from hh_ray.data.tokenize import load_tokenizer
-        from hh_ray.models.forward import load_model, resolve_dtype
-        from hh_ray.workers.device import gpu_worker_device
-
         self.device = gpu_worker_device(gpus, "reference")
         dtype = resolve_dtype(dtype, self.device != "cpu")
         self.model = load_model(model_path, "causal_lm", dtype).to(self.device).eval()
@@ -26,10 +28,6 @@ class ReferenceWorker(Worker):
         self.micro = micro_batch_size
 
     def logprobs(self, batch: SequenceBatch, temperature: float, pack_to: int = 0) -> list[list[float]]:
-        import torch
-
-        from hh_ray.models.objectives import TokenLogprobs
-
         probe = TokenLogprobs(temperature, pack_to)
         with torch.no_grad():
             return [row for mb in split(batch, max(1, -(-len(batch.prompt) // self.micro)))

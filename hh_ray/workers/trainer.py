@@ -18,9 +18,13 @@ from typing import Any
 import torch
 
 from hh_ray.algo.batch import PairBatch, SequenceBatch, TokenBatch, batch_size, split
+from hh_ray.data.tokenize import load_tokenizer
+from hh_ray.models.forward import load_model, resolve_dtype
 from hh_ray.models.objectives import StepResult, merge_results, probe_tokens
+from hh_ray.models.presets import save_atomic
 from hh_ray.files import write_text_atomic
 from hh_ray.workers.checkpoint import checkpoint_problem, latest_tag, missing_checkpoint_files, write_manifest
+from hh_ray.workers.device import check_device, device_from_config, local_rank, ray_gpu_ids, synchronized_clock
 from hh_ray.workers.group import (
     GroupOwner, Worker, WorkerGroup, exclusive_build, extensions_dir, free_port, get_all, node_ip,
 )
@@ -111,10 +115,6 @@ class TrainerWorker(Worker):
               seed: int, dtype: str = "auto") -> RankInfo:
         """Join the group's torch.distributed world and build the engine."""
         import deepspeed
-
-        from hh_ray.data.tokenize import load_tokenizer
-        from hh_ray.models.forward import load_model, resolve_dtype
-        from hh_ray.workers.device import check_device, device_from_config, local_rank, ray_gpu_ids
 
         load_jit_ops()
 
@@ -227,8 +227,6 @@ class TrainerWorker(Worker):
 
     def export_hf(self, out_dir: str) -> None:
         """HF `save_pretrained` weights (ZeRO-3 shards gathered), written atomically by rank 0."""
-        from hh_ray.models.presets import save_atomic
-
         if self.cfg.zero_stage == 3:
             state = self.engine._zero3_consolidated_16bit_state_dict()
         else:
@@ -251,7 +249,6 @@ class TrainerWorker(Worker):
         """Send every parameter in buckets; under ZeRO-3 all ranks gather each bucket's shards first."""
         import deepspeed
 
-        from hh_ray.workers.device import synchronized_clock
         from hh_ray.workers.weight_sync import BucketSender, buckets
 
         t0 = synchronized_clock(self.on_gpu)
