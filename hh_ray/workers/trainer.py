@@ -19,15 +19,16 @@ import torch
 
 from hh_ray.algo.batch import PairBatch, SequenceBatch, TokenBatch, batch_size, split
 from hh_ray.data.tokenize import load_tokenizer
+from hh_ray.files import write_text_atomic
 from hh_ray.models.forward import load_model, resolve_dtype
 from hh_ray.models.objectives import StepResult, merge_results, probe_tokens
 from hh_ray.models.presets import save_atomic
-from hh_ray.files import write_text_atomic
 from hh_ray.workers.checkpoint import checkpoint_problem, latest_tag, missing_checkpoint_files, write_manifest
 from hh_ray.workers.device import check_device, device_from_config, local_rank, ray_gpu_ids, synchronized_clock
 from hh_ray.workers.group import (
     GroupOwner, Worker, WorkerGroup, exclusive_build, extensions_dir, free_port, get_all, node_ip,
 )
+from hh_ray.workers.weight_sync import BucketSender, ParamMeta, buckets, make_group
 
 
 @dataclass(frozen=True)
@@ -237,8 +238,6 @@ class TrainerWorker(Worker):
     # ---- weight sync to rollout engines (rank 0 sends; every rank helps gather ZeRO-3 shards) -------------
     def init_weight_sync(self, master: tuple[str, int], world: int, timeout_s: float) -> list:
         """Rank 0 joins the engines' sync group; every rank returns the parameter layout the engines receive."""
-        from hh_ray.workers.weight_sync import ParamMeta, make_group
-
         if self.rank == 0:
             self.sync_group = make_group(master, 0, world, "nccl" if self.on_gpu else "gloo", timeout_s)
         self.sync_metas = [ParamMeta(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
@@ -248,8 +247,6 @@ class TrainerWorker(Worker):
     def broadcast_weights(self, bucket_bytes: int) -> dict:
         """Send every parameter in buckets; under ZeRO-3 all ranks gather each bucket's shards first."""
         import deepspeed
-
-        from hh_ray.workers.weight_sync import BucketSender, buckets
 
         t0 = synchronized_clock(self.on_gpu)
         params = dict(self.engine.module.named_parameters())
