@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -46,6 +47,16 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def keep_plots(result: dict, out: Path) -> dict:
+    """Benchmarks draw their PNGs in the temporary fixture folder: copy each `*_png` into `out`, path and all."""
+    for key, value in result.items():
+        if isinstance(value, dict):
+            keep_plots(value, out)
+        elif key.endswith("_png") and Path(value).is_file():
+            result[key] = str(shutil.copy(value, out / Path(value).name))
+    return result
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks")
     ap.add_argument("--out", required=True)
@@ -75,7 +86,7 @@ def main(argv=None) -> int:
         for name in wanted:
             t0 = time.perf_counter()
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-            results[name] = BENCHES[name](fx, args.quick)
+            results[name] = keep_plots(BENCHES[name](fx, args.quick), out)
             results[name]["bench_seconds"] = time.perf_counter() - t0
             write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     if "pm" in results:

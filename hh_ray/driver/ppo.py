@@ -15,7 +15,7 @@ import random
 import shutil
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,12 +127,16 @@ class PPOWorkers:
         return {"rollout": self.rollout, "reference": self.reference, "scorer": self.scorer, "policy": self.policy,
                 "critic": self.critic} | ({"test_scorer": self.test_scorer} if self.test_scorer else {})
 
-    def ready_engines(self, pending_prompts: int, last_generate_s: float) -> None:
-        """Size the engine pool for the coming batch and make sure every engine holds the current policy."""
+    def ready_engines(self, pending_prompts: int, version: int, last_generate_s: float = 0.0):
+        """Give every engine policy `version`, the trainers' own (so call it only while they are idle), then size
+        the pool for the coming batch; engines started for it, or for dead ones, get the same weights before they
+        serve. Returns the stats of the push to `version`, or None when the engines held it already."""
+        sync = self.sync.push(version) if self.rollout.version != version else None
         if self.autoscaler:
             self.autoscaler.adjust(pending_prompts, last_generate_s)
-        if self.rollout.replenish():  # engines that died are replaced, then given the current weights
-            self.sync.push(self.rollout.version)
+        if self.rollout.replenish():
+            self.sync.push(version)
+        return sync
 
     def peak_memory_mb(self) -> dict[str, dict[str, float]]:
         """Per group, the largest peak resident (and GPU) memory of any one of its actors."""
@@ -156,14 +160,15 @@ def sample_seeds(seed: int, step: int, count: int, n: int) -> list[int]:
     return [base + i * n for i in range(count)]
 
 
-def generate(w: PPOWorkers, prompts: Prompts, sampling: Sampling, seeds: list[int]) -> Experience:
-    """Samples for every prompt; if every engine dies, new ones get the current weights and the batch reruns."""
+def generate(w: PPOWorkers, prompts: Prompts, sampling: Sampling, seeds: list[int], recover: bool = True) -> Experience:
+    """Samples for every prompt; if every engine dies, new ones get the engines' weights and the batch reruns
+    (`recover`: only while the trainers are idle and hold the engines' version, never from the async prefetch)."""
     for attempt in range(3):
         try:
             samples = w.rollout.generate(prompts.ids, sampling, seeds)
             break
         except NoEnginesError:
-            if attempt == 2:
+            if attempt == 2 or not recover:
                 raise
             print("[ppo] every rollout engine died; starting new ones", file=sys.stderr, flush=True)
             w.rollout.replenish()
@@ -218,26 +223,43 @@ class Rollouts:
         self.pending: tuple[int, Future] | None = None
         self.last_generate_s = 0.0
 
-    def _generate(self, step: int) -> Experience:
+    def _generate(self, step: int, recover: bool = True) -> Experience:
         t0 = time.perf_counter()
-        batch = self.prompts.take(batches(len(self.prompts.ids), self.cfg.ppo.prompts_per_step, self.cfg.seed, step - 1))
-        self.w.ready_engines(len(batch.ids) * self.sampling.n, self.last_generate_s)
-        exp = generate(self.w, batch, self.sampling, sample_seeds(self.cfg.seed, step, len(batch.ids), self.sampling.n))
+        per_step, seed = self.cfg.ppo.prompts_per_step, self.cfg.seed
+        batch = self.prompts.take(batches(len(self.prompts.ids), per_step, seed, step - 1))
+        seeds = sample_seeds(seed, step, len(batch.ids), self.sampling.n)
+        exp = generate(self.w, batch, self.sampling, seeds, recover)
         self.last_generate_s = time.perf_counter() - t0
         return exp
 
+    def ready(self, step: int):
+        """Engines sized for step `step`'s batch and holding the trainers' policy (version step - 1). Only on the
+        driver's thread at a step boundary, while the trainers are idle and nothing is generating, so that no
+        engine ever receives weights from the middle of an update. Returns the push's stats (None: no push)."""
+        return self.w.ready_engines(self.cfg.ppo.prompts_per_step * self.sampling.n, step - 1, self.last_generate_s)
+
     def take(self, step: int) -> Experience:
-        """Step `step`'s batch: the prefetched one if there is one, else generated now."""
+        """Step `step`'s batch: the prefetched one if there is one, else generated now by the trainers' policy."""
         if self.pending and self.pending[0] == step:
-            exp = self.pending[1].result()
-            self.pending = None
-            return exp
+            future, self.pending = self.pending[1], None
+            try:
+                return future.result()
+            except NoEnginesError:  # every engine died while generating ahead: this batch is regenerated (lag 0)
+                print("[ppo] every rollout engine died generating ahead; regenerating the batch with the current "
+                      "policy", file=sys.stderr, flush=True)
+        self.ready(step)
         return self._generate(step)
 
     def prefetch(self, step: int) -> None:
         """Start generating step `step`'s batch in the background with the weights the engines hold now."""
         if step <= self.cfg.ppo.steps:
-            self.pending = (step, self.pool.submit(self._generate, step))
+            self.pending = (step, self.pool.submit(self._generate, step, False))
+
+    def settle(self) -> None:
+        """Wait for a batch being generated ahead (its errors stay with it for `take`): the engines may then change
+        weights, e.g. for an evaluation, without the batch mixing two versions."""
+        if self.pending:
+            wait([self.pending[1]])
 
     @property
     def queue_depth(self) -> int:
@@ -267,7 +289,7 @@ def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg, kl_ctl, rng: ran
         exp = rollouts.take(step)
     if p.async_rollout:
         with timer("sync"):
-            sync = w.sync.push(step - 1) if w.rollout.version != step - 1 else None
+            sync = rollouts.ready(step)
         rollouts.prefetch(step + 1)
     with timer("experience"):
         make_experience(w, exp, p)
@@ -294,10 +316,13 @@ def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg, kl_ctl, rng: ran
     }
 
 
-def evaluate(w: PPOWorkers, prompts: Prompts, cfg) -> tuple[dict, list[dict]]:
-    """Held-out PM score and KL (the training estimator, and k1), one sample per prompt with fixed seeds."""
+def evaluate(w: PPOWorkers, prompts: Prompts, cfg, version: int) -> tuple[dict, list[dict]]:
+    """Held-out PM score and KL (the training estimator, and k1) of policy `version`, the trainers' (so the engines
+    get it first: in async mode they hold one version behind), one sample per prompt with fixed seeds."""
     r = cfg.ppo.rollout
     sampling = Sampling(r.temperature, r.top_p, r.max_new_tokens, 1)
+    if w.rollout.version != version:
+        w.sync.push(version)
     exp = generate(w, prompts, sampling, sample_seeds(cfg.seed, 10**6, len(prompts.ids), 1))
     test = w.test_scorer.score_async(exp.prompt_text, exp.response_text, exp.response) if w.test_scorer else None
     make_experience(w, exp, cfg.ppo, with_values=False)
@@ -307,7 +332,7 @@ def evaluate(w: PPOWorkers, prompts: Prompts, cfg) -> tuple[dict, list[dict]]:
     out = {"eval/pm_score": float(torch.tensor(exp.scores).mean()),
            "eval/kl": float((kl_penalty(old, ref, cfg.ppo.kl_estimator) * mask).sum(1).mean()),
            "eval/kl_k1": float((kl_k1(old, ref) * mask).sum(1).mean()),
-           "eval/response_length": float(mask.sum(1).mean())}
+           "eval/response_length": float(mask.sum(1).mean()), "eval/policy_version": exp.version}
     if test:
         test_scores = test()
         out["eval/test_pm_score"] = float(torch.tensor(test_scores).mean())
@@ -415,7 +440,7 @@ def run_ppo(cfg) -> dict:
         print(f"[ppo] {len(setup.train.ids)} train prompts, {len(setup.held_out.ids)} held-out prompts; groups up in "
               f"{time.perf_counter() - t_start:.0f}s")
         if start == 0:
-            before, samples = evaluate(w, setup.held_out, cfg)
+            before, samples = evaluate(w, setup.held_out, cfg, start)
             write_json_atomic(out / "samples_before.json", samples)
             write_json_atomic(out / "eval_before.json", before)
             print(f"[ppo] before: held-out PM score {before['eval/pm_score']:.3f}")
@@ -447,7 +472,8 @@ def run_ppo(cfg) -> dict:
                 continue
             step += 1
             if p.eval_every and step % p.eval_every == 0 and step < p.steps:
-                metrics |= evaluate(w, setup.held_out, cfg)[0]
+                rollouts.settle()
+                metrics |= evaluate(w, setup.held_out, cfg, step)[0]
             log.log(step, metrics, show=("objective/pm_score", "objective/kl", "objective/reward", "policy/entropy",
                                          "rollout/logprob_gap_mean", "perf/samples_per_s"))
             dashboard.record(metrics)
@@ -455,7 +481,7 @@ def run_ppo(cfg) -> dict:
                 save_state(w, ckpt, step, setup.kl_ctl)
         log.close()
         rollouts.close()
-        after, samples = evaluate(w, setup.held_out, cfg)
+        after, samples = evaluate(w, setup.held_out, cfg, p.steps)
         write_json_atomic(out / "samples_after.json", samples)
         write_json_atomic(out / "eval_after.json", after)
         write_json_atomic(out / "memory.json", w.peak_memory_mb())

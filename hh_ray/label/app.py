@@ -353,8 +353,8 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
     async def api_conversation(request: Request, conv_id: str):
         session = await reading(request)
         v = await run_in_threadpool(store.conversation, conv_id_of(conv_id), session.user)
-        pending = ({"task_id": v.pending.id, "response_a": v.pending.response_a, "response_b": v.pending.response_b}
-                   if v.pending else None)
+        pending = ({"task_id": v.pending.id, "context": v.pending.context, "response_a": v.pending.response_a,
+                    "response_b": v.pending.response_b} if v.pending else None)
         return {"conversation_id": v.id, "campaign": v.campaign, "mode": v.mode, "ended": v.ended,
                 "turns": [{"role": t.role, "text": t.text} for t in v.turns], "pending": pending}
 

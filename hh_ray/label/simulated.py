@@ -6,9 +6,9 @@ harmless-base for red-teaming), continues each for up to `turns` turns, and deci
 that the training never sees: a Bradley-Terry draw at a noise temperature, the strength from the score gap
 (`hh_ray.algo.labeler`). A red-team labeler picks the more harmful answer.
 
-Resume: a labeler's quota counts the comparisons its account already has in the store (`/api/me/stats`), and
-choices are idempotent per task, so a labeler killed at any point and started again neither loses nor repeats
-a comparison. Every acknowledged choice is appended to `<work_dir>/acks-<name>.jsonl` (the HTTP receipt).
+Resume: a labeler's quota counts the comparisons its account already has in the store (`/api/me/stats`),
+choices are idempotent per task, and a conversation a killed labeler left open is finished first, so a labeler
+killed at any point and started again neither loses nor repeats a comparison, and labels what it would have. Every acknowledged choice is appended to `<work_dir>/acks-<name>.jsonl` (the HTTP receipt).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Callable
 from hh_ray.algo.labeler import decide
 from hh_ray.data.hh import load_comparisons, split_holdout, split_turns
 
-from .client import LabelAPIError, LabelClient
+from .client import LabelAPIError, LabelClient, TaskPair
 
 HELPFUL_PROMPTS = "helpful-base"
 RED_TEAM_PROMPTS = "harmless-base"
@@ -93,37 +93,53 @@ class Judge:
 
 
 def label_until_quota(spec: LabelerSpec, judge: Judge, client: LabelClient) -> int:
-    """Label through the API until the account holds `spec.quota` comparisons; returns how many it holds."""
+    """Label through the API until the account holds `spec.quota` comparisons; returns how many it holds.
+
+    A conversation left open by a killed labeler is finished first, from where it stopped (its undecided task
+    decided, its remaining turns posted), so a rerun labels exactly what an uninterrupted labeler would have."""
     client.login(spec.name, spec.password)
     acks = Path(spec.work_dir) / f"acks-{spec.name}.jsonl"
     stats = client.stats()
-    done, conversation = stats["comparisons"], stats["conversations"]
+    done, conversation, unfinished = stats["comparisons"], stats["conversations"], stats["open_conversation"]
+
+    def decide_task(pair: TaskPair) -> int:
+        sa, sb = judge.scores(pair.context, pair.response_a, pair.response_b)
+        # the draw is a function of the task's content, so a rerun decides the same task the same way
+        draw = "\x00".join((str(spec.seed), pair.context, pair.response_a, pair.response_b))
+        u = random.Random(draw).random()
+        d = decide(sa, sb, spec.temperature, u, want_harmful=spec.red_team, thresholds=spec.thresholds)
+        ack = client.choose(pair.task_id, d.choice, d.strength)
+        with open(acks, "a") as fh:
+            fh.write(json.dumps({"comparison_id": ack.comparison_id, "task_id": ack.task_id,
+                                 "duplicate": ack.duplicate, "choice": d.choice, "p_a": d.p_a}) + "\n")
+        return client.stats()["comparisons"]
+
     while done < spec.quota:
         if spec.parent_pid and os.getppid() != spec.parent_pid:
             raise SystemExit(f"labeler {spec.name}: the driver is gone; stopping")
-        humans = spec.dialogues[(spec.seed + conversation) % len(spec.dialogues)]
-        conversation += 1
-        cid = client.start(spec.campaign)
+        view = client.conversation(unfinished) if unfinished is not None else None
+        if view and view["campaign"] == spec.campaign:  # the newest conversation, so the last dialogue drawn
+            cid, index, unfinished = view["conversation_id"], conversation - 1, None
+            posted = sum(1 for t in view["turns"] if t["role"] == "Human")
+            pending = view["pending"]
+        else:
+            cid, index, unfinished, posted, pending = client.start(spec.campaign), conversation, None, 0, None
+            conversation += 1
+        humans = spec.dialogues[(spec.seed + index) % len(spec.dialogues)]
         try:
-            for text in humans[: spec.turns]:
+            if pending:
+                done = decide_task(TaskPair(pending["task_id"], pending["context"], pending["response_a"],
+                                            pending["response_b"]))
+            for text in humans[posted: spec.turns]:
+                if done >= spec.quota:
+                    break
                 try:
                     pair = client.post_turn(cid, text)
                 except LabelAPIError as exc:
                     if exc.status == 503:  # the sources gave identical or empty answers: next dialogue
                         break
                     raise
-                sa, sb = judge.scores(pair.context, pair.response_a, pair.response_b)
-                # the draw is a function of the task's content, so a rerun decides the same task the same way
-                draw = "\x00".join((str(spec.seed), pair.context, pair.response_a, pair.response_b))
-                u = random.Random(draw).random()
-                d = decide(sa, sb, spec.temperature, u, want_harmful=spec.red_team, thresholds=spec.thresholds)
-                ack = client.choose(pair.task_id, d.choice, d.strength)
-                with open(acks, "a") as fh:
-                    fh.write(json.dumps({"comparison_id": ack.comparison_id, "task_id": ack.task_id,
-                                         "duplicate": ack.duplicate, "choice": d.choice, "p_a": d.p_a}) + "\n")
-                done = client.stats()["comparisons"]
-                if done >= spec.quota:
-                    break
+                done = decide_task(pair)
         finally:
             client.end(cid)
     return done

@@ -615,11 +615,16 @@ class Store:
                     s.delete(task)
 
     # ---- reading comparisons -----------------------------------------------------------------------------
-    def user_stats(self, user: UserInfo) -> dict[str, int]:
+    def user_stats(self, user: UserInfo) -> dict[str, int | None]:
+        """Comparisons and conversations of a user, and the newest conversation still open (None when all ended):
+        a labeler killed mid-conversation finishes that one first."""
         with self.sessions() as s:
             n_cmp = s.scalar(select(func.count()).select_from(ComparisonRow).where(ComparisonRow.user_id == user.id))
             n_conv = s.scalar(select(func.count()).select_from(Conversation).where(Conversation.user_id == user.id))
-            return {"comparisons": n_cmp, "conversations": n_conv}
+            open_id = s.scalar(select(Conversation.id).where(Conversation.user_id == user.id,
+                                                              Conversation.ended_at.is_(None))
+                               .order_by(Conversation.id.desc()).limit(1))
+            return {"comparisons": n_cmp, "conversations": n_conv, "open_conversation": open_id}
 
     def comparisons(self, campaign: str | None = None) -> list[ComparisonRecord]:
         with self.sessions() as s:

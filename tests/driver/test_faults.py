@@ -48,14 +48,14 @@ class Killer(threading.Thread):
             self.done.append((step, name))
 
 
-def _run(root: Path, name: str, steps: int, kills: list[tuple[int, str]] = ()):
+def _run(root: Path, name: str, steps: int, kills: list[tuple[int, str]] = (), *overrides: str):
     from hh_ray.driver.ppo import run_ppo
 
     run = root / name
     killer = Killer(run / "ppo" / "metrics.jsonl", list(kills))
     if kills:
         killer.start()
-    run_ppo(load_config(None, [f"run_dir={run}", f"ppo.steps={steps}", *BASE]))
+    run_ppo(load_config(None, [f"run_dir={run}", f"ppo.steps={steps}", *BASE, *overrides]))
     if kills:
         killer.join(timeout=5)
     assert killer.done == sorted(kills)
@@ -97,6 +97,18 @@ def test_engine_and_trainer_deaths_are_survived_within_one_command(uninterrupted
     root, clean = uninterrupted
     rows = _run(root, "faulty", 6, [(1, "rollout-0"), (3, "policy-trainer-0")])
     _assert_same_run(rows, clean)
+    _no_leftover_groups()
+
+
+@pytest.mark.slow
+def test_async_rollout_survives_engine_and_trainer_deaths(ray_local, tmp_path):
+    """Async: the engine dies during step 2 (while it also generates step 3's batch), a policy-trainer rank during
+    step 4. The run finishes with every step once, never trains on a batch older than one version, and the step
+    redone after the trainers' rebuild is generated afresh by the restored policy (lag 0)."""
+    rows = _run(tmp_path, "async-faulty", 6, [(1, "rollout-0"), (3, "policy-trainer-0")],
+                "ppo.async_rollout=true", "ppo.old_logprobs=engine")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["rollout/policy_lag"] for r in rows] == [0, 1, 0, 1, 1, 1]  # rebuilt from step 2's checkpoint
     _no_leftover_groups()
 
 

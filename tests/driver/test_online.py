@@ -66,7 +66,9 @@ def _rows(run_dir: Path):
         store.dispose()
 
 
+@pytest.mark.timeout(3600)  # four driver runs of two rounds each: about 25 minutes on 2 quiet cores
 def test_online_rounds_resume_after_kills(tmp_path):
+    from hh_ray.driver.runlog import read_metrics
     from hh_ray.report.online import read_summary
 
     a, b = tmp_path / "a", tmp_path / "b"
@@ -92,7 +94,13 @@ def test_online_rounds_resume_after_kills(tmp_path):
         steps = [json.loads(x)["step"] for x in metrics]
         assert steps == [1, 2, 3, 4]  # PPO resumed after the kill: no step lost or logged twice
         assert "## Online rounds" in (run / "report.md").read_text()
-    # round 0 of b ran uninterrupted from a's SFT, PM and judge: the same comparisons, decided the same way
+    # b started from a's SFT, PM and judge, so every round must match a's: the comparisons of round 1, which b's
+    # labelers were killed in the middle of, and the PPO metrics of round 1, which b was killed in the middle of
     key = lambda r: (r.context, r.response_a, r.response_b, r.choice)
-    assert sorted(key(r) for r in _rows(a) if r.campaign == "r0-helpful") == \
-        sorted(key(r) for r in _rows(b) if r.campaign == "r0-helpful")
+    for campaign in ("r0-helpful", "r1-helpful"):
+        assert [key(r) for r in _rows(a) if r.campaign == campaign] == \
+            [key(r) for r in _rows(b) if r.campaign == campaign], campaign
+    ppo_a, ppo_b = (read_metrics(run / "rounds" / "1" / "ppo" / "metrics.jsonl") for run in (a, b))
+    for x, y in zip(ppo_a, ppo_b):
+        for k in ("objective/pm_score", "objective/kl", "objective/reward", "policy/loss", "critic/loss"):
+            assert x[k] == pytest.approx(y[k], abs=1e-3), (k, x["step"])

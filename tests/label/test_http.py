@@ -42,7 +42,7 @@ def test_full_conversation_of_three_turns(label_service, login):
     conv = c.conversation(cid)
     assert conv["ended"] and [t["role"] for t in conv["turns"]] == ["Human", "Assistant"] * 3
     assert [t["text"] for t in conv["turns"][1::2]] == picked
-    assert c.stats() == {"user": c.user, "comparisons": 3, "conversations": 1}
+    assert c.stats() == {"user": c.user, "comparisons": 3, "conversations": 1, "open_conversation": None}
 
     rows = _mine(label_service, c.user)
     assert [(r.choice, r.strength) for r in rows] == picks

@@ -55,7 +55,9 @@ def test_killed_labelers_resume_without_loss_or_repeat_and_pm_data_is_the_http_d
                            judge_pm=str(judge_dir), dialogues=dialogues, red_team=red_team, turns=2,
                            temperature=1e-6, seed=7, judge_max_tokens=200, work_dir=str(tmp_path))
 
-    specs = [spec("sim-h", "helpful-ab", 5, helpful), spec("sim-t", "redteam-v0", 3, harmful, red_team=True)]
+    # sim-h2 is sim-h's uninterrupted twin (same seed, dialogues and campaign): what sim-h should end up with
+    specs = [spec("sim-h", "helpful-ab", 5, helpful), spec("sim-t", "redteam-v0", 3, harmful, red_team=True),
+             spec("sim-h2", "helpful-ab", 5, helpful)]
     # a labeler process killed (SIGKILL) once its first choice is acknowledged: mid-collection
     p = mp.get_context("spawn").Process(target=labeler_main, args=(specs[0],), daemon=True)
     p.start()
@@ -67,17 +69,22 @@ def test_killed_labelers_resume_without_loss_or_repeat_and_pm_data_is_the_http_d
     before = len(_acks(tmp_path, "sim-h"))
     assert 1 <= before < 5, "the kill should land mid-collection"
 
-    mine = lambda: [r for r in svc.store.comparisons() if r.labeler in ("sim-h", "sim-t")]
+    mine = lambda: [r for r in svc.store.comparisons() if r.labeler in ("sim-h", "sim-t", "sim-h2")]
     ticks = []
-    result = run_labelers(specs, lambda: len(mine()), 8, poll_s=1.0, progress=lambda n, t, s: ticks.append(n))
+    result = run_labelers(specs, lambda: len(mine()), 13, poll_s=1.0, progress=lambda n, t, s: ticks.append(n))
     assert result.finished, result.exit_codes
     rows = mine()
-    assert Counter(r.labeler for r in rows) == {"sim-h": 5, "sim-t": 3}  # exactly N: none lost, none repeated
+    assert Counter(r.labeler for r in rows) == {"sim-h": 5, "sim-t": 3, "sim-h2": 5}  # none lost, none repeated
     assert len({r.task_id for r in rows}) == len(rows)
-    assert ticks and ticks[-1] <= 8 and ticks == sorted(ticks)
+    assert ticks and ticks[-1] <= 13 and ticks == sorted(ticks)
     # every stored comparison was acknowledged over HTTP to its labeler exactly once (not as a duplicate)
-    acked = Counter(a["comparison_id"] for n in ("sim-h", "sim-t") for a in _acks(tmp_path, n) if not a["duplicate"])
+    acked = Counter(a["comparison_id"] for n in ("sim-h", "sim-t", "sim-h2") for a in _acks(tmp_path, n)
+                    if not a["duplicate"])
     assert acked == Counter(r.id for r in rows)
+    # the killed labeler finished its open conversation on restart: it labeled exactly what its twin did
+    labeled = lambda name: [(r.context, r.response_a, r.response_b, r.choice) for r in rows if r.labeler == name]
+    assert labeled("sim-h") == labeled("sim-h2")
+    rows = [r for r in rows if r.labeler != "sim-h2"]
     # decisions follow the judge: helpful keeps the higher score, red team picked the lower (stored as rejected)
     judge = Judge(str(judge_dir), 200)
     for r in rows:
