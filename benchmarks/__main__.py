@@ -24,6 +24,7 @@ from benchmarks.rollout import bench_rollout
 from benchmarks.scaling import bench_rollout_scaling
 from benchmarks.sync import bench_sync
 from benchmarks.trl_comparison import bench_trl
+from hh_ray.files import write_text_atomic
 
 BENCHES = {"rollout": bench_rollout, "pm": bench_pm, "sync": bench_sync, "scaling": bench_rollout_scaling,
            "ppo": bench_ppo, "async": bench_async, "packing": bench_packing, "trl": bench_trl}
@@ -54,12 +55,6 @@ def keep_plots(result: dict, out: Path) -> dict:
         elif key.endswith("_png") and Path(value).is_file():
             result[key] = str(shutil.copy(value, out / Path(value).name))
     return result
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def main(argv=None) -> int:
@@ -93,11 +88,11 @@ def main(argv=None) -> int:
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)
             results[name] = keep_plots(BENCHES[name](fx, args.quick), out)
             results[name]["bench_seconds"] = time.perf_counter() - t0
-            write_atomic(out / "results.json", json.dumps(results, indent=2))
+            write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     if "pm" in results:
         results.setdefault("scaling", {})["trainer_2_over_1"] = results["pm"]["trainer_2_over_1"]
-    write_atomic(out / "results.json", json.dumps(results, indent=2))
-    write_atomic(out / "results.md", to_markdown(results))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
+    write_text_atomic(out / "results.md", to_markdown(results))
     print(to_markdown(results))
     ray.shutdown()
     return 0

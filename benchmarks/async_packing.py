@@ -4,23 +4,10 @@ slots that padding takes on real PPO batches, and the trainer's tokens/s padded 
 
 from __future__ import annotations
 
-import time
+from benchmarks.common import Fixture, med, ppo_run
+from benchmarks.device import seconds_each
 
-from benchmarks.common import Fixture, med, ppo_record
-
-
-def _ppo_run(fx: Fixture, name: str, preset: str, steps: int, *overrides: str) -> list[dict]:
-    from hh_ray.config import load_config
-    from hh_ray.driver.ppo import run_ppo
-
-    run = fx.root / name
-    run_ppo(load_config(None, [
-        f"run_dir={run}", f"model.policy={preset}", "ppo.scorer=substring:e", f"ppo.steps={steps}",
-        "ppo.prompts_per_step=16", "ppo.rollout.samples_per_prompt=2", "ppo.eval_prompts=8",
-        "ppo.rollout.max_new_tokens=32", "data.max_prompt_tokens=128", "ppo.old_logprobs=engine",
-        "ppo.policy_trainer.micro_batch_size=32", "ppo.critic_trainer.micro_batch_size=32",
-        "logging.tensorboard=false", *fx.ppo_overrides(), *overrides]))
-    return ppo_record(run)
+ENGINE_LOGPROBS = ("ppo.old_logprobs=engine", "logging.tensorboard=false")  # in both runs: only the overlap differs
 
 
 def bench_async(fx: Fixture, quick: bool) -> dict:
@@ -30,16 +17,17 @@ def bench_async(fx: Fixture, quick: bool) -> dict:
     steps = 4 if quick else 12
     out: dict = {}
     for preset in ("tiny",) if quick else ("tiny", "small"):
-        sync_rows, sync_wall, _ = _ppo_run(fx, f"sync-{preset}", preset, steps)
-        async_rows, async_wall, _ = _ppo_run(fx, f"async-{preset}", preset, steps, "ppo.async_rollout=true")
+        sync_rows, sync_wall, _ = ppo_run(fx, f"sync-{preset}", preset, steps, *ENGINE_LOGPROBS)
+        async_rows, async_wall, _ = ppo_run(fx, f"async-{preset}", preset, steps, *ENGINE_LOGPROBS,
+                                            "ppo.async_rollout=true")
         per_s = lambda rows, wall: med([r["perf/samples"] / w for r, w in zip(rows, wall)])
         s, a = per_s(sync_rows, sync_wall), per_s(async_rows, async_wall)
-        out[preset] = {"sync_samples_per_s": s, "async_samples_per_s": a, "speedup": a / s}
+        png = fx.root / f"async_reward_{preset}.png"
+        out[preset] = {"sync_samples_per_s": s, "async_samples_per_s": a, "speedup": a / s, "reward_png": str(png)}
         line_plot([r["step"] for r in sync_rows], {
             "sync": [r["objective/reward"] for r in sync_rows],
             "async (one version behind)": [r["objective/reward"] for r in async_rows]},
-            "PPO step", "reward per sample", f"Reward, sync vs async ({preset})", fx.root / f"async_reward_{preset}.png")
-        out[preset]["reward_png"] = str(fx.root / f"async_reward_{preset}.png")
+            "PPO step", "reward per sample", f"Reward, sync vs async ({preset})", png)
     first = out["tiny"]
     return out | {"samples_per_s": first["async_samples_per_s"], "speedup": first["speedup"]}
 
@@ -71,11 +59,8 @@ def bench_packing(fx: Fixture, quick: bool) -> dict:
                              TrainerConfig(micro_batch_size=len(prompts), cpus_per_rank=1.0, lr=1e-6))
         try:
             objective = PolicyObjective(pack_to=pack)
-            group.train(batch, objective)  # warm-up
-            t0 = time.perf_counter()
-            for _ in range(2 if quick else 4):
-                group.train(batch, objective)
-            rates[name] = tokens * (2 if quick else 4) / (time.perf_counter() - t0)
+            steps = 2 if quick else 4
+            rates[name] = tokens * steps / sum(seconds_each(lambda: group.train(batch, objective), steps, warmup=1))
         finally:
             group.shutdown()
     return {"padding_share": padded.padding_share, "packed_padding_share": packed.padding_share,

@@ -77,6 +77,22 @@ def ppo_record(run: Path) -> tuple[list[dict], list[float], dict]:
     return rows[1:], wall, json.loads((run / "ppo" / "memory.json").read_text())
 
 
+def ppo_run(fx: "Fixture", name: str, preset: str, steps: int, *overrides: str) -> tuple[list[dict], list[float], dict]:
+    """A short PPO job on `preset` under `fx.root / name` (16 prompts x 2 samples of 32 tokens, the substring
+    scorer, on the fixture's devices); its `ppo_record`."""
+    from hh_ray.config import load_config
+    from hh_ray.driver.ppo import run_ppo
+
+    run = fx.root / name
+    run_ppo(load_config(None, [
+        f"run_dir={run}", f"model.policy={preset}", "ppo.scorer=substring:e", f"ppo.steps={steps}",
+        "ppo.prompts_per_step=16", "ppo.rollout.samples_per_prompt=2", "ppo.eval_prompts=8",
+        "ppo.rollout.max_new_tokens=32", "data.max_prompt_tokens=128",
+        "ppo.policy_trainer.micro_batch_size=32", "ppo.critic_trainer.micro_batch_size=32",
+        *fx.ppo_overrides(), *overrides]))
+    return ppo_record(run)
+
+
 class Fixture:
     """Tokenizer, presets and prompts built once under a temp dir."""
 

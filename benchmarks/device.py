@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 SIZES = {
     # ~374M parameters (GPT-2-medium depth at width 1024, Llama blocks, 32k vocab)
     "350m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=2816,
@@ -42,7 +44,6 @@ DATASHEET_BF16_TFLOPS = 989.0  # H100/H200 SXM dense bf16
 
 def build_model(root: Path, size: dict) -> tuple[str, int, int]:
     """Random-init Llama saved with a small local tokenizer; returns (path, matmul params, head params)."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from hh_ray.data.tokenize import train_tokenizer
@@ -65,16 +66,12 @@ def build_model(root: Path, size: dict) -> tuple[str, int, int]:
 
 def matmul_tflops(device: str) -> float:
     """The chip's measured bf16 (GPU) or fp32 (CPU) matmul rate: the practical ceiling for MFU."""
-    import torch
-
     n, dtype = (8192, torch.bfloat16) if device == "cuda" else (512, torch.float32)
     return matmul_flops(n, n, n, device, dtype) / 1e12
 
 
 def matmul_flops(m: int, k: int, n: int, device: str, dtype, repeats: int = 10) -> float:
     """FLOP/s of an [m, k] x [k, n] product on `device`, after three warm-up products."""
-    import torch
-
     a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
@@ -92,16 +89,26 @@ def matmul_parameters(model) -> int:
 
 
 def sync(device: str) -> None:
-    import torch
-
     if device == "cuda":
         torch.cuda.synchronize()
 
 
+def seconds_each(fn, repeats: int, warmup: int = 0, device: str = "cpu") -> list[float]:
+    """Wall seconds of each of `repeats` calls of `fn` after `warmup` untimed ones, each waited for on `device`."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str, zero_stage: int) -> dict:
     """hh-ray's TrainerWorker on one device: SFT and PPO-policy steps, tokens/s and achieved TFLOP/s."""
-    import torch
-
     from hh_ray.algo.batch import PolicyBatch, SequenceBatch, TokenBatch
     from hh_ray.config import TrainerConfig
     from hh_ray.models.objectives import PolicyObjective, SFTObjective, TokenLogprobs, probe_tokens
@@ -129,26 +136,13 @@ def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str, ze
     out: dict = {"parameters": parameters, "zero_stage": cfg.zero_stage, "batch": B, "sequence": seq}
     for name, (objective, batch, flops) in runs.items():
         units = objective.units(batch)
-        for _ in range(2):  # warm-up: allocator, kernels, optimizer state
-            worker.train(batch, objective, units)
-        sync(device)
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            worker.train(batch, objective, units)
-            sync(device)
-            times.append(time.perf_counter() - t0)
-        step = statistics.median(times)
+        # two warm-up steps: allocator, kernels, optimizer state
+        step = statistics.median(seconds_each(lambda: worker.train(batch, objective, units), steps, 2, device))
         out[name] = {"step_seconds": step, "tokens_per_s": B * seq / step, "tflops": flops / step / 1e12}
     sequences = SequenceBatch(policy.prompt, policy.response)
     calls = forward_micro_batches([probe_tokens(sequences)], cfg.forward_micro_batch_size, cfg.forward_token_budget)
-    times = []
-    for i in range(4):  # the first call warms the eval path
-        t0 = time.perf_counter()
-        worker.forward(sequences, TokenLogprobs(), calls)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    out["reference_logprobs_tokens_per_s"] = B * seq / statistics.median(times[1:])
+    times = seconds_each(lambda: worker.forward(sequences, TokenLogprobs(), calls), 3, 1, device)  # 1: eval path
+    out["reference_logprobs_tokens_per_s"] = B * seq / statistics.median(times)
     if device == "cuda":
         out["gpu_peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     torch.distributed.destroy_process_group()  # the worker's one-rank world, before the next part
@@ -157,7 +151,6 @@ def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str, ze
 
 def bench_generate(path: str, size: dict, device: str) -> dict:
     """HF `generate` (KV cache, sampling) in the device's dtype: the rollout baseline vLLM is measured against."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -183,8 +176,6 @@ def main(argv=None) -> int:
     ap.add_argument("--zero-stage", type=int, choices=(0, 2, 3), default=2)
     args = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.size != "smoke" and device != "cuda":
         ap.error(f"size {args.size} is for a GPU; use --size smoke on a CPU")

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from hh_ray.files import write_text_atomic
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -110,12 +111,6 @@ def tiny_model(root: Path) -> Path:
     return build_preset("tiny", load_tokenizer(root / "tok"), out, seed=0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(out: Path, clients: int, seconds: float, model: str | None, max_replicas: int = 2) -> dict:
     import ray
     from ray import serve
@@ -124,6 +119,7 @@ def run(out: Path, clients: int, seconds: float, model: str | None, max_replicas
     from hh_ray.label.config import CampaignConfig, LabelConfig, ServerConfig, SourceConfig, validate
     from hh_ray.label.serve import start_service, stop_service
     from hh_ray.label.store import ComparisonRow
+    from hh_ray.workers.group import free_port
 
     work = Path(tempfile.mkdtemp(prefix="hh-label-load-"))
     model_dir = model or str(tiny_model(out / "models"))
@@ -197,9 +193,7 @@ def run(out: Path, clients: int, seconds: float, model: str | None, max_replicas
         serve.shutdown()
         ray.shutdown()
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "label_load.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out / "label_load.json")
+    write_text_atomic(out / "label_load.json", json.dumps(result, indent=2))
     return result
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 from benchmarks.common import Fixture
+from benchmarks.device import seconds_each
 
 
 def bench_pm(fx: Fixture, quick: bool) -> dict:
@@ -25,11 +24,8 @@ def bench_pm(fx: Fixture, quick: bool) -> dict:
         g = TrainerGroup(f"bench-pm-{ranks}", fx.models["tiny"], "pm",
                          TrainerConfig(num_ranks=ranks, micro_batch_size=16 // ranks, cpus_per_rank=1.0,
                                        gpus_per_rank=fx.gpu, lr=1e-4))
-        g.train(batch, objective)  # warm-up: allocator, optimizer state
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            g.train(batch, objective)
-        out[f"pairs_per_s_{ranks}_rank"] = len(items) * steps / (time.perf_counter() - t0)
+        seconds = sum(seconds_each(lambda: g.train(batch, objective), steps, warmup=1))  # warm-up: optimizer state
+        out[f"pairs_per_s_{ranks}_rank"] = len(items) * steps / seconds
         g.shutdown()
     out["trainer_2_over_1"] = out["pairs_per_s_2_rank"] / out["pairs_per_s_1_rank"]
     return out

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 from benchmarks.common import ONE_THREAD, Fixture, med
+from benchmarks.device import seconds_each
 
 
 def wire_seconds(fx: Fixture, nbytes: int, timeout_s: float) -> float:
@@ -26,13 +25,8 @@ def wire_seconds(fx: Fixture, nbytes: int, timeout_s: float) -> float:
             from hh_ray.workers.weight_sync import _broadcast
 
             t = torch.empty(nbytes // 4, device=self.device)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                _broadcast(self.group, t).wait()
-                t[:1].cpu()  # NCCL's wait only orders the stream; this waits for the bytes
-                times.append(time.perf_counter() - t0)
-            return med(times[1:])
+            # NCCL's wait only orders the stream; seconds_each's device sync waits for the bytes
+            return med(seconds_each(lambda: _broadcast(self.group, t).wait(), repeats - 1, 1, self.device))
 
     a, b = (Wire.options(num_gpus=fx.gpu, runtime_env=ONE_THREAD).remote() for _ in range(2))
     master = (ray.util.get_node_ip_address(), free_port())
@@ -48,13 +42,7 @@ def memcpy_seconds(nbytes: int, device: str) -> float:
 
     src = torch.empty(nbytes // 4, device=device)
     dst = torch.empty_like(src)
-    copies = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        dst[:1].cpu()
-        copies.append(time.perf_counter() - t0)
-    return med(copies)
+    return med(seconds_each(lambda: dst.copy_(src), 5, device=device))
 
 
 def bench_sync(fx: Fixture, quick: bool) -> dict:

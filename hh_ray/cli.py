@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -117,14 +118,6 @@ def _add_analysis_commands(sub) -> None:
 
 
 def _run_analysis(args) -> int:
-    try:
-        return _dispatch_analysis(args)
-    except ValueError as exc:  # bad analysis input (a task name, a layer, too few prompts): one clear line
-        print(f"hh-ray {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _dispatch_analysis(args) -> int:
     if args.command == "report":
         from hh_ray.report.report import write_report
 
@@ -205,6 +198,14 @@ def _data_stats(args) -> int:
     return 0
 
 
+# the commands that run one driver on the job config: module and function, imported when called
+DRIVERS = {"sft": ("hh_ray.driver.sft", "run_sft"), "pm": ("hh_ray.driver.pm", "run_pm"),
+           "ppo": ("hh_ray.driver.ppo", "run_ppo"), "run": ("hh_ray.driver.pipeline", "run_pipeline")}
+# the config loaders of the submit entrypoints whose configs are not job configs (their modules sit above ops)
+CONFIG_LOADERS = {"label": ("hh_ray.label.config", "load_label_config"),
+                  "online": ("hh_ray.driver.online", "load_online_config")}
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -237,40 +238,25 @@ def main(argv: list[str] | None = None) -> int:
             run_online(load_online_config(args.config, args.overrides))
             return 0
         if args.command in ANALYSIS_COMMANDS:
-            return _run_analysis(args)
+            try:
+                return _run_analysis(args)
+            except ValueError as exc:  # bad analysis input (a task name, a layer, too few prompts): one clear line
+                print(f"hh-ray {args.command}: error: {exc}", file=sys.stderr)
+                return 2
         if args.command == "submit":
             from hh_ray.ops.submit import submit_job
 
-            if args.entrypoint == "label" and args.config:
-                from hh_ray.label.config import load_label_config
-
-                load_label_config(args.config, args.overrides)
-            if args.entrypoint == "online" and args.config:
-                from hh_ray.driver.online import load_online_config
-
-                load_online_config(args.config, args.overrides)
+            if args.entrypoint in CONFIG_LOADERS and args.config:  # submit_job checks the job configs itself
+                module, function = CONFIG_LOADERS[args.entrypoint]
+                getattr(importlib.import_module(module), function)(args.config, args.overrides)
             return submit_job(args)
         if args.command == "plan":
             from hh_ray.ops.plan import run_plan
 
             return run_plan(_config(args), args.config, args.cluster, args.gpu_memory_gb, args.json)
         cfg = _config(args)
-        if args.command == "sft":
-            from hh_ray.driver.sft import run_sft
-
-            run_sft(cfg)
-        elif args.command == "pm":
-            from hh_ray.driver.pm import run_pm
-
-            run_pm(cfg)
-        elif args.command == "ppo":
-            from hh_ray.driver.ppo import run_ppo
-
-            run_ppo(cfg)
-        elif args.command == "run":
-            from hh_ray.driver.pipeline import run_pipeline
-
-            run_pipeline(cfg)
+        module, function = DRIVERS[args.command]
+        getattr(importlib.import_module(module), function)(cfg)
         return 0
     except (ConfigError, DataError, FileNotFoundError, PlacementError, StaleWeightsError, SubmitError,
             ResumeError, PlanError, SharedStorageError) as exc:

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -65,7 +65,7 @@ class ModelConfig:
 
     policy: str = "tiny"
     tokenizer_vocab_size: int = 8192  # for the offline BPE tokenizer the presets use
-    dtype: str = "auto"  # every model a run builds: auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # every model; auto: fp32 on CPU, bf16 on GPU
     # capacity plan only: a built-in shape (e.g. Llama-2-7b; see hh_ray/ops/plan.py) or a folder with config.json,
     # used when `policy` is not readable where `hh-ray plan`/`submit` runs; "" = read `policy` itself
     shape: str = ""
@@ -78,7 +78,7 @@ class TrainerConfig:
     num_ranks: int = 1
     cpus_per_rank: float = 0.5
     gpus_per_rank: float = 0.0
-    zero_stage: int = 0
+    zero_stage: Literal[0, 1, 2, 3] = 0
     micro_batch_size: int = 8
     grad_accum_steps: int = 1
     lr: float = 1e-4
@@ -95,8 +95,9 @@ class TrainerConfig:
     zero3_prefetch_bucket_size: int = 50_000_000  # ZeRO-3: parameters fetched ahead of use (DeepSpeed default)
     zero3_param_persistence_threshold: int = 100_000  # ZeRO-3: params smaller than this stay whole on every rank
     zero3_max_live_parameters: int = 1_000_000_000  # ZeRO-3: gathered parameters held at once
-    placement_strategy: str = "PACK"  # PACK (one node when it can) or STRICT_PACK (one node or wait: keeps every
-    # ZeRO-3 gather on the node's NVLink; for groups no larger than a node)
+    # PACK: one node when it can; STRICT_PACK: one node or wait (keeps every ZeRO-3 gather on the node's NVLink;
+    # for groups no larger than a node)
+    placement_strategy: Literal["PACK", "STRICT_PACK", "SPREAD"] = "PACK"
 
 
 @dataclass
@@ -109,7 +110,7 @@ class SFTConfig:
     checkpoint_every: int = 0  # 0 = only at the end; an interrupted stage resumes from its last checkpoint
     # "sft": NLL on the chosen dialogues' assistant turns; "context_distill": the policy without `hhh_prompt`
     # learns to match its own next-token distribution with it (KL), the paper's initial policy
-    mode: str = "sft"
+    mode: Literal["sft", "context_distill"] = "sft"
     hhh_prompt: str = ""  # empty = hh_ray.algo.distill.HHH_PROMPT
 
 
@@ -151,10 +152,11 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     kv_cache_gb: float = 1.0  # CPU engines only
     # GPU-side settings (issue 11); hh_ray/workers/placement.py turns them into bundles and vLLM arguments.
-    executor_backend: str = "auto"  # auto = "uni" (in-process) at tensor_parallel_size 1, "ray" above; or mp/uni/ray
+    executor_backend: Literal["auto", "uni", "mp", "ray"] = "auto"  # auto: uni (in-process) at TP 1, else ray
     enforce_eager: bool = False  # GPU: False captures CUDA graphs (fast decode); CPU engines always run eager
-    seed_mode: str = "auto"  # engine = one seed per engine (batched sampling), request = per-request seeds
-    # (reproducible per prompt, but vLLM samples those requests one by one); auto = engine on GPU, request on CPU
+    # engine = one seed per engine (batched sampling), request = per-request seeds (reproducible per prompt, but
+    # vLLM samples those requests one by one); auto = engine on GPU, request on CPU
+    seed_mode: Literal["auto", "engine", "request"] = "auto"
     node_resource: str = ""  # custom Ray resource of the node type engines go to (e.g. hh_rollout_node); "" = any
 
 
@@ -167,7 +169,7 @@ class PPOConfig:
     kl_coef: float = 0.001  # the paper's lambda_KL
     # KL(policy || initial policy) is measured per sample, summed over the response's tokens (nats), with this
     # estimator in training and in held-out evaluation alike: k1 (log ratio) or k3 (Schulman's, always >= 0)
-    kl_estimator: str = "k1"
+    kl_estimator: Literal["k1", "k3"] = "k1"
     # > 0 turns on the adaptive KL controller (Ziegler et al.). The target is in the same unit, nats summed over
     # a response (OpenRLHF's target is a per-token mean: multiply that by the response length to compare)
     adaptive_kl_target: float = 0.0
@@ -186,7 +188,7 @@ class PPOConfig:
     checkpoint_every: int = 0  # 0 = only at the end
     # the PPO ratio's denominator and the policy side of the KL: "trainer" recomputes them on the sampled tokens
     # (exact); "engine" reuses vLLM's sampling logprobs (cheaper; refused with top_p < 1 or a non-fp32 dtype)
-    old_logprobs: str = "trainer"
+    old_logprobs: Literal["trainer", "engine"] = "trainer"
     # the engines generate the next batch with the policy they hold while the trainers train on this one: every
     # batch is one policy version behind, and its engine logprobs are the PPO ratio's denominator (so this needs
     # ppo.old_logprobs=engine). Off: generation and training alternate, exactly as without the flag.
@@ -218,7 +220,7 @@ class LoggingConfig:
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "hh-ray"
-    wandb_mode: str = "offline"  # offline works without a network; `wandb sync` uploads later
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"  # offline: no network; `wandb sync` uploads later
 
 
 @dataclass
@@ -250,6 +252,9 @@ class AnalysesConfig:
     ood_test_prompts: int = 200
 
 
+Stage = Literal["data", "tokenizer", "sft", "pm", "ppo", "bon", "tradeoff", "alignment_tax", "ood", "report"]
+
+
 @dataclass
 class JobConfig:
     """A whole hh-ray job: data, models, and the SFT -> PM -> PPO stages."""
@@ -258,7 +263,7 @@ class JobConfig:
     run_dir: str = "runs/hh-ray"
     seed: int = 0
     fresh: bool = False  # start each stage over: delete its checkpoints and metrics first (else it resumes)
-    stages: list[str] = field(default_factory=lambda: ["data", "tokenizer", "sft", "pm", "ppo", "report"])
+    stages: list[Stage] = field(default_factory=lambda: ["data", "tokenizer", "sft", "pm", "ppo", "report"])
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -269,9 +274,6 @@ class JobConfig:
     analyses: AnalysesConfig = field(default_factory=AnalysesConfig)
 
 
-STAGES = ("data", "tokenizer", "sft", "pm", "ppo", "bon", "tradeoff", "alignment_tax", "ood", "report")
-
-
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -279,6 +281,12 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against annotation `tp`; ints are accepted where floats are expected."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if not any(value == c and type(value) is type(c) for c in choices):  # 1.0 and True are not 1
+            names = [repr(c) for c in choices]
+            raise ConfigError(f"{key}: expected {', '.join(names[:-1])} or {names[-1]}, got {value!r}")
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {type(value).__name__}")
@@ -287,14 +295,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            if arg is not type(None):
+                try:
+                    return _coerce(value, arg, key)
+                except ConfigError:
+                    pass
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is list:
         (item_tp,) = typing.get_args(tp)
@@ -304,7 +310,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {_type_name(key_tp)} to {_type_name(val_tp)}, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping of {_type_name(key_tp)} to {_type_name(val_tp)}, "
+                              f"got {value!r}")
         return {_coerce(k, key_tp, key): _coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
@@ -391,8 +398,6 @@ def validate(cfg: JobConfig) -> None:
     """Cross-field and range checks that types alone cannot express; all before any cluster starts."""
     import math
 
-    for stage in cfg.stages:
-        _check(stage in STAGES, f"stages: unknown stage '{stage}'; valid: {', '.join(STAGES)}")
     d, p, r = cfg.data, cfg.ppo, cfg.ppo.rollout
     _check(0.0 <= d.holdout_fraction < 1.0, f"data.holdout_fraction: must be in [0, 1), got {d.holdout_fraction}")
     for name, w in d.subset_weights.items():
@@ -401,11 +406,6 @@ def validate(cfg: JobConfig) -> None:
         _check(bool(x.dir) and x.weight >= 0, f"data.extra[{i}]: needs a dir and a weight >= 0, got {x}")
     _check(d.max_prompt_tokens >= 1 and d.max_response_tokens >= 1,
            "data.max_prompt_tokens and data.max_response_tokens must be >= 1")
-    _check(cfg.model.dtype in ("auto", "float32", "bfloat16", "float16"),
-           f"model.dtype: expected auto, float32, bfloat16 or float16, got '{cfg.model.dtype}'")
-    _check(p.kl_estimator in ("k1", "k3"), f"ppo.kl_estimator: expected 'k1' or 'k3', got '{p.kl_estimator}'")
-    _check(p.old_logprobs in ("trainer", "engine"),
-           f"ppo.old_logprobs: expected 'trainer' or 'engine', got '{p.old_logprobs}'")
     _check(not p.async_rollout or p.old_logprobs == "engine",
            "ppo.async_rollout=true trains on batches one version old, whose behaviour logprobs only the engines "
            "have; set ppo.old_logprobs=engine as well")
@@ -428,8 +428,8 @@ def validate(cfg: JobConfig) -> None:
     _check(r.temperature > 0 and math.isfinite(r.temperature),
            f"ppo.rollout.temperature: must be > 0, got {r.temperature}")
     _check(0 < r.top_p <= 1, f"ppo.rollout.top_p: must be in (0, 1], got {r.top_p}")
-    _check(r.max_new_tokens >= 1, f"ppo.rollout.max_new_tokens: must be >= 1, got {r.max_new_tokens}")
-    _check(r.samples_per_prompt >= 1, f"ppo.rollout.samples_per_prompt: must be >= 1, got {r.samples_per_prompt}")
+    for key in ("max_new_tokens", "samples_per_prompt", "tensor_parallel_size"):
+        _check(getattr(r, key) >= 1, f"ppo.rollout.{key}: must be >= 1, got {getattr(r, key)}")
     _check(1 <= r.min_engines <= r.num_engines <= r.max_engines,
            f"ppo.rollout: need 1 <= min_engines <= num_engines <= max_engines, got "
            f"{r.min_engines}, {r.num_engines}, {r.max_engines}")
@@ -442,18 +442,10 @@ def validate(cfg: JobConfig) -> None:
            f"least {r.max_new_tokens + 9}")
     for sect, t in (("sft.trainer", cfg.sft.trainer), ("pm.trainer", cfg.pm.trainer),
                     ("ppo.policy_trainer", p.policy_trainer), ("ppo.critic_trainer", p.critic_trainer)):
-        _check(t.zero_stage in (0, 1, 2, 3), f"{sect}.zero_stage: expected 0..3, got {t.zero_stage}")
         _check(min(t.num_ranks, t.micro_batch_size, t.grad_accum_steps, t.forward_micro_batch_size,
                    t.forward_token_budget) >= 1,
                f"{sect}: num_ranks, micro_batch_size, grad_accum_steps and the forward limits must be >= 1")
         _check(t.lr > 0 and math.isfinite(t.lr), f"{sect}.lr: must be > 0, got {t.lr}")
-        _check(t.placement_strategy in ("PACK", "STRICT_PACK", "SPREAD"),
-               f"{sect}.placement_strategy: expected PACK, STRICT_PACK or SPREAD, got '{t.placement_strategy}'")
-    _check(r.executor_backend in ("auto", "uni", "mp", "ray"),
-           f"ppo.rollout.executor_backend: expected auto, uni, mp or ray, got '{r.executor_backend}'")
-    _check(r.seed_mode in ("auto", "engine", "request"),
-           f"ppo.rollout.seed_mode: expected auto, engine or request, got '{r.seed_mode}'")
-    _check(r.tensor_parallel_size >= 1, f"ppo.rollout.tensor_parallel_size: must be >= 1, got {r.tensor_parallel_size}")
     _check(r.tensor_parallel_size == 1 or r.gpus_per_engine in (0.0, 1.0),
            f"ppo.rollout.gpus_per_engine: with tensor_parallel_size {r.tensor_parallel_size} each rank takes one "
            f"whole GPU (vLLM's Ray executor), so 0 or 1, got {r.gpus_per_engine}")
@@ -465,8 +457,6 @@ def validate(cfg: JobConfig) -> None:
         _check(smallest >= need, f"ppo: a minibatch of {smallest} samples ({batch} per step / {p.minibatches} "
                                  f"minibatches) is smaller than {sect}'s ranks x grad_accum_steps = {need}")
     _check(cfg.sft.steps >= 1, f"sft.steps: must be >= 1, got {cfg.sft.steps}")
-    _check(cfg.sft.mode in ("sft", "context_distill"),
-           f"sft.mode: expected 'sft' or 'context_distill', got '{cfg.sft.mode}'")
     _check(cfg.pm.epochs > 0, f"pm.epochs: must be > 0, got {cfg.pm.epochs}")
     a = cfg.analyses
     _check(bool(a.bon_ns) and min(a.bon_ns) >= 1, f"analyses.bon_ns: need positive integers, got {a.bon_ns}")
@@ -475,13 +465,7 @@ def validate(cfg: JobConfig) -> None:
            f"analyses.harmless_weights: need weights >= 0, got {a.harmless_weights}")
     _check(a.hh_task_questions >= 2 and a.lm_eval_limit >= 0 and a.ood_fit_prompts >= 2 and a.ood_test_prompts >= 2,
            "analyses: hh_task_questions, ood_fit_prompts and ood_test_prompts must be >= 2, lm_eval_limit >= 0")
-    _check(cfg.logging.wandb_mode in ("offline", "online", "disabled"),
-           f"logging.wandb_mode: expected offline, online or disabled, got '{cfg.logging.wandb_mode}'")
-
-
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
 
 
 def dump_config(cfg: JobConfig, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))

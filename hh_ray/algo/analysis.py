@@ -80,15 +80,18 @@ def sqrt_kl_law(kls: list[float], scores: list[float], early_max_kl: float | Non
 # ----------------------------------------------------------------------------------------------- robustness
 
 
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n)); inf for a single value."""
+    n = len(xs)
+    mean = sum(xs) / n
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1) / n) if n > 1 else math.inf
+
+
 def paired_gap(train_scores: list[float], test_scores: list[float]) -> tuple[float, float]:
     """Mean and standard error of train-PM minus test-PM score over the same samples (paired)."""
     if len(train_scores) != len(test_scores) or not train_scores:
         raise ValueError(f"paired_gap: need equal non-empty lists, got {len(train_scores)} and {len(test_scores)}")
-    d = [a - b for a, b in zip(train_scores, test_scores)]
-    n = len(d)
-    mean = sum(d) / n
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else float("inf")
-    return mean, se
+    return mean_se([a - b for a, b in zip(train_scores, test_scores)])
 
 
 def divergence_index(gaps: list[float], gap_ses: list[float], z: float = 2.0) -> int | None:

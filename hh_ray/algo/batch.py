@@ -67,17 +67,13 @@ class SequenceBatch:
 
 
 @dataclass
-class PolicyBatch:
-    prompt: list[list[int]]
-    response: list[list[int]]
+class PolicyBatch(SequenceBatch):
     old_logprobs: list[list[float]]
     advantages: list[list[float]]
 
 
 @dataclass
-class ValueBatch:
-    prompt: list[list[int]]
-    response: list[list[int]]
+class ValueBatch(SequenceBatch):
     old_values: list[list[float]]
     returns: list[list[float]]
 
@@ -105,14 +101,9 @@ class Experience:
     advantages: list[list[float]] = field(default_factory=list)
     returns: list[list[float]] = field(default_factory=list)
 
-    def sequences(self) -> SequenceBatch:
-        return SequenceBatch(self.prompt, self.response)
-
-    def policy_batch(self) -> PolicyBatch:
-        return PolicyBatch(self.prompt, self.response, self.old_logprobs, self.advantages)
-
-    def value_batch(self) -> ValueBatch:
-        return ValueBatch(self.prompt, self.response, self.old_values, self.returns)
+    def view(self, batch_type: type[B]) -> B:
+        """The columns a trainer batch type (SequenceBatch, PolicyBatch, ValueBatch) declares, and no others."""
+        return batch_type(**{f.name: getattr(self, f.name) for f in dataclasses.fields(batch_type)})
 
 
 def minibatches(n: int, parts: int, rng) -> list[list[int]]:

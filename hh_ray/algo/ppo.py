@@ -132,38 +132,26 @@ def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-class AdaptiveKLController:
-    """Ziegler et al. (2019): move kl_coef so that the measured KL tracks `target` (proportional control)."""
+class KLController:
+    """lambda_KL: constant (the paper's setting), or with `target` > 0 adaptive as in Ziegler et al. (2019):
+    kl_coef moves so that the measured KL tracks `target` (proportional control)."""
 
-    def __init__(self, init_coef: float, target: float, horizon: int):
-        self.coef, self.target, self.horizon = init_coef, target, horizon
+    def __init__(self, coef: float, target: float = 0.0, horizon: int = 10000):
+        self.coef, self.target, self.horizon = coef, target, horizon
 
     def update(self, measured_kl: float, n_samples: int) -> float:
-        error = max(-0.2, min(0.2, measured_kl / self.target - 1.0))
-        self.coef *= 1.0 + error * n_samples / self.horizon
+        if self.target > 0:
+            error = max(-0.2, min(0.2, measured_kl / self.target - 1.0))
+            self.coef *= 1.0 + error * n_samples / self.horizon
         return self.coef
 
     def state_dict(self) -> dict:
-        return {"coef": self.coef, "target": self.target, "horizon": self.horizon}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.coef, self.target, self.horizon = state["coef"], state["target"], state["horizon"]
-
-
-class FixedKLController:
-    """The paper's setting: a constant lambda_KL."""
-
-    def __init__(self, coef: float):
-        self.coef = coef
-
-    def update(self, measured_kl: float, n_samples: int) -> float:
-        return self.coef
-
-    def state_dict(self) -> dict:
-        return {"coef": self.coef}
+        return {"coef": self.coef} | ({"target": self.target, "horizon": self.horizon} if self.target > 0 else {})
 
     def load_state_dict(self, state: dict) -> None:
         self.coef = state["coef"]
+        if self.target > 0:
+            self.target, self.horizon = state["target"], state["horizon"]
 
 
 def sqrt_kl(kl: float) -> float:

@@ -11,13 +11,13 @@ responses, the one people chose or the other, the model finds likelier).
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from hh_ray.files import write_text_atomic
 from hh_ray.report.plots import before_after_bars
 from hh_ray.report.results import AlignmentTax, TaskScore, result_path, write_result
 
@@ -60,7 +60,7 @@ def write_choice_task(folder: str | Path, name: str, docs: list[ChoiceDoc]) -> P
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     data = out / f"{name}.jsonl"
-    _write_atomic(data, "".join(json.dumps({"context": d.context, "choices": d.choices, "answer": d.answer}) + "\n"
+    write_text_atomic(data, "".join(json.dumps({"context": d.context, "choices": d.choices, "answer": d.answer}) + "\n"
                                 for d in docs))
     config = {
         "task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data.resolve())}},
@@ -69,7 +69,7 @@ def write_choice_task(folder: str | Path, name: str, docs: list[ChoiceDoc]) -> P
         "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")],
         "metadata": {"version": 1.0},
     }
-    return _write_atomic(out / f"{name}.yaml", yaml.safe_dump(config, sort_keys=False))
+    return write_text_atomic(out / f"{name}.yaml", yaml.safe_dump(config, sort_keys=False))
 
 
 def hh_choice_docs(data_dir: str, subset: str, count: int, seed: int = 0) -> list[ChoiceDoc]:
@@ -147,10 +147,3 @@ def alignment_tax(cfg: AlignmentTaxConfig) -> AlignmentTax:
                       [t.before_se for t in result.tasks], [t.after_se for t in result.tasks],
                       path.with_suffix(".png"), cfg.metric, "Zero-shot accuracy before and after RLHF")
     return result
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path

@@ -9,13 +9,12 @@ their estimates are correlated, which makes the curve smoother than independent 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from hh_ray.algo.analysis import best_of_n_indices, kl_best_of_n
+from hh_ray.algo.analysis import best_of_n_indices, kl_best_of_n, mean_se
 from hh_ray.algo.ppo import sqrt_kl
 from hh_ray.report.plots import score_vs_sqrt_kl
 from hh_ray.report.results import BestOfN, result_path, write_result
@@ -36,26 +35,8 @@ class BestOfNConfig:
     seed: int = 0
 
 
-def _mean_se(xs: list[float]) -> tuple[float, float]:
-    n = len(xs)
-    mean = sum(xs) / n
-    return mean, (math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1) / n) if n > 1 else 0.0)
-
-
 ScoreFn = Callable[[list[str], list[str], list[list[int]]], list[float]]
 """(prompt texts, response texts, response ids) -> one score per response, in order."""
-
-
-def group_scores(scorer) -> ScoreFn:
-    """A running ScorerGroup as a ScoreFn (its refs of per-worker lists, or the callable that gathers them)."""
-
-    def score(prompts: list[str], responses: list[str], ids: list[list[int]]) -> list[float]:
-        import ray
-
-        pending = scorer.score_async(prompts, responses, ids)
-        return pending() if callable(pending) else [s for part in ray.get(pending) for s in part]
-
-    return score
 
 
 def scorer_for_one_call(start: Callable[[], object]) -> ScoreFn:
@@ -65,7 +46,7 @@ def scorer_for_one_call(start: Callable[[], object]) -> ScoreFn:
     def score(prompts: list[str], responses: list[str], ids: list[list[int]]) -> list[float]:
         group = start()
         try:
-            return group_scores(group)(prompts, responses, ids)
+            return group.score_async(prompts, responses, ids)()
         finally:
             group.shutdown()
 
@@ -110,17 +91,13 @@ def best_of_n(rollout, train_score: ScoreFn, test_score: ScoreFn | None, prompt_
         scored = test_score([flat_prompts[k] for k in flat], [samples[k][1] for k in flat],
                          [samples[k][0] for k in flat])
         test_by_flat = dict(zip(flat, scored))
-    train_pm, train_se, test_pm, test_se = [], [], [], []
-    for n in ns:
-        m, se = _mean_se([float(train_m[i, j]) for i, j in zip(rows, kept[n])])
-        train_pm.append(m)
-        train_se.append(se)
-        if test_score is not None:
-            m, se = _mean_se([test_by_flat[i * n_max + j] for i, j in zip(rows, kept[n])])
-            test_pm.append(m)
-            test_se.append(se)
-    return BestOfN(ns=ns, kl=[kl_best_of_n(n) for n in ns], train_pm=train_pm, train_pm_se=train_se,
-                   test_pm=test_pm or None, test_pm_se=test_se or None, prompts=n_prompts, policy=policy_name,
+    # per n: (mean, standard error) over prompts of the kept sample's score
+    train = [mean_se([float(train_m[i, j]) for i, j in zip(rows, kept[n])]) for n in ns]
+    test = ([mean_se([test_by_flat[i * n_max + j] for i, j in zip(rows, kept[n])]) for n in ns]
+            if test_score is not None else [])
+    return BestOfN(ns=ns, kl=[kl_best_of_n(n) for n in ns], train_pm=[m for m, _ in train],
+                   train_pm_se=[se for _, se in train], test_pm=[m for m, _ in test] or None,
+                   test_pm_se=[se for _, se in test] or None, prompts=n_prompts, policy=policy_name,
                    train_scorer=train_name, test_scorer=test_name, temperature=cfg.temperature,
                    max_new_tokens=cfg.max_new_tokens)
 

@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+from hh_ray.algo.analysis import mean_se
 from hh_ray.report.plots import tradeoff_plane
 from hh_ray.report.results import Tradeoff, TradeoffPoint, result_path, write_result
 
@@ -69,12 +70,9 @@ def pm_tradeoff(evals: list[tuple[str, str | Path]], helpful: str = HELPFUL, har
 
 def policy_point(label: str, helpful_scores: list[float], harmless_scores: list[float]) -> TradeoffPoint:
     """A policy's mean PM score on helpful prompts and on harmless-base prompts (one sample per prompt)."""
-    def mean_se(xs: list[float]) -> tuple[float, float]:
-        if len(xs) < 2:
-            raise ValueError(f"policy point {label}: need at least 2 scores per subset, got {len(xs)}")
-        m = sum(xs) / len(xs)
-        return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
-
+    if min(len(helpful_scores), len(harmless_scores)) < 2:
+        raise ValueError(f"policy point {label}: need at least 2 scores per subset, got "
+                         f"{len(helpful_scores)} and {len(harmless_scores)}")
     (h, hse), (x, xse) = mean_se(helpful_scores), mean_se(harmless_scores)
     return TradeoffPoint(label=label, helpful=h, harmless=x, helpful_se=hse, harmless_se=xse,
                          helpful_pairs=len(helpful_scores), harmless_pairs=len(harmless_scores))

@@ -278,7 +278,4 @@ def mix_subsets(items: list[Comparison], weights: dict[str, float], seed: int) -
 
 def unique_prompts(items: Iterable[Comparison]) -> list[str]:
     """Prompts in first-seen order without repeats (PPO samples its own responses to them)."""
-    seen: dict[str, None] = {}
-    for c in items:
-        seen.setdefault(c.prompt, None)
-    return list(seen)
+    return list(dict.fromkeys(c.prompt for c in items))

@@ -8,18 +8,25 @@ held-out prompts, as PPO's evaluation does, so its points share the axes of the 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+from hh_ray.analysis.alignment_tax import AlignmentTaxConfig, alignment_tax, hh_task_folder
 from hh_ray.analysis.best_of_n import BestOfNConfig, best_of_n, scorer_for_one_call, write_best_of_n
+from hh_ray.analysis.ood import OODConfig, ood_detection
 from hh_ray.analysis.tradeoff import HARMLESS, policy_point_from_samples, policy_tradeoff, pm_tradeoff, write_tradeoff
+from hh_ray.data import load_train_holdout, unique_prompts
+from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
+from hh_ray.driver.cluster import connect
+from hh_ray.driver.pm import _resolve_model_id, resolve_backbone, run_pm
 from hh_ray.driver.sft import starting_policy
 from hh_ray.report.results import OOD, AlignmentTax, BestOfN, PolicyTradeoff, Tradeoff
+from hh_ray.workers.rollout import RolloutGroup
+from hh_ray.workers.scorer import ScorerGroup
 
 
 def _scorer(spec: str, policy: str, cfg):
     """A ScorerGroup for `substring:<t>` or a PM folder."""
-    from hh_ray.workers.scorer import ScorerGroup
-
     if not spec.startswith("substring:") and not (Path(spec) / "config.json").is_file():
         raise FileNotFoundError(f"no PM at {spec}; train one with `hh-ray pm` or pass a scorer")
     name = "pm" if not spec.startswith("substring:") else spec
@@ -30,9 +37,6 @@ def _scorer(spec: str, policy: str, cfg):
 def _heldout_prompts(cfg, count: int, harmless: tuple[bool | None, ...] = (None,)) -> list[list[str]]:
     """Per filter (True: harmless-base only, False: the other subsets, None: all), the first `count` distinct
     held-out prompts; the data is read once."""
-    from hh_ray.data import load_train_holdout
-    from hh_ray.data.hh import unique_prompts
-
     train, held, _ = load_train_holdout(cfg.data, cfg.seed)
     out = []
     for want in harmless:
@@ -46,17 +50,12 @@ def _heldout_prompts(cfg, count: int, harmless: tuple[bool | None, ...] = (None,
 
 
 def _rollout(cfg, policy: str, max_new_tokens: int, name: str):
-    from hh_ray.driver.cluster import connect
-    from hh_ray.workers.rollout import RolloutGroup
-
     connect(cfg.ray)
     return RolloutGroup(policy, cfg.ppo.rollout, cfg.data.max_prompt_tokens + max_new_tokens + 8, seed=cfg.seed,
                         name=name)
 
 
 def _prompt_ids(cfg, policy: str, prompts: list[str]) -> list[list[int]]:
-    from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
-
     tok = load_tokenizer(policy)
     return [truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in prompts]
 
@@ -86,10 +85,6 @@ def run_harmless_sweep(cfg, weights: list[float]) -> Tradeoff:
     then place them in the helpful/harmless accuracy plane: writes <run_dir>/analysis/tradeoff.json + PNG.
     Each PM learns from the pairs the run's PM learned from (with pm.test_split, the same half), so the run's PM
     is the point of its own weight; `pm.backbone: sft` means the run's SFT policy."""
-    from dataclasses import replace
-
-    from hh_ray.driver.pm import resolve_backbone, run_pm
-
     if not weights or any(w < 0 for w in weights):
         raise ValueError(f"harmless weights must be >= 0, got {weights}")
     own, own_eval = cfg.data.subset_weights.get(HARMLESS, 1.0), Path(cfg.run_dir) / "pm" / "pm_eval.json"
@@ -126,8 +121,6 @@ def run_harmless_sweep(cfg, weights: list[float]) -> Tradeoff:
 def run_policy_tradeoff(cfg, prompts: int) -> Tradeoff:
     """The initial and the final (PPO) policy in the helpful/harmless plane: one sample per held-out helpful and
     harmless-base prompt, scored by the run's PM; writes analysis/tradeoff_policies.json + PNG."""
-    from hh_ray.analysis.best_of_n import scorer_for_one_call
-
     run_dir = Path(cfg.run_dir)
     final = run_dir / "ppo" / "policy"
     if not (final / "config.json").is_file():
@@ -159,8 +152,6 @@ def run_policy_tradeoff(cfg, prompts: int) -> Tradeoff:
 def run_alignment_tax(cfg) -> AlignmentTax:
     """lm-eval before (the initial policy) and after (the PPO policy) on the configured tasks, or on local HH
     choice tasks written into the run folder when none are configured (no hub needed)."""
-    from hh_ray.analysis.alignment_tax import AlignmentTaxConfig, alignment_tax, hh_task_folder
-
     a = cfg.analyses
     tax = AlignmentTaxConfig(before=starting_policy(cfg), after=str(Path(cfg.run_dir) / "ppo" / "policy"),
                              run_dir=cfg.run_dir, limit=a.lm_eval_limit)
@@ -174,9 +165,6 @@ def run_alignment_tax(cfg) -> AlignmentTax:
 def run_ood(cfg) -> OOD:
     """Mahalanobis OOD detection of harmless-base requests on the activations of the run's PM, its final policy
     or any HF folder (analyses.ood_model)."""
-    from hh_ray.analysis.ood import OODConfig, ood_detection
-    from hh_ray.driver.pm import _resolve_model_id
-
     a, run_dir = cfg.analyses, Path(cfg.run_dir)
     model = {"pm": str(run_dir / "pm"), "policy": str(run_dir / "ppo" / "policy")}.get(a.ood_model, a.ood_model)
     return ood_detection(OODConfig(model=_resolve_model_id(model), run_dir=cfg.run_dir, data_dir=cfg.data.data_dir,

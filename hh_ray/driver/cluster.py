@@ -64,11 +64,10 @@ def connect(ray_cfg, run_dir: str | os.PathLike | None = None) -> None:
             killed = end_stale_session(run)
             if killed:
                 print(f"[ray] ended {killed} processes of a local cluster whose driver died")
-        kwargs = {"num_cpus": ray_cfg.num_cpus} if ray_cfg.num_cpus else {}
         # A small machine still hosts every group: fractional CPUs per bundle, a floor of 4 logical CPUs.
-        kwargs.setdefault("num_cpus", max(4, os.cpu_count() or 1))
-        ray.init(address="local", include_dashboard=False, runtime_env=env, log_to_driver=True,
-                 _node_ip_address="127.0.0.1", **kwargs)
+        num_cpus = ray_cfg.num_cpus or max(4, os.cpu_count() or 1)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True,
+                 _node_ip_address="127.0.0.1")
         if run is not None:
             run.mkdir(parents=True, exist_ok=True)
             session = ray._private.worker._global_node.session_name  # names every process of this cluster

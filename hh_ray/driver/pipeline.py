@@ -6,55 +6,27 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from hh_ray.analysis.best_of_n import BestOfNConfig
 from hh_ray.config import dump_config
+from hh_ray.data import load_train_holdout
+from hh_ray.driver.analyses import run_alignment_tax, run_best_of_n, run_harmless_sweep, run_ood, run_policy_tradeoff
+from hh_ray.driver.pm import TEST_PM, run_pm
+from hh_ray.driver.ppo import run_ppo
+from hh_ray.driver.sft import initial_policy, run_sft
+from hh_ray.report.report import write_report
 
 
 def run_pipeline(cfg) -> Path:
-    from hh_ray.data import load_train_holdout
-
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
-    t0 = time.perf_counter()
-    stage_s: dict[str, float] = {}
-
-    def stage(name: str, fn) -> None:
-        if name in cfg.stages:
-            t = time.perf_counter()
-            print(f"== {name} ==", flush=True)
-            fn()
-            stage_s[name] = time.perf_counter() - t
 
     def check_data() -> None:
         train, held, report = load_train_holdout(cfg.data, cfg.seed)
         print(f"[data] {len(train)} train and {len(held)} held-out comparisons from {cfg.data.data_dir} "
               f"({report.total_rejected()} malformed records skipped)")
 
-    def tokenizer() -> None:
-        from hh_ray.driver.sft import initial_policy
-
-        print(f"[tokenizer] initial policy at {initial_policy(cfg)}")
-
-    def sft() -> None:
-        from hh_ray.driver.sft import run_sft
-
-        run_sft(cfg)
-
-    def pm() -> None:
-        from hh_ray.driver.pm import run_pm
-
-        run_pm(cfg)
-
-    def ppo() -> None:
-        from hh_ray.driver.ppo import run_ppo
-
-        run_ppo(cfg)
-
     def bon() -> None:
-        from hh_ray.analysis.best_of_n import BestOfNConfig
-        from hh_ray.driver.analyses import run_best_of_n
-        from hh_ray.driver.pm import TEST_PM
-
         a, test_pm = cfg.analyses, run_dir / TEST_PM
         run_best_of_n(cfg, BestOfNConfig(ns=a.bon_ns, prompts=a.bon_prompts, seed=cfg.seed,
                                          test_pm=str(test_pm) if cfg.pm.test_split else "",
@@ -62,31 +34,25 @@ def run_pipeline(cfg) -> Path:
                                          temperature=cfg.ppo.rollout.temperature))
 
     def tradeoff() -> None:
-        from hh_ray.driver.analyses import run_harmless_sweep, run_policy_tradeoff
-
         run_harmless_sweep(cfg, cfg.analyses.harmless_weights)
         run_policy_tradeoff(cfg, cfg.analyses.bon_prompts)
 
     def alignment_tax() -> None:
-        from hh_ray.driver.analyses import run_alignment_tax
-
         for t in run_alignment_tax(cfg).tasks:
             print(f"[alignment-tax] {t.task}: {t.before:.3f} ± {t.before_se:.3f} -> {t.after:.3f} ± {t.after_se:.3f}")
 
-    def ood() -> None:
-        from hh_ray.driver.analyses import run_ood
-
-        print(f"[ood] AUROC {run_ood(cfg).auroc:.3f}")
-
-    def report() -> None:
-        from hh_ray.report.report import write_report
-
-        write_report(run_dir)
-
-    for name, fn in (("data", check_data), ("tokenizer", tokenizer), ("sft", sft), ("pm", pm), ("ppo", ppo),
-                     ("bon", bon), ("tradeoff", tradeoff), ("alignment_tax", alignment_tax), ("ood", ood),
-                     ("report", report)):
-        stage(name, fn)
+    stages = {"data": check_data, "tokenizer": lambda: print(f"[tokenizer] initial policy at {initial_policy(cfg)}"),
+              "sft": lambda: run_sft(cfg), "pm": lambda: run_pm(cfg), "ppo": lambda: run_ppo(cfg), "bon": bon,
+              "tradeoff": tradeoff, "alignment_tax": alignment_tax,
+              "ood": lambda: print(f"[ood] AUROC {run_ood(cfg).auroc:.3f}"), "report": lambda: write_report(run_dir)}
+    t0 = time.perf_counter()
+    stage_s: dict[str, float] = {}
+    for name, fn in stages.items():
+        if name in cfg.stages:
+            t = time.perf_counter()
+            print(f"== {name} ==", flush=True)
+            fn()
+            stage_s[name] = time.perf_counter() - t
     summary = ", ".join(f"{k} {v:.0f}s" for k, v in stage_s.items())
     print(f"[run] done in {time.perf_counter() - t0:.0f}s ({summary}); report: {run_dir / 'report.md'}")
     return run_dir / "report.md"

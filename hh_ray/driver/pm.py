@@ -6,7 +6,10 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from hh_ray.algo.batch import PairBatch, select
+from hh_ray.algo.pm import pm_metrics
 from hh_ray.data import load_train_holdout
 from hh_ray.data.hh import Comparison, DataError, load_comparisons, local_subsets, split_holdout
 from hh_ray.data.tokenize import load_tokenizer, pm_input_ids
@@ -14,7 +17,9 @@ from hh_ray.driver.cluster import connect
 from hh_ray.driver.runlog import write_json_atomic
 from hh_ray.driver.sft import batches
 from hh_ray.driver.stage import run_stage
+from hh_ray.models.forward import PM_STATS, load_model, score_texts
 from hh_ray.models.objectives import PairScores, PMObjective
+from hh_ray.report.plots import reliability_diagram
 from hh_ray.workers.trainer import TrainerGroup
 
 PM_EVAL = "pm_eval.json"
@@ -43,10 +48,6 @@ def _resolve_model_id(name: str) -> str:
 
 
 def metrics_for(pairs: list[Comparison], scores: list[list[float]]) -> dict:
-    import torch
-
-    from hh_ray.algo.pm import pm_metrics
-
     s = torch.tensor(scores, dtype=torch.float64)
     return pm_metrics(s[:, 0], s[:, 1], [c.subset for c in pairs], [len(c.chosen) for c in pairs],
                       [len(c.rejected) for c in pairs])
@@ -54,9 +55,6 @@ def metrics_for(pairs: list[Comparison], scores: list[list[float]]) -> dict:
 
 def write_eval(out_dir: Path, metrics: dict, extra: dict | None = None) -> dict:
     """pm_eval.json, pm_stats.json (score mean/std for PPO's normalized reward) and the reliability PNG."""
-    from hh_ray.models.forward import PM_STATS
-    from hh_ray.report.plots import reliability_diagram
-
     write_json_atomic(out_dir / PM_EVAL, metrics | (extra or {}))
     write_json_atomic(out_dir / PM_STATS, {"mean": metrics["score_mean"], "std": max(metrics["score_std"], 1e-6)})
     reliability_diagram(metrics["calibration"], metrics["ece"], out_dir / "reliability.png")
@@ -65,13 +63,9 @@ def write_eval(out_dir: Path, metrics: dict, extra: dict | None = None) -> dict:
 
 def require_pm(path: Path, need_stats: bool = False) -> None:
     """A folder holding a trained PM (a scalar-head model), else one clear error; a random head scores noise."""
-    import json as _json
-
-    from hh_ray.models.forward import PM_STATS
-
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no saved PM at {path} (config.json missing)")
-    archs = _json.loads((path / "config.json").read_text()).get("architectures") or []
+    archs = json.loads((path / "config.json").read_text()).get("architectures") or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         raise DataError(f"{path} is not a preference model (architectures {archs}); pass a folder written by "
                         f"`hh-ray pm`, e.g. <run_dir>/pm")
@@ -152,10 +146,6 @@ def format_eval(m: dict) -> str:
 
 def evaluate_checkpoint(checkpoint: str, data_dir: str, as_json: bool, batch_size: int = 32) -> int:
     """`hh-ray pm eval`: every *.jsonl(.gz) under each subset folder; rejects reported, the rest scored."""
-    import torch
-
-    from hh_ray.models.forward import load_model, score_texts
-
     ck = Path(checkpoint)
     require_pm(ck)
     if not Path(data_dir).is_dir():
@@ -177,8 +167,6 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str, as_json: bool, batch_siz
     out = {k: m[k] for k in ("accuracy", "pairs", "per_subset", "ece", "length_baseline_accuracy")}
     out["rejected"] = rejected
     png = ck / "reliability.png"
-    from hh_ray.report.plots import reliability_diagram
-
     reliability_diagram(m["calibration"], m["ece"], png, title=f"PM calibration on {Path(data_dir).name}")
     if as_json:
         print(json.dumps(out))

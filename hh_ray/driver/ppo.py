@@ -24,10 +24,8 @@ import torch
 from ray.exceptions import RayActorError
 
 from hh_ray.algo.analysis import paired_gap
-from hh_ray.algo.batch import Experience, batch_size, minibatches, select
-from hh_ray.algo.ppo import (
-    AdaptiveKLController, FixedKLController, compute_advantages, kl_k1, kl_penalty, logprob_gap, pad_ragged,
-)
+from hh_ray.algo.batch import Experience, PolicyBatch, SequenceBatch, ValueBatch, batch_size, minibatches, select
+from hh_ray.algo.ppo import KLController, compute_advantages, kl_k1, kl_penalty, logprob_gap, pad_ragged
 from hh_ray.data import DataError, load_train_holdout, unique_prompts
 from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver.cluster import connect
@@ -118,13 +116,11 @@ class PPOWorkers:
         return cls(rollout, reference, scorer, policy, critic, sync, autoscaler, test_scorer)
 
     def restart_trainers(self, cfg, policy_path: str) -> None:
-        """Replace both trainer groups (after a rank died) and the weight sync that joins rank 0 to the engines."""
+        """Replace both trainer groups (after a rank died) and rejoin the new rank 0 to the engines."""
         self.policy.shutdown()
         self.critic.shutdown()
         self.policy, self.critic = start_trainers(cfg, policy_path, lambda g: g)
-        self.sync = WeightSync(self.policy, self.rollout, self.sync.bucket_bytes, self.sync.timeout_s)
-        if self.autoscaler:
-            self.autoscaler.sync = self.sync
+        self.sync.policy = self.policy
         self.sync.connect()
 
     def groups(self) -> dict:
@@ -186,7 +182,7 @@ def generate(w: PPOWorkers, prompts: Prompts, sampling: Sampling, seeds: list[in
 
 def make_experience(w: PPOWorkers, exp: Experience, ppo_cfg, with_values: bool = True) -> None:
     """Old logprobs (trainer), reference logprobs, PM scores and values of the samples, all at once."""
-    seqs, temperature, pack = exp.sequences(), ppo_cfg.rollout.temperature, ppo_cfg.pack_tokens
+    seqs, temperature, pack = exp.view(SequenceBatch), ppo_cfg.rollout.temperature, ppo_cfg.pack_tokens
     old = (w.policy.forward_async(seqs, TokenLogprobs(temperature, pack)) if ppo_cfg.old_logprobs == "trainer"
            else None)
     ref = w.reference.logprobs_async(seqs, temperature, pack)
@@ -207,8 +203,8 @@ def ppo_update(w: PPOWorkers, exp: Experience, ppo_cfg, temperature: float, rng:
     for _ in range(ppo_cfg.epochs):
         for idx in minibatches(batch_size(exp), ppo_cfg.minibatches, rng):
             mb = select(exp, idx)
-            pol = w.policy.train_async(mb.policy_batch(), pol_obj)
-            val = w.critic.train_async(mb.value_batch(), val_obj)
+            pol = w.policy.train_async(mb.view(PolicyBatch), pol_obj)
+            val = w.critic.train_async(mb.view(ValueBatch), val_obj)
             for k, v in (pol_obj.metrics(pol()) | val_obj.metrics(val())).items():
                 totals[k] = totals.get(k, 0.0) + v
             steps += 1
@@ -354,7 +350,7 @@ class PPOSetup:
     pm_path: str
     train: Prompts
     held_out: Prompts
-    kl_ctl: object
+    kl_ctl: KLController
 
     @classmethod
     def prepare(cls, cfg) -> "PPOSetup":
@@ -375,8 +371,7 @@ class PPOSetup:
         policy_path = starting_policy(cfg)
         tok = load_tokenizer(policy_path)
         encode = lambda texts: Prompts([truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in texts], texts)
-        kl_ctl = (AdaptiveKLController(p.kl_coef, p.adaptive_kl_target, p.adaptive_kl_horizon)
-                  if p.adaptive_kl_target > 0 else FixedKLController(p.kl_coef))
+        kl_ctl = KLController(p.kl_coef, p.adaptive_kl_target, p.adaptive_kl_horizon)
         return cls(policy_path, pm_path, encode(train_texts), encode(held_texts), kl_ctl)
 
 

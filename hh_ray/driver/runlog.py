@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
+
+from hh_ray.files import write_text_atomic
 
 
 class RunLog:
@@ -80,14 +81,8 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def write_jsonl_atomic(path: str | Path, rows: list[dict]) -> None:
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, p)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def write_json_atomic(path: str | Path, obj) -> None:
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, p)
+    write_text_atomic(path, json.dumps(obj, indent=2))

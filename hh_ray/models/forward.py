@@ -14,6 +14,7 @@ import torch
 
 from hh_ray.algo.batch import first_fit
 from hh_ray.algo.ppo import entropy_from_logits, gather_logprobs
+from hh_ray.data.tokenize import load_tokenizer, pm_input_ids
 
 KINDS = ("causal_lm", "pm", "value")
 PM_STATS = "pm_stats.json"
@@ -23,11 +24,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_dtype(name: str, on_gpu: bool) -> torch.dtype:
-    """`model.dtype`: "auto" is bf16 on a GPU and fp32 on CPU (CPU kernels for bf16 are slow and less exact)."""
+    """`model.dtype` (the config loader checks its choices): "auto" is bf16 on a GPU and fp32 on CPU (CPU kernels
+    for bf16 are slow and less exact)."""
     if name == "auto":
         return torch.bfloat16 if on_gpu else torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"model.dtype: expected auto or one of {', '.join(DTYPES)}, got '{name}'")
     return DTYPES[name]
 
 
@@ -48,8 +48,6 @@ def load_model(path: str, kind: str, dtype: torch.dtype = torch.float32):
     else:
         raise ValueError(f"unknown model kind '{kind}'; kinds: {', '.join(KINDS)}")
     if model.config.pad_token_id is None:  # sequence-classification pooling needs it
-        from hh_ray.data.tokenize import load_tokenizer
-
         model.config.pad_token_id = load_tokenizer(path).pad_token_id
     return model
 
@@ -178,8 +176,6 @@ SCORE_BATCH_ROWS = 32  # texts per PM forward pass in score_texts (the capacity 
 def score_texts(model, tokenizer, prompts: list[str], responses: list[str], max_tokens: int,
                 batch_size: int = SCORE_BATCH_ROWS) -> torch.Tensor:
     """Raw PM scores of (prompt, response) texts, in order (the PM's own tokenizer and input format)."""
-    from hh_ray.data.tokenize import pm_input_ids
-
     model.eval()
     out = []
     for i in range(0, len(prompts), batch_size):

@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 
 from hh_ray.algo.batch import PairBatch, PolicyBatch, SequenceBatch, TokenBatch, ValueBatch
+from hh_ray.algo.distill import context_distill_loss, teacher_positions
 from hh_ray.algo.pm import pairwise_loss
 from hh_ray.algo.ppo import clipped_policy_loss, clipped_value_loss, masked_sum, pad_ragged
 from hh_ray.models.forward import collate, response_logprobs, response_values, sequence_scores
@@ -86,8 +87,6 @@ class ContextDistillObjective:
         return sum(len(x) - 1 for x in batch.input_ids)
 
     def loss(self, model, batch: TokenBatch, pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
-        from hh_ray.algo.distill import context_distill_loss, teacher_positions
-
         dev = next(model.parameters()).device
         ids, att = collate(batch.input_ids, pad_id)
         ids, att = ids.to(dev), att.to(dev)

@@ -6,6 +6,8 @@ engine accepts. Real runs name any HF model id or local path instead; nothing el
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 PRESETS = {
@@ -51,9 +53,6 @@ def build_preset(name: str, tokenizer, out_dir: str | Path, seed: int = 0, max_p
 
 def save_atomic(model, tokenizer, out_dir: str | Path, state_dict: dict | None = None) -> None:
     """`save_pretrained` into a temp folder, then rename: a crash never leaves a half-written model folder."""
-    import os
-    import shutil
-
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -81,8 +80,6 @@ def ensure_tokenizer(out_dir: str | Path, texts_fn, vocab_size: int):
         return load_tokenizer(out)
     tmp = out.with_name(out.name + ".tmp")
     train_tokenizer(texts_fn(), vocab_size, tmp)
-    import os
-
     os.replace(tmp, out)
     return load_tokenizer(out)
 

@@ -60,9 +60,9 @@ class RolloutAutoscaler:
             now = time.monotonic()
             self.quiet_since = self.quiet_since or now
             if now - self.quiet_since >= self.scale_down_idle_s:
-                for _ in range(n - want):
+                removed = n - want
+                for _ in range(removed):
                     self.rollout.remove_engine()
-                    removed += 1
                 self._request(len(self.rollout.engines))
                 self.quiet_since = None  # the next sync rebuilds its group without the removed engines
         else:

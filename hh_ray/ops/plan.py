@@ -421,7 +421,8 @@ def plan_job(cfg, cluster: str | None = None, gpu_gb: float = DEFAULT_GPU_GB) ->
             if pl.gpus > 0:
                 _memory_of(g, shape, p, gpu_gb, seq)
                 if g.per_gpu_gb > gpu_gb:
-                    problems.append(_too_big(g, f"a {gpu_gb:g} GB GPU", g.per_gpu_gb, gpu_gb))
+                    problems.append(f"{g.name} on a {gpu_gb:g} GB GPU: needs {g.per_gpu_gb:.1f} GB > {gpu_gb:g} GB "
+                                    f"({_sum_line(g.memory_gb)})")
         return Plan([g for g, _ in groups], [], problems, "")
     types = read_node_types(cluster)
     counts: dict[str, int] = {}
@@ -462,10 +463,6 @@ def _memory_of(g: GroupPlan, shape: ModelShape, p, gpu_gb: float, seq: int) -> N
                                 seq + 8)
     g.per_gpu_gb = g.memory_gb["claimed"]
     g.note = f"TP {p.rollout.tensor_parallel_size}, {g.memory_gb['kv_tokens']} KV tokens per engine"
-
-
-def _too_big(g: GroupPlan, where: str, need: float, have: float) -> str:
-    return f"{g.name} on {where}: needs {need:.1f} GB > {have:g} GB ({_sum_line(g.memory_gb)})"
 
 
 def format_plan(plan: Plan) -> str:

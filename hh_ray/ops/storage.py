@@ -14,6 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from hh_ray.files import write_text_atomic
+
 CHECK_DIR = ".hh-ray-storage-check"
 
 
@@ -29,12 +31,6 @@ class NodeView:
     error: str = ""
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _node_probe(folder: str, token: str, node_id: str) -> NodeView:
     """Runs on one node: read the driver's token, answer with this node's own file."""
     import ray
@@ -48,7 +44,7 @@ def _node_probe(folder: str, token: str, node_id: str) -> NodeView:
     if not seen:
         return NodeView(node_id, address, False, "sees a different token file")
     try:
-        _write_atomic(check / f"node-{node_id}", token)
+        write_text_atomic(check / f"node-{node_id}", token)
     except OSError as exc:
         return NodeView(node_id, address, True, f"cannot write into {check}: {exc.strerror or exc}")
     return NodeView(node_id, address, True)
@@ -68,7 +64,7 @@ def check_shared_folder(folder: str | os.PathLike, timeout_s: float = 120.0) -> 
     check = root / CHECK_DIR / token
     check.mkdir(parents=True)
     try:
-        _write_atomic(check / "driver", token)
+        write_text_atomic(check / "driver", token)
         probe = ray.remote(num_cpus=0, max_retries=0)(_node_probe)
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))

@@ -13,8 +13,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 from hh_ray.algo.analysis import LinearFit  # noqa: E402
 
 
-def _save(fig, out: str | Path) -> Path:
-    """Write the PNG atomically (a reader never sees half a file) and free the figure."""
+def _finish(fig, ax, out: str | Path, xlabel: str, ylabel: str, title: str, legend: int = 0,
+            grid: str = "both") -> Path:
+    """Labels, grid ("" = none), legend at that font size (0 = none); then write the PNG atomically (a reader
+    never sees half a file) and free the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if grid:
+        ax.grid(alpha=0.3, axis=grid)
+    if legend:
+        ax.legend(fontsize=legend)
+    fig.tight_layout()
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp.png")
     fig.savefig(tmp)
@@ -32,28 +42,18 @@ def reliability_diagram(table: list[dict], ece: float, out: str | Path, title: s
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     ax.bar(mids, acc, width=1 / len(table), alpha=0.35, edgecolor="k", label="observed (bin)")
     ax.plot(conf, acc, "o-", color="C3", label="PM")
-    ax.set_xlabel("PM probability that the option is preferred")
-    ax.set_ylabel("frequency it was preferred")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_title(f"{title} (ECE {ece:.3f})")
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, out)
+    return _finish(fig, ax, out, "PM probability that the option is preferred", "frequency it was preferred",
+                   f"{title} (ECE {ece:.3f})", grid="")
 
 
 def line_plot(xs, series: dict[str, list], xlabel: str, ylabel: str, title: str, out: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for name, ys in series.items():
         ax.plot(xs, ys, marker=".", label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, out)
+    return _finish(fig, ax, out, xlabel, ylabel, title, legend=8 if len(series) > 1 else 0)
 
 
 def score_vs_sqrt_kl(sqrt_kl: list[float], score: list[float], steps: list[int], out: str | Path,
@@ -79,14 +79,8 @@ def score_vs_sqrt_kl(sqrt_kl: list[float], score: list[float], steps: list[int],
                 label=f"{name}: {f.slope:+.2f} x {f.intercept:+.2f} (R^2 {f.r2:.2f})")
     if divergence_x is not None:
         ax.axvline(divergence_x, color="C3", alpha=0.6, label="train/test PM part ways")
-    ax.set_xlabel("sqrt(KL(policy || initial policy))")
-    ax.set_ylabel("PM score (normalized)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if fits or curves or divergence_x is not None:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, out)
+    return _finish(fig, ax, out, "sqrt(KL(policy || initial policy))", "PM score (normalized)", title,
+                   legend=7 if fits or curves or divergence_x is not None else 0)
 
 
 def elo_by_round(rounds: list[int], elo: list[float], lo: list[float], hi: list[float], out: str | Path,
@@ -96,13 +90,8 @@ def elo_by_round(rounds: list[int], elo: list[float], lo: list[float], hi: list[
     yerr = [[e - a for e, a in zip(elo, lo)], [b - e for e, b in zip(elo, hi)]]
     ax.errorbar(rounds, elo, yerr=yerr, fmt="o-", capsize=4, color="C0")
     ax.axhline(0.0, color="grey", lw=0.8)
-    ax.set_xlabel("round (policy version)")
-    ax.set_ylabel("Elo")
-    ax.set_title(title)
     ax.set_xticks(rounds)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, out)
+    return _finish(fig, ax, out, "round (policy version)", "Elo", title)
 
 
 def tradeoff_plane(labels: list[str], helpful: list[float], harmless: list[float], out: str | Path,
@@ -123,14 +112,7 @@ def tradeoff_plane(labels: list[str], helpful: list[float], harmless: list[float
             ax.axvline(bx, ls="--", color=f"C{i}", alpha=0.6, label=name)
         if by == by:
             ax.axhline(by, ls="--", color=f"C{i}", alpha=0.6, label=None if bx == bx else name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if baselines:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, out)
+    return _finish(fig, ax, out, xlabel, ylabel, title, legend=7 if baselines else 0)
 
 
 def before_after_bars(names: list[str], before: list[float], after: list[float], before_err: list[float],
@@ -142,12 +124,7 @@ def before_after_bars(names: list[str], before: list[float], after: list[float],
     ax.bar([x + 0.2 for x in xs], after, 0.4, yerr=after_err, capsize=3, label="after")
     ax.set_xticks(xs)
     ax.set_xticklabels(names, rotation=20, fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    return _save(fig, out)
+    return _finish(fig, ax, out, "", ylabel, title, legend=8, grid="y")
 
 
 def histograms(series: dict[str, list[float]], out: str | Path, xlabel: str, title: str, bins: int = 30) -> Path:
@@ -155,9 +132,4 @@ def histograms(series: dict[str, list[float]], out: str | Path, xlabel: str, tit
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for name, xs in series.items():
         ax.hist(xs, bins=bins, alpha=0.5, density=True, label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, out)
+    return _finish(fig, ax, out, xlabel, "density", title, legend=8, grid="")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import math
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 
 from hh_ray.algo.analysis import divergence_index, sqrt_kl_law
 from hh_ray.algo.ppo import sqrt_kl
+from hh_ray.files import write_text_atomic
 from hh_ray.report import plots
 from hh_ray.report.online import online_section
 from hh_ray.report.results import (
@@ -97,11 +97,7 @@ def write_report(run_dir: str | Path) -> Path:
         if sb and sa:
             lines += ["## Samples on held-out prompts", ""] + _samples_md(sb, sa)
     lines += _analyses_md(run)
-    out = run / "report.md"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(run / "report.md", "\n".join(lines) + "\n")
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from hh_ray.algo.elo import EloRatings
+from hh_ray.files import write_text_atomic
 
 
 @dataclass
@@ -99,25 +99,16 @@ class OOD:
     test_ood: list[float]  # distances of held-out out-of-distribution prompts
 
 
-@dataclass
-class Elo:
+@dataclass(frozen=True)
+class Elo(EloRatings):
     """Elo per policy version from all comparisons between versions (Bradley-Terry, see hh_ray.algo.elo)."""
 
     versions: list[int]
-    elo: list[float]
-    lo: list[float]
-    hi: list[float]
-    games: list[int]
-    confidence: float
-    bootstraps: int
-    prior_sd: float | None
-    anchor: int | None
 
     @classmethod
     def from_ratings(cls, r: EloRatings) -> "Elo":
         """The stored form of hh_ray.algo.elo.elo_ratings' answer (versions 0..n-1)."""
-        return cls(versions=list(range(len(r.elo))), elo=r.elo, lo=r.lo, hi=r.hi, games=r.games,
-                   confidence=r.confidence, bootstraps=r.bootstraps, prior_sd=r.prior_sd, anchor=r.anchor)
+        return cls(**dataclasses.asdict(r), versions=list(range(len(r.elo))))
 
 
 RESULT_FILES = {BestOfN: "bon", Tradeoff: "tradeoff", PolicyTradeoff: "tradeoff_policies", AlignmentTax: "alignment_tax", OOD: "ood", Elo: "elo"}
@@ -129,12 +120,8 @@ def result_path(run_dir: str | Path, cls: type) -> Path:
 
 def write_result(obj, path: str | Path) -> Path:
     """JSON of a result dataclass, written atomically."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(obj), indent=1))
-    os.replace(tmp, p)
-    return p
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(path, json.dumps(dataclasses.asdict(obj), indent=1))
 
 
 def _build(tp, value):

@@ -20,6 +20,8 @@ import time
 import zipfile
 from pathlib import Path
 
+from hh_ray.files import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
@@ -29,9 +31,7 @@ def write_manifest(tag_dir: Path) -> None:
     """Mark `tag_dir` complete: every file below it with its size, written atomically as the last file."""
     files = {str(p.relative_to(tag_dir)): p.stat().st_size for p in sorted(tag_dir.rglob("*"))
              if p.is_file() and p.name != COMPLETE}
-    tmp = tag_dir / (COMPLETE + ".tmp")
-    tmp.write_text(json.dumps({"time": time.time(), "files": files}))
-    tmp.replace(tag_dir / COMPLETE)
+    write_text_atomic(tag_dir / COMPLETE, json.dumps({"time": time.time(), "files": files}))
 
 
 def checkpoint_problem(root: str | Path, tag: str) -> str | None:
@@ -64,15 +64,17 @@ def _step_of(tag: str) -> int:
     return int(m.group(1)) if m else -1
 
 
+def _tag_dirs(root: str | Path) -> list[Path]:
+    """Tag folders under `root`, intact or not (staging folders start with a dot)."""
+    rootp = Path(root)
+    return [p for p in rootp.iterdir() if p.is_dir() and not p.name.startswith(".")] if rootp.is_dir() else []
+
+
 def intact_tags(root: str | Path) -> list[str]:
     """Tags under `root` that are intact, newest (highest step) first; damaged ones are reported once each."""
-    rootp = Path(root)
-    if not rootp.is_dir():
-        return []
     out = []
-    for d in sorted((p for p in rootp.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                    key=lambda p: _step_of(p.name), reverse=True):
-        problem = checkpoint_problem(rootp, d.name)
+    for d in sorted(_tag_dirs(root), key=lambda p: _step_of(p.name), reverse=True):
+        problem = checkpoint_problem(root, d.name)
         if problem is None:
             out.append(d.name)
         elif (d / COMPLETE).is_file():  # marked complete yet damaged: say so; unmarked debris is normal
@@ -91,8 +93,7 @@ def latest_tag(root: str | Path) -> str | None:
 
 def has_checkpoints(root: str | Path) -> bool:
     """Whether any tag folder (intact or not) exists under `root`."""
-    rootp = Path(root)
-    return rootp.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in rootp.iterdir())
+    return bool(_tag_dirs(root))
 
 
 def expected_checkpoint_files(world: int, zero_stage: int, bf16: bool) -> list[str | tuple[str, ...]]:

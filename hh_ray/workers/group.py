@@ -199,6 +199,18 @@ class WorkerGroup:
         self.actors = []
 
 
+class GroupOwner:
+    """Base of a role's group wrapper (trainer, reference, scorer): memory and shutdown go to its `WorkerGroup`."""
+
+    group: WorkerGroup
+
+    def peak_memory_mb(self) -> dict[str, float]:
+        return self.group.peak_memory_mb()
+
+    def shutdown(self) -> None:
+        self.group.shutdown()
+
+
 def get_all(refs: list) -> list:
     """`ray.get` that fails as soon as any call fails: when one rank of a collective dies, the others block in the
     collective, and waiting for them in order would wait out the collective's timeout."""

@@ -61,12 +61,11 @@ def engine_placement(rollout_cfg) -> GroupPlacement:
     holds only CPUs, and vLLM's Ray executor places one worker on each GPU bundle.
     """
     tp, cpus, gpus = rollout_cfg.tensor_parallel_size, rollout_cfg.cpus_per_engine, rollout_cfg.gpus_per_engine
-    marker = node_marker(rollout_cfg.node_resource)
     if tp == 1 or not gpus:
-        bundle = {"CPU": cpus} | ({"GPU": gpus} if gpus else {}) | marker
-        return GroupPlacement([bundle], "PACK", cpus, gpus)
+        return worker_placement(1, cpus, gpus, rollout_cfg.node_resource)
     if gpus != 1.0:
         raise ValueError(f"tensor_parallel_size {tp} needs gpus_per_engine 1 (one whole GPU per rank), got {gpus}")
+    marker = node_marker(rollout_cfg.node_resource)
     bundles = [{"CPU": cpus, "GPU": 1.0} | marker] + [{"GPU": 1.0} | marker for _ in range(tp - 1)]
     return GroupPlacement(bundles, "STRICT_PACK", cpus, 0.0, [0], capture_child_tasks=True)
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import torch
+
 from hh_ray.algo.batch import SequenceBatch, split
-from hh_ray.workers.group import STATELESS_RESTARTS, Worker, WorkerGroup
+from hh_ray.data.tokenize import load_tokenizer
+from hh_ray.models.forward import load_model, resolve_dtype
+from hh_ray.models.objectives import TokenLogprobs
+from hh_ray.workers.device import gpu_worker_device
+from hh_ray.workers.group import STATELESS_RESTARTS, GroupOwner, Worker, WorkerGroup
 
 
 MICRO_BATCH_ROWS = 16  # samples per forward pass (the capacity plan sizes activations by it)
@@ -14,10 +20,6 @@ class ReferenceWorker(Worker):
 
     def __init__(self, model_path: str, gpus: float = 0.0, dtype: str = "auto",
                  micro_batch_size: int = MICRO_BATCH_ROWS):
-        from hh_ray.data.tokenize import load_tokenizer
-        from hh_ray.models.forward import load_model, resolve_dtype
-        from hh_ray.workers.device import gpu_worker_device
-
         self.device = gpu_worker_device(gpus, "reference")
         dtype = resolve_dtype(dtype, self.device != "cpu")
         self.model = load_model(model_path, "causal_lm", dtype).to(self.device).eval()
@@ -26,17 +28,13 @@ class ReferenceWorker(Worker):
         self.micro = micro_batch_size
 
     def logprobs(self, batch: SequenceBatch, temperature: float, pack_to: int = 0) -> list[list[float]]:
-        import torch
-
-        from hh_ray.models.objectives import TokenLogprobs
-
         probe = TokenLogprobs(temperature, pack_to)
         with torch.no_grad():
             return [row for mb in split(batch, max(1, -(-len(batch.prompt) // self.micro)))
                     for row in probe(self.model, mb, self.pad_id)]
 
 
-class ReferenceGroup:
+class ReferenceGroup(GroupOwner):
     def __init__(self, model_path: str, num_workers: int = 1, cpus: float = 0.25, gpus: float = 0.0,
                  dtype: str = "auto", node_resource: str = ""):
         kw = {"model_path": model_path, "gpus": gpus, "dtype": dtype}
@@ -50,9 +48,3 @@ class ReferenceGroup:
         refs = [a.logprobs.remote(s, temperature, pack_to)
                 for a, s in zip(self.group.actors, split(batch, len(self.group))) if s.prompt]
         return lambda: [row for part in ray.get(refs) for row in part]
-
-    def peak_memory_mb(self) -> dict[str, float]:
-        return self.group.peak_memory_mb()
-
-    def shutdown(self) -> None:
-        self.group.shutdown()

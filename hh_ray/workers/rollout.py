@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from hh_ray.algo.batch import cut
 from hh_ray.data.hh import HUMAN
+from hh_ray.workers.device import device_from_config
 from hh_ray.workers.group import Worker, WorkerGroup, largest_peaks
+from hh_ray.workers.placement import engine_env_to_clear, engine_placement, per_request_seeds, vllm_engine_kwargs
 
 
 class StaleWeightsError(RuntimeError):
@@ -76,9 +78,6 @@ class RolloutWorker(Worker):
         import os
 
         from vllm import LLM
-
-        from hh_ray.workers.device import device_from_config
-        from hh_ray.workers.placement import engine_env_to_clear, per_request_seeds, vllm_engine_kwargs
 
         # from the config, not torch.cuda: at tensor-parallel > 1 this actor holds no GPU, its vLLM workers do
         self.on_gpu = device_from_config(rollout_cfg.gpus_per_engine) == "cuda"
@@ -179,16 +178,12 @@ class RolloutGroup:
 
     def bundles(self) -> list[dict]:
         """One engine's bundles (what the autoscaler asks Ray for, per engine)."""
-        from hh_ray.workers.placement import engine_placement
-
         return engine_placement(self.cfg).bundles
 
     def add_engine(self, timeout_s: float | None = None):
         """Start one more engine (it holds version 0 until synced; `generate` refuses it until then)."""
         i = self._next_id
         self._next_id += 1
-        from hh_ray.workers.placement import engine_placement
-
         plan = engine_placement(self.cfg)
         group = WorkerGroup(RolloutWorker, 1, f"{self.name}-{i}", plan.actor_cpus, plan.actor_gpus,
                             placement=plan, on_gpu=self.cfg.gpus_per_engine > 0,
@@ -204,18 +199,13 @@ class RolloutGroup:
         self._groups.pop().shutdown()
 
     def drop_dead(self, actors) -> None:
-        """Forget engines found dead elsewhere (e.g. during a weight sync)."""
-        for a in actors:
-            self._drop(a)
-
-    def _drop(self, actor) -> None:
-        for g in list(self._groups):
-            if g.actors and g.actors[0] == actor:
-                self._groups.remove(g)
-                try:
-                    g.shutdown()
-                except Exception:  # the actor is already gone; its placement group still goes
-                    pass
+        """Forget engines found dead (mid-batch, or during a weight sync) and free their placement groups."""
+        for g in [g for g in self._groups if g.actors and g.actors[0] in actors]:
+            self._groups.remove(g)
+            try:
+                g.shutdown()
+            except Exception:  # the actor is already gone; its placement group still goes
+                pass
 
     def replenish(self) -> int:
         """Start engines until `num_engines` serve again (after deaths); returns how many were started.
@@ -250,7 +240,7 @@ class RolloutGroup:
             try:
                 out = ray.get(ref)
             except RayActorError:
-                self._drop(engine)  # the engine died mid-batch: its prompts go back in the queue
+                self.drop_dead([engine])  # the engine died mid-batch: its prompts go back in the queue
                 queue.append(idx)
                 self.requeued_chunks += 1
                 continue

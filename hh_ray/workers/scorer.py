@@ -10,14 +10,16 @@ normalized with the mean/std the PM measured on its own eval set (`pm_stats.json
 from __future__ import annotations
 
 from hh_ray.algo.batch import cut
-from hh_ray.workers.group import STATELESS_RESTARTS, Worker, WorkerGroup
+from hh_ray.data.hh import HUMAN
+from hh_ray.data.tokenize import load_tokenizer
+from hh_ray.models.forward import load_model, read_pm_stats, resolve_dtype, score_texts
+from hh_ray.workers.device import gpu_worker_device
+from hh_ray.workers.group import STATELESS_RESTARTS, GroupOwner, Worker, WorkerGroup
 
 
 class ScorerWorker(Worker):
     def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int, gpus: float = 0.0,
                  dtype: str = "auto"):
-        from hh_ray.data.tokenize import load_tokenizer
-
         self.kind = "substring" if scorer.startswith("substring:") else "pm"
         self.max_tokens = max_tokens
         if self.kind == "substring":
@@ -27,9 +29,6 @@ class ScorerWorker(Worker):
             if not text or not self.targets:
                 raise ValueError(f"scorer '{scorer}': no token of {policy_tokenizer} contains {text!r}")
             return
-        from hh_ray.models.forward import load_model, read_pm_stats, resolve_dtype
-        from hh_ray.workers.device import gpu_worker_device
-
         self.device = gpu_worker_device(gpus, "pm-scorer")
         self.model = load_model(pm_path, "pm", resolve_dtype(dtype, self.device != "cpu"))
         self.model.to(self.device).eval().requires_grad_(False)
@@ -42,16 +41,13 @@ class ScorerWorker(Worker):
     def score(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]) -> list[float]:
         if self.kind == "substring":
             return [sum(t in self.targets for t in ids) / max(len(ids), 1) for ids in response_ids]
-        from hh_ray.data.hh import HUMAN
-        from hh_ray.models.forward import score_texts
-
         # the engine keeps the "\n\nHuman:" that ended the turn; the PM sees the turn alone
         responses = [r.removesuffix(HUMAN) for r in responses]
         raw = score_texts(self.model, self.tokenizer, prompts, responses, self.max_tokens)
         return ((raw - self.mean) / self.std).tolist()
 
 
-class ScorerGroup:
+class ScorerGroup(GroupOwner):
     def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int, num_workers: int = 1,
                  cpus: float = 0.25, gpus: float = 0.0, dtype: str = "auto", name: str = "pm-scorer",
                  node_resource: str = ""):
@@ -68,9 +64,3 @@ class ScorerGroup:
         refs = [a.score.remote(p, r, i) for a, p, r, i in
                 zip(self.group.actors, cut(prompts, n), cut(responses, n), cut(response_ids, n)) if p]
         return lambda: [s for part in ray.get(refs) for s in part]
-
-    def peak_memory_mb(self) -> dict[str, float]:
-        return self.group.peak_memory_mb()
-
-    def shutdown(self) -> None:
-        self.group.shutdown()

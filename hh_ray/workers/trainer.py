@@ -18,9 +18,17 @@ from typing import Any
 import torch
 
 from hh_ray.algo.batch import PairBatch, SequenceBatch, TokenBatch, batch_size, split
+from hh_ray.data.tokenize import load_tokenizer
+from hh_ray.files import write_text_atomic
+from hh_ray.models.forward import load_model, resolve_dtype
 from hh_ray.models.objectives import StepResult, merge_results, probe_tokens
+from hh_ray.models.presets import save_atomic
 from hh_ray.workers.checkpoint import checkpoint_problem, latest_tag, missing_checkpoint_files, write_manifest
-from hh_ray.workers.group import Worker, WorkerGroup, exclusive_build, extensions_dir, free_port, get_all, node_ip
+from hh_ray.workers.device import check_device, device_from_config, local_rank, ray_gpu_ids, synchronized_clock
+from hh_ray.workers.group import (
+    GroupOwner, Worker, WorkerGroup, exclusive_build, extensions_dir, free_port, get_all, node_ip,
+)
+from hh_ray.workers.weight_sync import BucketSender, ParamMeta, buckets, make_group
 
 
 @dataclass(frozen=True)
@@ -108,10 +116,6 @@ class TrainerWorker(Worker):
               seed: int, dtype: str = "auto") -> RankInfo:
         """Join the group's torch.distributed world and build the engine."""
         import deepspeed
-
-        from hh_ray.data.tokenize import load_tokenizer
-        from hh_ray.models.forward import load_model, resolve_dtype
-        from hh_ray.workers.device import check_device, device_from_config, local_rank, ray_gpu_ids
 
         load_jit_ops()
 
@@ -207,9 +211,7 @@ class TrainerWorker(Worker):
                 shutil.rmtree(final)
             os.replace(staging / tag, final)
             shutil.rmtree(staging, ignore_errors=True)
-            tmp = rootp / "latest.tmp"
-            tmp.write_text(tag)
-            os.replace(tmp, rootp / "latest")
+            write_text_atomic(rootp / "latest", tag)
         dist.barrier()
 
     def load_checkpoint(self, root: str, tag: str | None = None) -> dict:
@@ -226,8 +228,6 @@ class TrainerWorker(Worker):
 
     def export_hf(self, out_dir: str) -> None:
         """HF `save_pretrained` weights (ZeRO-3 shards gathered), written atomically by rank 0."""
-        from hh_ray.models.presets import save_atomic
-
         if self.cfg.zero_stage == 3:
             state = self.engine._zero3_consolidated_16bit_state_dict()
         else:
@@ -238,27 +238,20 @@ class TrainerWorker(Worker):
     # ---- weight sync to rollout engines (rank 0 sends; every rank helps gather ZeRO-3 shards) -------------
     def init_weight_sync(self, master: tuple[str, int], world: int, timeout_s: float) -> list:
         """Rank 0 joins the engines' sync group; every rank returns the parameter layout the engines receive."""
-        from hh_ray.workers.weight_sync import ParamMeta, make_group
-
         if self.rank == 0:
             self.sync_group = make_group(master, 0, world, "nccl" if self.on_gpu else "gloo", timeout_s)
-        return [ParamMeta(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
-                for n, p in self.engine.module.named_parameters()]
+        self.sync_metas = [ParamMeta(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
+                           for n, p in self.engine.module.named_parameters()]
+        return self.sync_metas
 
     def broadcast_weights(self, bucket_bytes: int) -> dict:
         """Send every parameter in buckets; under ZeRO-3 all ranks gather each bucket's shards first."""
         import deepspeed
 
-        from hh_ray.workers.weight_sync import BucketSender, ParamMeta, buckets
-
-        from hh_ray.workers.device import synchronized_clock
-
         t0 = synchronized_clock(self.on_gpu)
         params = dict(self.engine.module.named_parameters())
         sender = BucketSender(self.sync_group) if self.rank == 0 else None
-        metas = [ParamMeta(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
-                 for n, p in params.items()]
-        for bucket in buckets(metas, bucket_bytes):
+        for bucket in buckets(self.sync_metas, bucket_bytes):
             tensors = [params[m.name] for m in bucket]
             with deepspeed.zero.GatheredParameters(tensors, enabled=self.cfg.zero_stage == 3):
                 if sender:
@@ -276,7 +269,7 @@ class TrainerWorker(Worker):
             return torch.cat([p.detach().float().reshape(-1).cpu() for p in params])
 
 
-class TrainerGroup:
+class TrainerGroup(GroupOwner):
     """N DeepSpeed ranks in one placement group. The driver hands it whole typed batches; it shards them."""
 
     def __init__(self, name: str, model_path: str, kind: str, trainer_cfg, seed: int = 0, dtype: str = "auto"):
@@ -335,9 +328,3 @@ class TrainerGroup:
 
     def param_vector(self) -> torch.Tensor:
         return self.group.call("param_vector")[0]
-
-    def peak_memory_mb(self) -> dict[str, float]:
-        return self.group.peak_memory_mb()
-
-    def shutdown(self) -> None:
-        self.group.shutdown()

@@ -9,6 +9,7 @@ copy is held.
 from __future__ import annotations
 
 import datetime
+import math
 import time
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ def buckets(metas: list[ParamMeta], bucket_bytes: int) -> list[list[ParamMeta]]:
     out: list[list[ParamMeta]] = []
     size = 0
     for m in metas:
-        nbytes = _numel(m.shape) * torch.empty(0, dtype=getattr(torch, m.dtype)).element_size()
+        nbytes = math.prod(m.shape) * torch.empty(0, dtype=getattr(torch, m.dtype)).element_size()
         if out and out[-1][0].dtype == m.dtype and size + nbytes <= bucket_bytes:
             out[-1].append(m)
             size += nbytes
@@ -51,13 +52,6 @@ def buckets(metas: list[ParamMeta], bucket_bytes: int) -> list[list[ParamMeta]]:
             out.append([m])
             size = nbytes
     return out
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _broadcast(group, tensor: torch.Tensor):
@@ -94,7 +88,7 @@ def receive_buckets(group, metas: list[ParamMeta], bucket_bytes: int, device: st
     plan = buckets(metas, bucket_bytes)
 
     def post(bucket):
-        flat = torch.empty(sum(_numel(m.shape) for m in bucket), dtype=getattr(torch, bucket[0].dtype), device=device)
+        flat = torch.empty(sum(math.prod(m.shape) for m in bucket), dtype=getattr(torch, bucket[0].dtype), device=device)
         return flat, _broadcast(group, flat)
 
     waited = 0.0
@@ -107,7 +101,7 @@ def receive_buckets(group, metas: list[ParamMeta], bucket_bytes: int, device: st
         nxt = post(plan[i + 1]) if i + 1 < len(plan) else None
         offset = 0
         for m in bucket:
-            n = _numel(m.shape)
+            n = math.prod(m.shape)
             yield m.name, flat[offset:offset + n].view(m.shape)
             offset += n
     if stats is not None:

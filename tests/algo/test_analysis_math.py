@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from hh_ray.algo.analysis import (
-    auroc, best_of_n_indices, divergence_index, fit_gaussian, kl_best_of_n, linear_fit, mahalanobis, paired_gap,
-    sqrt_kl_law,
+    auroc, best_of_n_indices, divergence_index, fit_gaussian, kl_best_of_n, linear_fit, mahalanobis, mean_se,
+    paired_gap, sqrt_kl_law,
 )
 
 
@@ -43,6 +43,7 @@ def test_sqrt_kl_law_early_and_whole():
 def test_paired_gap_and_divergence_rule():
     mean, se = paired_gap([1, 2, 3], [0, 0, 0])  # differences 1 2 3: sd 1, se 1/sqrt(3)
     assert (mean, se) == pytest.approx((2.0, 1 / math.sqrt(3)))
+    assert mean_se([4.0, 0.0]) == pytest.approx((2.0, 2.0)) and mean_se([5.0]) == (5.0, math.inf)  # sd sqrt(8)
     ses = [0.1] * 6  # threshold 2 * sqrt(0.01 + 0.01) = 0.283 above the initial gap 0.1
     assert divergence_index([0.1, 0.2, 1.0, 0.5, 1.2, 1.5], ses) == 2
     assert divergence_index([0.0, 1.0, 0.0, 1.0, 1.0], ses[:5]) == 3  # the excursion at 1 falls back: not yet

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hh_ray.algo.ppo import (
-    AdaptiveKLController, clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_k1, kl_k3,
+    KLController, clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_k1, kl_k3,
     token_rewards, whiten,
 )
 
@@ -87,9 +87,10 @@ def test_clipped_value_loss_by_hand():
 
 def test_entropy_uniform_and_adaptive_kl():
     assert entropy_from_logits(torch.zeros(2, 4)).tolist() == approx([math.log(4)] * 2)
-    ctl = AdaptiveKLController(0.1, target=1.0, horizon=100)
+    ctl = KLController(0.1, target=1.0, horizon=100)
     assert ctl.update(2.0, 10) == approx(0.1 * (1 + 0.2 * 10 / 100))  # error clipped to +0.2
     assert ctl.update(0.9, 10) == approx(0.102 * (1 - 0.1 * 10 / 100))  # error -0.1 within the clip
+    assert KLController(0.1).update(5.0, 10) == 0.1  # no target: the paper's constant lambda_KL
 
 
 def test_pad_ragged_left_aligns_and_masks():
