@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,10 +76,8 @@ class LoadReport:
         return sum(sum(c.values()) for c in self.rejected.values())
 
     def summary(self) -> str:
-        parts = []
-        for file, counts in sorted(self.rejected.items()):
-            parts.append(f"{file}: " + ", ".join(f"{r}={n}" for r, n in sorted(counts.items())))
-        return "; ".join(parts)
+        return "; ".join(f"{file}: " + ", ".join(f"{r}={n}" for r, n in sorted(counts.items()))
+                         for file, counts in sorted(self.rejected.items()))
 
 
 def split_prompt(transcript: str) -> tuple[str, str] | None:
@@ -96,21 +95,9 @@ def split_turns(transcript: str) -> list[tuple[str, str]]:
     Text before the first marker (normally none) is returned under role "". Joining
     `"\\n\\n" + role + ":" + (" " + text if text else "")` rebuilds turns whose text is preceded by one space.
     """
-    turns: list[tuple[str, str]] = []
-    pos = 0
-    markers = [(HUMAN, "Human"), (ASSISTANT, "Assistant")]
-    role = ""
-    start = 0
-    while True:
-        nxt = [(transcript.find(m, pos), m, r) for m, r in markers]
-        nxt = [t for t in nxt if t[0] >= 0]
-        if not nxt:
-            break
-        idx, marker, new_role = min(nxt)
-        if idx > start or role:
-            turns.append((role, transcript[start:idx].removeprefix(" ")))
-        role, start, pos = new_role, idx + len(marker), idx + len(marker)
-    turns.append((role, transcript[start:].removeprefix(" ")))
+    parts = re.split(r"\n\n(Human|Assistant):", transcript)  # [text before, role, text, role, text, ...]
+    turns = [("", parts[0])] + list(zip(parts[1::2], parts[2::2]))
+    turns = [(role, text.removeprefix(" ")) for role, text in turns]
     return [t for t in turns if t[0] or t[1]]
 
 
@@ -221,11 +208,8 @@ def load_comparisons(
     if local and not Path(data_dir).expanduser().is_dir():
         raise DataError(f"data folder not found: {data_dir}")
     for subset in subsets:
-        records = (
-            _records_local(Path(data_dir).expanduser(), subset, split)
-            if local
-            else _records_hub(data_dir, subset, split or "train")
-        )
+        records = (_records_local(Path(data_dir).expanduser(), subset, split) if local
+                   else _records_hub(data_dir, subset, split or "train"))
         for file, lineno, obj in records:
             result = obj if obj in FILE_PROBLEMS else parse_record(obj, subset, f"{file}:{lineno}")
             if isinstance(result, str):
