@@ -26,15 +26,12 @@ from pathlib import Path
 
 import torch
 
+GPU_RUN = dict(vocab_size=32000, batch=16, prompt=512, response=512, gen_batch=64, gen_prompt=128, gen_new=128, steps=8)
 SIZES = {
     # ~374M parameters (GPT-2-medium depth at width 1024, Llama blocks, 32k vocab)
-    "350m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=2816,
-                 vocab_size=32000, batch=16, prompt=512, response=512, gen_batch=64, gen_prompt=128, gen_new=128,
-                 steps=8),
+    "350m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=2816, **GPU_RUN),
     # ~0.95B parameters: where the same code sits as the model grows
-    "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=16, intermediate_size=5632,
-               vocab_size=32000, batch=16, prompt=512, response=512, gen_batch=64, gen_prompt=128, gen_new=128,
-               steps=8),
+    "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=16, intermediate_size=5632, **GPU_RUN),
     # a CPU check of the same code path
     "smoke": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
                   vocab_size=512, batch=4, prompt=32, response=32, gen_batch=4, gen_prompt=16, gen_new=16, steps=2),
@@ -73,14 +70,7 @@ def matmul_tflops(device: str) -> float:
 def matmul_flops(m: int, k: int, n: int, device: str, dtype, repeats: int = 10) -> float:
     """FLOP/s of an [m, k] x [k, n] product on `device`, after three warm-up products."""
     a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    sync(device)
-    return 2 * m * k * n * repeats / (time.perf_counter() - t0)
+    return 2 * m * k * n * repeats / sum(seconds_each(lambda: a @ b, repeats, 3, device))
 
 
 def matmul_parameters(model) -> int:
