@@ -358,18 +358,17 @@ def place_group(nodes: list[Node], types: list[NodeType], counts: dict[str, int]
         return [(target, target.take(b)) for b in bundles]
     if strategy == "STRICT_PACK":
         return None
-    saved_nodes, saved_counts = copy.deepcopy(nodes), dict(counts)
+    trial_nodes, trial_counts = copy.deepcopy(nodes), dict(counts)  # a group is placed whole or not at all
     out = []
     for b in bundles:
-        node = next((n for n in nodes if n.fits(b)), None) or _new_node(types, counts, [b], default_gb)
-        if node is None:  # undo the partial placement: a group is placed whole or not at all
-            nodes[:] = saved_nodes
-            counts.clear()
-            counts.update(saved_counts)
+        node = next((n for n in trial_nodes if n.fits(b)), None) or _new_node(types, trial_counts, [b], default_gb)
+        if node is None:
             return None
-        if node not in nodes:
-            nodes.append(node)
+        if node not in trial_nodes:
+            trial_nodes.append(node)
         out.append((node, node.take(b)))
+    nodes[:] = trial_nodes
+    counts.update(trial_counts)
     return out
 
 
@@ -410,10 +409,9 @@ def plan_job(cfg, cluster: str | None = None, gpu_gb: float = DEFAULT_GPU_GB) ->
             g.note = (f"ZeRO-{t.zero_stage} over {t.num_ranks} rank(s), {rows} x {seq} tokens per micro batch, "
                       f"checkpointing {'on' if t.gradient_checkpointing else 'off'}")
         g.per_gpu_gb = sum(g.memory_gb.values())
-        groups.append((g, pl))
-    for g, pl in groups:
         if pl.gpus == 0:  # CPU groups: host memory is not planned
             g.memory_gb, g.per_gpu_gb = {}, 0.0
+        groups.append((g, pl))
 
     problems: list[str] = []
     if not cluster:
