@@ -6,6 +6,7 @@ so what the policy reads and writes is byte for byte what the crowdworkers saw.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -25,22 +26,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[PAD, EOS, END_OF_CONTEXT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS, END_OF_CONTEXT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token=PAD,
-        eos_token=EOS,
-        bos_token=None,
-        additional_special_tokens=[END_OF_CONTEXT],
-        clean_up_tokenization_spaces=False,
-        padding_side="right",
-    )
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, bos_token=None,
+                                 additional_special_tokens=[END_OF_CONTEXT], clean_up_tokenization_spaces=False,
+                                 padding_side="right")
     hf.save_pretrained(str(out_dir))
     return hf
 
@@ -93,24 +84,14 @@ def encode_dialogue(tokenizer, transcript: str, max_tokens: int) -> Encoded:
     """
     ids: list[int] = []
     mask: list[int] = []
-    pos = 0
-    while pos < len(transcript):
-        h = transcript.find(HUMAN, pos + 1)
-        a = transcript.find(ASSISTANT, pos + 1)
-        nxt = min(x for x in (h, a, len(transcript)) if x >= 0)
-        seg = transcript[pos:nxt]
-        if seg.startswith(ASSISTANT):  # marker unmasked, the answer text masked in
-            head, body = ASSISTANT, seg[len(ASSISTANT):]
-            for part, m in ((head, 0), (body, 1)):
-                if part:
-                    t = _ids(tokenizer, part)
-                    ids += t
-                    mask += [m] * len(t)
-        else:
-            t = _ids(tokenizer, seg)
-            ids += t
-            mask += [0] * len(t)
-        pos = nxt
+    for seg in re.split(r"(?=\n\nHuman:|\n\nAssistant:)", transcript):  # cut before every turn marker
+        # an assistant turn: its marker unmasked, the answer text masked in; any other text unmasked
+        parts = ((ASSISTANT, 0), (seg[len(ASSISTANT):], 1)) if seg.startswith(ASSISTANT) else ((seg, 0),)
+        for part, m in parts:
+            if part:
+                t = _ids(tokenizer, part)
+                ids += t
+                mask += [m] * len(t)
     ids.append(tokenizer.eos_token_id)
     mask.append(1)
     if len(ids) > max_tokens:
