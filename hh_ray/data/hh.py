@@ -191,12 +191,8 @@ def local_subsets(data_dir: str) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and (any(p.glob("*.jsonl.gz")) or any(p.glob("*.jsonl"))))
 
 
-def load_comparisons(
-    data_dir: str,
-    subsets: Iterable[str] = SUBSETS,
-    split: str | None = "test",
-    strict: bool = False,
-) -> tuple[list[Comparison], LoadReport]:
+def load_comparisons(data_dir: str, subsets: Iterable[str] = SUBSETS, split: str | None = "test",
+                     strict: bool = False) -> tuple[list[Comparison], LoadReport]:
     """Load and validate comparisons; bad records are skipped and counted (or raise in strict mode).
 
     `data_dir` is a local folder in the HH layout (`<subset>/<split>.jsonl.gz`) or a hub dataset id.

@@ -34,16 +34,9 @@ def build_preset(name: str, tokenizer, out_dir: str | Path, seed: int = 0, max_p
 
     if name not in PRESETS:
         raise ValueError(f"unknown preset '{name}'; presets: {', '.join(PRESETS)}")
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=max_positions,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-        torch_dtype="float32",
-        **PRESETS[name],
-    )
+    cfg = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=max_positions,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+                      tie_word_embeddings=False, torch_dtype="float32", **PRESETS[name])
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     out = Path(out_dir)
