@@ -96,12 +96,11 @@ class PPOWorkers:
             policy, critic = start_trainers(cfg, policy_path, up)
             reference = up(ReferenceGroup(policy_path, cpus=p.reference_cpus, gpus=p.reference_gpus, dtype=dtype,
                                           node_resource=p.reference_node_resource))
-            scorer = up(ScorerGroup(p.scorer, pm_path, policy_path, cfg.pm.max_tokens, cpus=p.scorer_cpus,
-                                    gpus=p.scorer_gpus, dtype=dtype, node_resource=p.scorer_node_resource))
-            test_pm = Path(cfg.run_dir) / TEST_PM
-            test_scorer = (up(ScorerGroup("pm", str(test_pm), policy_path, cfg.pm.max_tokens, cpus=p.scorer_cpus,
-                                          gpus=p.scorer_gpus, dtype=dtype, name="test-pm-scorer",
-                                          node_resource=p.scorer_node_resource))
+            scorer_kw = dict(cpus=p.scorer_cpus, gpus=p.scorer_gpus, dtype=dtype, node_resource=p.scorer_node_resource)
+            scorer = up(ScorerGroup(p.scorer, pm_path, policy_path, cfg.pm.max_tokens, **scorer_kw))
+            test_pm = str(Path(cfg.run_dir) / TEST_PM)
+            test_scorer = (up(ScorerGroup("pm", test_pm, policy_path, cfg.pm.max_tokens, name="test-pm-scorer",
+                                          **scorer_kw))
                            if p.scorer == "pm" and cfg.pm.test_split else None)
             rollout = up(RolloutGroup(policy_path, p.rollout, max_len, cfg.seed, dtype=dtype))
         except BaseException:
