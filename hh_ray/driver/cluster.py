@@ -7,6 +7,7 @@ of a recorded session whose driver is gone (Ray's dashboard and agents would oth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -43,10 +44,8 @@ def end_stale_session(run_dir: Path) -> int:
         return 0  # its driver still runs (e.g. another command on the same folder)
     procs = session_processes(rec["session"])
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
     f.unlink()
     return len(procs)
 

@@ -109,21 +109,10 @@ class WorkerGroup:
     same arguments and retries the calls it was running, so a step goes on as if nothing had happened.
     """
 
-    def __init__(
-        self,
-        actor_cls: type,
-        size: int,
-        name: str,
-        cpus: float,
-        gpus: float = 0.0,
-        placement_timeout_s: float = 120.0,
-        actor_kwargs: Sequence[dict] | None = None,
-        rank_suffix: bool = True,
-        restarts: int = 0,
-        node_resource: str = "",
-        placement=None,
-        on_gpu: bool | None = None,
-    ):
+    def __init__(self, actor_cls: type, size: int, name: str, cpus: float, gpus: float = 0.0,
+                 placement_timeout_s: float = 120.0, actor_kwargs: Sequence[dict] | None = None,
+                 rank_suffix: bool = True, restarts: int = 0, node_resource: str = "", placement=None,
+                 on_gpu: bool | None = None):
         """`placement` (a `placement.GroupPlacement`) overrides the plain one-bundle-per-actor layout;
         `on_gpu` (default: the group has GPUs) picks the per-device process environment."""
         import ray
@@ -150,15 +139,11 @@ class WorkerGroup:
         kwargs = list(actor_kwargs) if actor_kwargs is not None else [{} for _ in range(size)]
         self.actors = [
             remote_cls.options(
-                name=f"{name}-{rank}" if rank_suffix else name,
-                num_cpus=plan.actor_cpus,
-                num_gpus=plan.actor_gpus,
+                name=f"{name}-{rank}" if rank_suffix else name, num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=self.pg, placement_group_bundle_index=plan.actor_bundles[rank],
-                    placement_group_capture_child_tasks=plan.capture_child_tasks,
-                ),
-                runtime_env={"env_vars": actor_env(plan.actor_cpus, on_gpu)},
-                max_restarts=restarts,
+                    placement_group_capture_child_tasks=plan.capture_child_tasks),
+                runtime_env={"env_vars": actor_env(plan.actor_cpus, on_gpu)}, max_restarts=restarts,
                 max_task_retries=restarts,
             ).remote(**kwargs[rank])
             for rank in range(size)
@@ -186,15 +171,11 @@ class WorkerGroup:
         from ray.util.placement_group import remove_placement_group
 
         for a in self.actors:
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 ray.kill(a)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
         for a in self.actors:  # dead for sure, so a replacement group can take the same names at once
-            try:
+            with contextlib.suppress(Exception):  # the expected outcome: the actor is gone
                 ray.get(a.pid.options(max_task_retries=0).remote(), timeout=30)
-            except Exception:  # noqa: BLE001 - the expected outcome: the actor is gone
-                pass
         remove_placement_group(self.pg)
         self.actors = []
 

@@ -6,6 +6,7 @@ ask for, so a stale policy never produces PPO samples silently.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -202,21 +203,18 @@ class RolloutGroup:
         """Forget engines found dead (mid-batch, or during a weight sync) and free their placement groups."""
         for g in [g for g in self._groups if g.actors and g.actors[0] in actors]:
             self._groups.remove(g)
-            try:
+            with contextlib.suppress(Exception):  # the actor is already gone; its placement group still goes
                 g.shutdown()
-            except Exception:  # the actor is already gone; its placement group still goes
-                pass
 
     def replenish(self) -> int:
         """Start engines until `num_engines` serve again (after deaths); returns how many were started.
 
         New engines hold version 0 and are refused until the weight sync gives them the current policy.
         """
-        added = 0
-        while len(self._groups) < self.cfg.num_engines:
+        missing = max(0, self.cfg.num_engines - len(self._groups))
+        for _ in range(missing):
             self.add_engine()
-            added += 1
-        return added
+        return missing
 
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[Sample]:
         """n samples per prompt, flattened prompt-major: result[i * n + j] is sample j of prompt i."""

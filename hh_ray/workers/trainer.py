@@ -228,10 +228,8 @@ class TrainerWorker(Worker):
 
     def export_hf(self, out_dir: str) -> None:
         """HF `save_pretrained` weights (ZeRO-3 shards gathered), written atomically by rank 0."""
-        if self.cfg.zero_stage == 3:
-            state = self.engine._zero3_consolidated_16bit_state_dict()
-        else:
-            state = self.engine.module.state_dict()
+        state = (self.engine._zero3_consolidated_16bit_state_dict() if self.cfg.zero_stage == 3
+                 else self.engine.module.state_dict())
         if self.rank == 0:
             save_atomic(self.engine.module, self.tokenizer, out_dir, state_dict=state)
 

@@ -8,6 +8,7 @@ copy is held.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import time
@@ -174,10 +175,8 @@ class WeightSync:
             if not dead:
                 break
             self.rollout.drop_dead(dead)
-            try:
+            with contextlib.suppress(ray.exceptions.RayTaskError):
                 ray.get(send)  # rank 0's broadcast failed with the peer gone (gloo) or timed out
-            except ray.exceptions.RayTaskError:
-                pass
             if attempt == attempts - 1:
                 raise RuntimeError(f"weight sync to version {version}: engines kept dying ({attempts} attempts)")
             if not self.rollout.engines:
