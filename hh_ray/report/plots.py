@@ -17,9 +17,7 @@ def _finish(fig, ax, out: str | Path, xlabel: str, ylabel: str, title: str, lege
             grid: str = "both") -> Path:
     """Labels, grid ("" = none), legend at that font size (0 = none); then write the PNG atomically (a reader
     never sees half a file) and free the figure."""
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if grid:
         ax.grid(alpha=0.3, axis=grid)
     if legend:
@@ -42,8 +40,7 @@ def reliability_diagram(table: list[dict], ece: float, out: str | Path, title: s
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     ax.bar(mids, acc, width=1 / len(table), alpha=0.35, edgecolor="k", label="observed (bin)")
     ax.plot(conf, acc, "o-", color="C3", label="PM")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set(xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=8)
     return _finish(fig, ax, out, "PM probability that the option is preferred", "frequency it was preferred",
                    f"{title} (ECE {ece:.3f})", grid="")
@@ -122,8 +119,7 @@ def before_after_bars(names: list[str], before: list[float], after: list[float],
     xs = list(range(len(names)))
     ax.bar([x - 0.2 for x in xs], before, 0.4, yerr=before_err, capsize=3, label="before")
     ax.bar([x + 0.2 for x in xs], after, 0.4, yerr=after_err, capsize=3, label="after")
-    ax.set_xticks(xs)
-    ax.set_xticklabels(names, rotation=20, fontsize=8)
+    ax.set_xticks(xs, names, rotation=20, fontsize=8)
     return _finish(fig, ax, out, "", ylabel, title, legend=8, grid="y")
 
 
