@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from hh_ray.files import write_text_atomic
+from hh_ray.files import read_jsonl as read_metrics, write_text_atomic
 
 
 class RunLog:
@@ -73,11 +73,6 @@ class RunLog:
             self.tb.close()
         if self.wandb:
             self.wandb.finish()
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    p = Path(path)
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
 
 
 def write_jsonl_atomic(path: str | Path, rows: list[dict]) -> None:

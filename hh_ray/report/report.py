@@ -10,16 +10,12 @@ from dataclasses import dataclass
 
 from hh_ray.algo.analysis import divergence_index, sqrt_kl_law
 from hh_ray.algo.ppo import sqrt_kl
-from hh_ray.files import write_text_atomic
+from hh_ray.files import read_jsonl, write_text_atomic
 from hh_ray.report import plots
 from hh_ray.report.online import online_section
 from hh_ray.report.results import (
     OOD, AlignmentTax, BestOfN, Elo, PolicyTradeoff, Tradeoff, read_result, result_path,
 )
-
-
-def _read_jsonl(p: Path) -> list[dict]:
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.is_file() else []
 
 
 def _read_json(p: Path) -> dict:
@@ -40,7 +36,7 @@ def write_report(run_dir: str | Path) -> Path:
     """Plots (PNG) and `report.md` tying SFT, PM and PPO results together; returns the report path."""
     run = Path(run_dir)
     lines = [f"# hh-ray run report: `{run.name}`", ""]
-    sft_log = _read_jsonl(run / "sft-logs" / "metrics.jsonl")
+    sft_log = read_jsonl(run / "sft-logs" / "metrics.jsonl")
     if sft_log:
         png = plots.line_plot([r["step"] for r in sft_log], {"train NLL": [r["sft/loss"] for r in sft_log]},
                               "step", "NLL per assistant token", "SFT loss", run / "sft_loss.png")
@@ -59,7 +55,7 @@ def write_report(run_dir: str | Path) -> Path:
             lines.append(f"| {name} | {s['accuracy']:.3f} | {s.get('length_baseline_accuracy', float('nan')):.3f} "
                          f"| {s['pairs']} |")
         lines += ["", "![PM calibration](pm/reliability.png)", ""]
-    ppo = _read_jsonl(run / "ppo" / "metrics.jsonl")
+    ppo = read_jsonl(run / "ppo" / "metrics.jsonl")
     if ppo:
         steps = [r["step"] for r in ppo]
         col = lambda k: [r[k] for r in ppo]
@@ -118,7 +114,7 @@ def heldout_points(run: Path) -> list[HeldoutPoint]:
     """
     rows = []
     before, after = _read_json(run / "ppo" / "eval_before.json"), _read_json(run / "ppo" / "eval_after.json")
-    metrics = _read_jsonl(run / "ppo" / "metrics.jsonl")
+    metrics = read_jsonl(run / "ppo" / "metrics.jsonl")
     if before:
         rows.append((0, before))
     rows += [(r["step"], r) for r in metrics if "eval/pm_score" in r]
