@@ -105,8 +105,7 @@ def parse_record(obj: object, subset: str, source: str) -> Comparison | str:
     """A validated Comparison, or the reject reason."""
     if not isinstance(obj, dict) or not isinstance(obj.get("chosen"), str) or not isinstance(obj.get("rejected"), str):
         return MISSING_KEY
-    chosen_split = split_prompt(obj["chosen"])
-    rejected_split = split_prompt(obj["rejected"])
+    chosen_split, rejected_split = split_prompt(obj["chosen"]), split_prompt(obj["rejected"])
     if chosen_split is None or rejected_split is None:
         return NO_FINAL_ASSISTANT
     (prompt, chosen), (r_prompt, rejected) = chosen_split, rejected_split

@@ -35,8 +35,7 @@ class ScorerWorker(Worker):
         self.tokenizer = load_tokenizer(pm_path)
         stats = read_pm_stats(pm_path)
         self.mean, self.std = stats["mean"], stats["std"]
-        limit = getattr(self.model.config, "max_position_embeddings", max_tokens)
-        self.max_tokens = min(max_tokens, limit)
+        self.max_tokens = min(max_tokens, getattr(self.model.config, "max_position_embeddings", max_tokens))
 
     def score(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]) -> list[float]:
         if self.kind == "substring":
