@@ -2,10 +2,12 @@
 
     .venv/bin/python -m benchmarks.async_quickstart --run runs/quickstart --out bench-async --seeds 0 1
 
-From a finished quickstart run's SFT policy and PM, runs the quickstart's PPO stage once per seed and mode, both
-with the engines' logprobs as the ratio's denominator (`ppo.old_logprobs=engine`, which async needs), so the only
-difference is the overlap. Writes `async_quickstart.json` (held-out PM score before/after, each step's reward,
-samples/s) and `async_quickstart_reward.png` (every run's reward curve, overlaid). Not run in CI.
+From a finished quickstart run's SFT policy and PM, runs the quickstart's PPO stage once per seed and mode:
+`sync`, `async` (one version behind, decoupled PPO: the trainer's old logprobs, each token weighted by
+pi_trainer / pi_engine) and `async-engine` (one version behind, plain PPO against the engine's logprobs).
+Writes `async_quickstart.json` (held-out PM score before/after, each step's reward, samples/s; runs already in
+it are kept, so modes can be added later) and `async_quickstart_reward.png` (every run's reward curve,
+overlaid). Not run in CI.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import json
 import os
 from pathlib import Path
 
-MODES = {"sync": "false", "async": "true"}
+MODES = {"sync": ["ppo.async_rollout=false"], "async": ["ppo.async_rollout=true"],
+         "async-engine": ["ppo.async_rollout=true", "ppo.old_logprobs=engine"]}
 
 
 def run_one(job: str, source: Path, run_dir: Path, seed: int, mode: str) -> dict:
@@ -27,8 +30,7 @@ def run_one(job: str, source: Path, run_dir: Path, seed: int, mode: str) -> dict
     for stage in ("sft", "pm"):  # the same policy and PM for every run
         if not (run_dir / stage).exists():
             os.symlink((source / stage).resolve(), run_dir / stage)
-    cfg = load_config(job, [f"run_dir={run_dir}", f"seed={seed}", "ppo.old_logprobs=engine",
-                            f"ppo.async_rollout={MODES[mode]}", "logging.tensorboard=false"])
+    cfg = load_config(job, [f"run_dir={run_dir}", f"seed={seed}", *MODES[mode], "logging.tensorboard=false"])
     result = run_ppo(cfg)
     rows = read_metrics(run_dir / "ppo" / "metrics.jsonl")
     return {"seed": seed, "mode": mode, "score_before": result["before"]["eval/pm_score"],
@@ -44,19 +46,22 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--job", default="jobs/quickstart.yaml")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--modes", nargs="+", choices=list(MODES), default=["sync", "async"])
     args = ap.parse_args(argv)
     source, out = Path(args.run), Path(args.out)
     for stage in ("sft", "pm"):
         if not (source / stage / "config.json").is_file():
             raise SystemExit(f"{source / stage} holds no model; run the quickstart first (hh-ray run)")
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
+    saved = out / "async_quickstart.json"
+    runs = json.loads(saved.read_text()) if saved.is_file() else []
     for seed in args.seeds:
-        for mode in MODES:
-            runs.append(run_one(args.job, source, out / f"{mode}-seed{seed}", seed, mode))
-            (out / "async_quickstart.json").write_text(json.dumps(runs, indent=1))
-            print(f"[async-quickstart] seed {seed} {mode}: held-out PM score {runs[-1]['score_before']:.3f} -> "
-                  f"{runs[-1]['score_after']:.3f}", flush=True)
+        for mode in args.modes:
+            run = run_one(args.job, source, out / f"{mode}-seed{seed}", seed, mode)
+            runs = [r for r in runs if (r["seed"], r["mode"]) != (seed, mode)] + [run]
+            saved.write_text(json.dumps(runs, indent=1))
+            print(f"[async-quickstart] seed {seed} {mode}: held-out PM score {run['score_before']:.3f} -> "
+                  f"{run['score_after']:.3f}", flush=True)
     steps = list(range(1, len(runs[0]["reward"]) + 1))
     line_plot(steps, {f"{r['mode']}, seed {r['seed']}": r["reward"] for r in runs}, "PPO step", "reward per sample",
               "Quickstart PPO, sync vs async (one version behind)", out / "async_quickstart_reward.png")

@@ -190,8 +190,10 @@ class PPOConfig:
     # (exact); "engine" reuses vLLM's sampling logprobs (cheaper; refused with top_p < 1 or a non-fp32 dtype)
     old_logprobs: Literal["trainer", "engine"] = "trainer"
     # the engines generate the next batch with the policy they hold while the trainers train on this one: every
-    # batch is one policy version behind, and its engine logprobs are the PPO ratio's denominator (so this needs
-    # ppo.old_logprobs=engine). Off: generation and training alternate, exactly as without the flag.
+    # batch is one policy version behind. With old_logprobs=trainer the update is decoupled PPO (the ratio clipped
+    # around the trainer's current policy, each token weighted by pi_trainer / pi_engine, capped); with
+    # old_logprobs=engine it is plain PPO against the behaviour policy. Off: generation and training alternate,
+    # exactly as without the flag.
     async_rollout: bool = False
     # > 0: policy, critic and reference passes pack samples into rows of at least this many tokens, each sample
     # attending only to itself, so no compute is spent on padding (outputs equal the padded passes')
@@ -406,9 +408,6 @@ def validate(cfg: JobConfig) -> None:
         _check(bool(x.dir) and x.weight >= 0, f"data.extra[{i}]: needs a dir and a weight >= 0, got {x}")
     _check(d.max_prompt_tokens >= 1 and d.max_response_tokens >= 1,
            "data.max_prompt_tokens and data.max_response_tokens must be >= 1")
-    _check(not p.async_rollout or p.old_logprobs == "engine",
-           "ppo.async_rollout=true trains on batches one version old, whose behaviour logprobs only the engines "
-           "have; set ppo.old_logprobs=engine as well")
     if p.old_logprobs == "engine":
         _check(r.top_p == 1.0, f"ppo.old_logprobs=engine: vLLM reports logprobs after top-p filtering, which differ "
                                f"from the full softmax (ppo.rollout.top_p={r.top_p}); use ppo.old_logprobs=trainer")

@@ -70,6 +70,7 @@ class SequenceBatch:
 class PolicyBatch(SequenceBatch):
     old_logprobs: list[list[float]]
     advantages: list[list[float]]
+    behaviour_logprobs: list[list[float]] = field(default_factory=list)  # read by a decoupled objective only
 
 
 @dataclass

@@ -90,10 +90,23 @@ def gae(
     return adv, (adv + values) * mask
 
 
+BEHAVIOUR_WEIGHT_CAP = 5.0
+
+
+def behaviour_weights(proximal_logp: torch.Tensor, behaviour_logp: torch.Tensor,
+                      cap: float = BEHAVIOUR_WEIGHT_CAP) -> torch.Tensor:
+    """Decoupled PPO (Hilton et al. 2021, as AReaL trains asynchronously): a token sampled by an older behaviour
+    policy counts pi_prox / pi_behaviour in the loss, truncated at `cap` as IMPALA truncates its weights, while
+    the ratio is clipped around the proximal policy pi_prox (the trainer's weights before this update)."""
+    return torch.exp(proximal_logp - behaviour_logp).clamp(max=cap)
+
+
 def clipped_policy_loss(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's clipped surrogate, summed over masked tokens: sum max(-A r, -A clip(r, 1-e, 1+e)).
+    """PPO's clipped surrogate, summed over masked tokens: sum w max(-A r, -A clip(r, 1-e, 1+e)), w = 1 unless
+    `weights` (decoupled PPO's `behaviour_weights`) are given.
 
     Returns (loss_sum, stats) where stats hold sums of clipped-token counts and of the approx KL
     0.5 * (log r)^2, so that callers normalize by the global token count.
@@ -102,7 +115,7 @@ def clipped_policy_loss(
     ratio = torch.exp(log_ratio)
     loss1 = -advantages * ratio
     loss2 = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = torch.maximum(loss1, loss2)
+    loss = torch.maximum(loss1, loss2) if weights is None else torch.maximum(loss1, loss2) * weights
     stats = {
         "clipped_tokens": masked_sum((loss2 > loss1).float(), mask).detach(),
         "approx_kl_sum": masked_sum(0.5 * log_ratio.detach() ** 2, mask),
@@ -160,15 +173,17 @@ def sqrt_kl(kl: float) -> float:
 
 
 def compute_advantages(exp, kl_coef: float, estimator: str, gamma: float, lam: float, whiten_advantages: bool,
-                       truncation_penalty: float = 0.0) -> dict[str, float]:
+                       truncation_penalty: float = 0.0, stale: bool = False) -> dict[str, float]:
     """Fill `exp.advantages` and `exp.returns` from its scores, logprobs and values; return the step's stats.
 
-    Per-token KL uses the policy's own (`old_logprobs`) against the reference; rewards put the PM score, less
-    `truncation_penalty` for a response cut at the length cap, on the last token (Bai et al. eq. 1).
-    KL figures are per sample, summed over the response's tokens, in nats.
+    Per-token KL measures the policy that generated the samples against the reference: `old_logprobs` (the
+    trainer's own) when it did, the engine's `behaviour_logprobs` when the batch is `stale` (an older version
+    generated it); rewards put the PM score, less `truncation_penalty` for a response cut at the length cap, on
+    the last token (Bai et al. eq. 1). KL figures are per sample, summed over the response's tokens, in nats.
     """
     lengths = [len(r) for r in exp.response]
-    (old, mask), (ref, _) = pad_ragged(exp.old_logprobs), pad_ragged(exp.ref_logprobs)
+    policy = exp.behaviour_logprobs if stale else exp.old_logprobs
+    (old, mask), (ref, _) = pad_ragged(policy), pad_ragged(exp.ref_logprobs)
     kl = kl_penalty(old, ref, estimator) * mask
     truncated = torch.tensor([f == "length" for f in exp.finish], dtype=torch.float32)
     score = torch.tensor(exp.scores, dtype=torch.float32)

@@ -17,7 +17,7 @@ import torch
 from hh_ray.algo.batch import PairBatch, PolicyBatch, SequenceBatch, TokenBatch, ValueBatch
 from hh_ray.algo.distill import context_distill_loss, teacher_positions
 from hh_ray.algo.pm import pairwise_loss
-from hh_ray.algo.ppo import clipped_policy_loss, clipped_value_loss, masked_sum, pad_ragged
+from hh_ray.algo.ppo import behaviour_weights, clipped_policy_loss, clipped_value_loss, masked_sum, pad_ragged
 from hh_ray.models.forward import collate, response_logprobs, response_values, sequence_scores
 
 
@@ -133,6 +133,7 @@ class PolicyObjective:
     entropy_coef: float = 0.0
     temperature: float = 1.0
     pack_to: int = 0  # > 0: samples packed into rows of at least this many tokens (no compute on padding)
+    decoupled: bool = False  # samples from an older policy: weighted by pi_old / pi_behaviour (behaviour_weights)
     kind: ClassVar[str] = "causal_lm"
 
     def units(self, batch: PolicyBatch) -> int:
@@ -143,7 +144,9 @@ class PolicyObjective:
                                             with_entropy=True, pack_to=self.pack_to)
         old = pad_ragged(batch.old_logprobs)[0].to(logp.device)
         adv = pad_ragged(batch.advantages)[0].to(logp.device)
-        loss, stats = clipped_policy_loss(logp, old, adv, mask, self.clip_ratio)
+        weights = (behaviour_weights(old, pad_ragged(batch.behaviour_logprobs)[0].to(logp.device))
+                   if self.decoupled else None)
+        loss, stats = clipped_policy_loss(logp, old, adv, mask, self.clip_ratio, weights)
         ent_sum = masked_sum(ent, mask)
         return loss - self.entropy_coef * ent_sum, {
             "clipped_tokens": float(stats["clipped_tokens"]), "approx_kl": float(stats["approx_kl_sum"]),

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from hh_ray.algo.ppo import (
-    KLController, clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_k1, kl_k3,
-    token_rewards, whiten,
+    KLController, behaviour_weights, clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_k1,
+    kl_k3, token_rewards, whiten,
 )
 
 approx = lambda x, **kw: pytest.approx(x, abs=1e-5, **kw)
@@ -75,6 +75,19 @@ def test_clipped_policy_loss_by_hand():
     assert float(stats["clipped_tokens"]) == 1.0
 
 
+def test_decoupled_policy_loss_weights_tokens_by_proximal_over_behaviour():
+    old = torch.zeros(1, 3)  # the proximal policy: the trainer's weights before the update
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))  # ratios 1.5, 0.5, 1.1 against it, as above
+    behaviour = torch.log(torch.tensor([[0.5, 2.0, 0.1]]))  # the older policy that sampled the tokens
+    w = behaviour_weights(old, behaviour)
+    assert w[0].tolist() == approx([2.0, 0.5, 5.0])  # 1/0.5, 1/2, and 1/0.1 = 10 truncated at the cap of 5
+    adv, m = torch.tensor([[1.0, 1.0, -2.0]]), torch.ones(1, 3)
+    loss, stats = clipped_policy_loss(logp, old, adv, m, clip=0.2, weights=w)
+    # the per-token losses of the unweighted case (-1.2, -0.5, 2.2), each times its weight; clipping unchanged
+    assert float(loss) == approx(2.0 * -1.2 + 0.5 * -0.5 + 5.0 * 2.2)
+    assert float(stats["clipped_tokens"]) == 1.0
+
+
 def test_clipped_value_loss_by_hand():
     v = torch.tensor([[1.0, 0.0]])
     old = torch.tensor([[0.0, 0.0]])
@@ -130,6 +143,10 @@ def test_advantages_use_trainer_logprobs_and_penalize_truncation():
     # advantages are reward-to-go
     assert exp.advantages[0] == approx([0.95, 1.0]) and exp.advantages[1] == approx([0.55])
     assert stats["objective/truncated_share"] == approx(0.5) and stats["objective/pm_score"] == approx(1.0)
+    # a stale batch (async: an older policy generated it): the KL measures that policy, the engine's logprobs
+    stale = compute_advantages(exp, kl_coef=0.1, estimator="k1", gamma=1.0, lam=1.0, whiten_advantages=False,
+                               stale=True)
+    assert stale["objective/kl"] == approx(((-9.0 + 1.5) + (-9.0 + 2.0) + (-9.0 + 0.5)) / 2)
 
 
 def test_logprob_gap():
