@@ -39,8 +39,6 @@ def run_one(job: str, source: Path, run_dir: Path, seed: int, mode: str) -> dict
 
 
 def main(argv=None) -> int:
-    from hh_ray.report.plots import line_plot
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="a finished quickstart run folder (its sft/ and pm/ are used)")
     ap.add_argument("--out", required=True)
@@ -62,10 +60,21 @@ def main(argv=None) -> int:
             saved.write_text(json.dumps(runs, indent=1))
             print(f"[async-quickstart] seed {seed} {mode}: held-out PM score {run['score_before']:.3f} -> "
                   f"{run['score_after']:.3f}", flush=True)
-    steps = list(range(1, len(runs[0]["reward"]) + 1))
-    line_plot(steps, {f"{r['mode']}, seed {r['seed']}": r["reward"] for r in runs}, "PPO step", "reward per sample",
-              "Quickstart PPO, sync vs async (one version behind)", out / "async_quickstart_reward.png")
+    plot(runs, out / "async_quickstart_reward.png")
     return 0
+
+
+LABELS = {"sync": "sync", "async": "async, decoupled PPO", "async-engine": "async, PPO on engine logprobs"}
+
+
+def plot(runs: list[dict], png: Path) -> None:
+    """Every run's reward curve, sorted by mode then seed."""
+    from hh_ray.report.plots import line_plot
+
+    runs = sorted(runs, key=lambda r: (list(LABELS).index(r["mode"]), r["seed"]))
+    line_plot(list(range(1, len(runs[0]["reward"]) + 1)),
+              {f"{LABELS[r['mode']]}, seed {r['seed']}": r["reward"] for r in runs}, "PPO step", "reward per sample",
+              "Quickstart PPO, sync vs async (one version behind)", png)
 
 
 if __name__ == "__main__":
