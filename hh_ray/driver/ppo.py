@@ -127,14 +127,13 @@ class PPOWorkers:
                 "critic": self.critic} | ({"test_scorer": self.test_scorer} if self.test_scorer else {})
 
     def ready_engines(self, pending_prompts: int, version: int, last_generate_s: float = 0.0):
-        """Give every engine policy `version`, the trainers' own (so call it only while they are idle), then size
-        the pool for the coming batch; engines started for it, or for dead ones, get the same weights before they
-        serve. Returns the stats of the push to `version`, or None when the engines held it already."""
-        sync = self.sync.push(version) if self.rollout.version != version else None
+        """Replace dead engines and give every engine policy `version`, the trainers' own (so call it only while
+        they are idle), then size the pool for the coming batch (engines it adds get the same weights before they
+        serve). Returns the stats of the push to `version`, or None when every engine held it already."""
+        replaced = self.rollout.replenish()  # first, so that the push never goes to a pool whose engines all died
+        sync = self.sync.push(version) if replaced or self.rollout.version != version else None
         if self.autoscaler:
             self.autoscaler.adjust(pending_prompts, last_generate_s)
-        if self.rollout.replenish():
-            self.sync.push(version)
         return sync
 
     def peak_memory_mb(self) -> dict[str, dict[str, float]]:
