@@ -144,7 +144,7 @@ class RolloutWorker(Worker):
         stats = self.llm.collective_rpc("hh_receive_weights", args=(metas, bucket_bytes))[0]
         self.llm.reset_prefix_cache()  # cached KV was computed by the old weights
         self.version = version
-        return stats
+        return stats | {"version": self.version}  # the version it now holds, checked by the sender
 
     def weight_sum(self) -> float:
         return self.llm.collective_rpc("hh_weight_sum")[0]

@@ -184,7 +184,7 @@ class WeightSync:
         sent = ray.get(send)[0]
         loads = ray.get(recv)
         self.rollout.version = version
-        held = ray.get([e.policy_version.remote() for e in self.rollout.engines])
+        held = [x["version"] for x in loads]  # reported by each receive: no second call an engine could die in
         if any(v != version for v in held):
             raise RuntimeError(f"weight sync to version {version} left engines at versions {held}")
         return SyncStats(time.perf_counter() - t0, sent["bytes"],
