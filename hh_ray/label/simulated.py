@@ -8,7 +8,8 @@ that the training never sees: a Bradley-Terry draw at a noise temperature, the s
 
 Resume: a labeler's quota counts the comparisons its account already has in the store (`/api/me/stats`),
 choices are idempotent per task, and a conversation a killed labeler left open is finished first, so a labeler
-killed at any point and started again neither loses nor repeats a comparison, and labels what it would have. Every acknowledged choice is appended to `<work_dir>/acks-<name>.jsonl` (the HTTP receipt).
+killed at any point and started again neither loses nor repeats a comparison, and labels what it would have.
+Every acknowledged choice is appended to `<work_dir>/acks-<name>.jsonl` (the HTTP receipt).
 """
 
 from __future__ import annotations
