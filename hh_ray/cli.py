@@ -149,9 +149,9 @@ def _run_analysis(args) -> int:
             print(f"[alignment-tax] {t.task}: {t.before:.3f} ± {t.before_se:.3f} -> {t.after:.3f} ± {t.after_se:.3f}")
     elif args.command == "ood":
         from hh_ray.analysis.ood import OODConfig, ood_detection
-        from hh_ray.driver.pm import _resolve_model_id
+        from hh_ray.models.presets import resolve_model
 
-        r = ood_detection(OODConfig(model=_resolve_model_id(args.model), run_dir=args.run, data_dir=args.data_dir,
+        r = ood_detection(OODConfig(model=resolve_model(args.model), run_dir=args.run, data_dir=args.data_dir,
                                     layer=args.layer, pooling=args.pooling, text=args.text,
                                     fit_prompts=args.fit_prompts, test_prompts=args.test_prompts,
                                     shrinkage=args.shrinkage))

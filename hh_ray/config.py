@@ -18,6 +18,9 @@ from typing import Any, Literal
 import yaml
 
 
+RANDOM_INIT_PRESETS = ("tiny", "small", "medium")  # hh_ray.models.presets builds them; fp32 on CPU under "auto"
+
+
 class ConfigError(ValueError):
     """A job config that cannot be used; the message names the offending key."""
 
@@ -56,19 +59,39 @@ class DataConfig:
     max_prompt_tokens: int = 256
     max_response_tokens: int = 128
     max_examples: int = 0  # 0 = all; else a cap after mixing (for quick runs); extra folders are not capped
+    # how a transcript becomes tokens: "chat" renders its turns through the model's chat template (the prompt ends
+    # with the template's assistant header, a response ends with the end-of-turn token); "hh" keeps the raw
+    # "\n\nHuman: ... \n\nAssistant:" text; "auto" = chat for tokenizers that ship a template, else hh
+    format: Literal["auto", "chat", "hh"] = "auto"
     extra: list[ExtraData] = field(default_factory=list)  # more folders in HH layout, every subset in them read
 
 
 @dataclass
 class ModelConfig:
-    """The policy: a preset name built offline (`tiny`, `small`) or any HF model id / local path."""
+    """The policy: a preset (`tiny`, `small`, `medium` random-init; `smollm2-135m` pretrained) or an HF id / path."""
 
     policy: str = "tiny"
     tokenizer_vocab_size: int = 8192  # for the offline BPE tokenizer the presets use
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # every model; auto: fp32 on CPU, bf16 on GPU
+    # every model. auto: bf16 on GPU; on CPU bf16 for pretrained models (fp32 where the CPU lacks native bf16,
+    # logged once) and fp32 for the random-init presets, whose tests compare engine and trainer exactly
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # capacity plan only: a built-in shape (e.g. Llama-2-7b; see hh_ray/ops/plan.py) or a folder with config.json,
     # used when `policy` is not readable where `hh-ray plan`/`submit` runs; "" = read `policy` itself
     shape: str = ""
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (peft) on a trainer's model: only the adapters (and a new scalar head) learn."""
+
+    rank: int = 0  # 0 = off: every weight trains
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                "up_proj", "down_proj"])
+    # adapters only on the top N layers (0 = all): backward then stops at the lowest adapted layer, so the layers
+    # below cost a forward pass alone
+    top_layers: int = 0
 
 
 @dataclass
@@ -92,6 +115,7 @@ class TrainerConfig:
     # (cluster/*.yaml); every bundle of the group asks for a sliver of it, so the group lands there. "" = any node.
     node_resource: str = ""
     gradient_checkpointing: bool = False  # recompute activations in backward: ~1 hidden state per layer kept
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     zero3_prefetch_bucket_size: int = 50_000_000  # ZeRO-3: parameters fetched ahead of use (DeepSpeed default)
     zero3_param_persistence_threshold: int = 100_000  # ZeRO-3: params smaller than this stay whole on every rank
     zero3_max_live_parameters: int = 1_000_000_000  # ZeRO-3: gathered parameters held at once
@@ -276,6 +300,12 @@ class JobConfig:
     analyses: AnalysesConfig = field(default_factory=AnalysesConfig)
 
 
+def train_dtype(model: ModelConfig) -> str:
+    """The dtype workers get: `model.dtype`, with "auto" for a pretrained model made "bfloat16" (which a CPU
+    without native bf16 turns into fp32). The random-init presets keep "auto": fp32 on CPU, bf16 on GPU."""
+    return "bfloat16" if model.dtype == "auto" and model.policy not in RANDOM_INIT_PRESETS else model.dtype
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -412,7 +442,8 @@ def validate(cfg: JobConfig) -> None:
         _check(r.top_p == 1.0, f"ppo.old_logprobs=engine: vLLM reports logprobs after top-p filtering, which differ "
                                f"from the full softmax (ppo.rollout.top_p={r.top_p}); use ppo.old_logprobs=trainer")
         on_gpu = r.gpus_per_engine > 0 or p.policy_trainer.gpus_per_rank > 0
-        _check(cfg.model.dtype == "float32" or (cfg.model.dtype == "auto" and not on_gpu),
+        dtype = train_dtype(cfg.model)
+        _check(dtype == "float32" or (dtype == "auto" and not on_gpu),
                "ppo.old_logprobs=engine: engine and trainer logprobs agree only in float32 (model.dtype resolves to "
                "a 16-bit type here); use ppo.old_logprobs=trainer")
     for key in ("kl_coef", "gamma", "lam", "clip_ratio", "value_clip", "value_coef", "entropy_coef",
@@ -445,6 +476,11 @@ def validate(cfg: JobConfig) -> None:
                    t.forward_token_budget) >= 1,
                f"{sect}: num_ranks, micro_batch_size, grad_accum_steps and the forward limits must be >= 1")
         _check(t.lr > 0 and math.isfinite(t.lr), f"{sect}.lr: must be > 0, got {t.lr}")
+        _check(t.lora.rank >= 0 and t.lora.top_layers >= 0 and bool(t.lora.target_modules),
+               f"{sect}.lora: rank and top_layers must be >= 0 and target_modules non-empty")
+        _check(t.lora.rank == 0 or t.zero_stage < 3,
+               f"{sect}.lora: LoRA trains with ZeRO stage 0-2 (the frozen base is small next to its optimizer "
+               f"state); got zero_stage 3")
     _check(r.tensor_parallel_size == 1 or r.gpus_per_engine in (0.0, 1.0),
            f"ppo.rollout.gpus_per_engine: with tensor_parallel_size {r.tensor_parallel_size} each rank takes one "
            f"whole GPU (vLLM's Ray executor), so 0 or 1, got {r.gpus_per_engine}")

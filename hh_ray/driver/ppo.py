@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from ray.exceptions import RayActorError
 
+from hh_ray.config import train_dtype
 from hh_ray.algo.analysis import paired_gap
 from hh_ray.algo.batch import Experience, PolicyBatch, SequenceBatch, ValueBatch, batch_size, minibatches, select
 from hh_ray.algo.ppo import KLController, compute_advantages, kl_k1, kl_penalty, logprob_gap, pad_ragged
@@ -82,7 +83,7 @@ class PPOWorkers:
     @classmethod
     def start(cls, cfg, policy_path: str, pm_path: str) -> "PPOWorkers":
         """Start every group; if one cannot start, the ones already up are torn down before the error rises."""
-        p, dtype = cfg.ppo, cfg.model.dtype
+        p, dtype = cfg.ppo, train_dtype(cfg.model)
         max_len = cfg.data.max_prompt_tokens + p.rollout.max_new_tokens + 8
         started: list = []
 
@@ -96,7 +97,8 @@ class PPOWorkers:
             policy, critic = start_trainers(cfg, policy_path, up)
             reference = up(ReferenceGroup(policy_path, cpus=p.reference_cpus, gpus=p.reference_gpus, dtype=dtype,
                                           node_resource=p.reference_node_resource))
-            scorer_kw = dict(cpus=p.scorer_cpus, gpus=p.scorer_gpus, dtype=dtype, node_resource=p.scorer_node_resource)
+            scorer_kw = dict(cpus=p.scorer_cpus, gpus=p.scorer_gpus, dtype=dtype, node_resource=p.scorer_node_resource,
+                             fmt=cfg.data.format)
             scorer = up(ScorerGroup(p.scorer, pm_path, policy_path, cfg.pm.max_tokens, **scorer_kw))
             test_pm = str(Path(cfg.run_dir) / TEST_PM)
             test_scorer = (up(ScorerGroup("pm", test_pm, policy_path, cfg.pm.max_tokens, name="test-pm-scorer",
@@ -146,7 +148,7 @@ class PPOWorkers:
 
 
 def start_trainers(cfg, policy_path: str, up) -> tuple[TrainerGroup, TrainerGroup]:
-    p, dtype = cfg.ppo, cfg.model.dtype
+    p, dtype = cfg.ppo, train_dtype(cfg.model)
     policy = up(TrainerGroup("policy-trainer", policy_path, "causal_lm", p.policy_trainer, cfg.seed, dtype))
     critic = up(TrainerGroup("critic-trainer", policy_path, "value", p.critic_trainer, cfg.seed, dtype))
     return policy, critic
@@ -370,7 +372,7 @@ class PPOSetup:
             raise DataError("no held-out prompts to evaluate PPO on (data.holdout_fraction="
                             f"{cfg.data.holdout_fraction} left none); set data.holdout_fraction > 0, e.g. 0.1")
         policy_path = starting_policy(cfg)
-        tok = load_tokenizer(policy_path)
+        tok = load_tokenizer(policy_path, cfg.data.format)
         encode = lambda texts: Prompts([truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in texts], texts)
         kl_ctl = KLController(p.kl_coef, p.adaptive_kl_target, p.adaptive_kl_horizon)
         return cls(policy_path, pm_path, encode(train_texts), encode(held_texts), kl_ctl)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from hh_ray.config import train_dtype
 from hh_ray.algo.batch import TokenBatch
 from hh_ray.data import load_train_holdout
-from hh_ray.data.tokenize import encode_dialogue, load_tokenizer
+from hh_ray.data.tokenize import context_ids, encode_dialogue, load_tokenizer
 from hh_ray.driver.cluster import connect
 from hh_ray.driver.runlog import write_json_atomic
 from hh_ray.driver.stage import run_stage
@@ -46,7 +47,7 @@ def sft_objective(cfg, tok):
         from hh_ray.algo.distill import HHH_PROMPT
 
         prompt = cfg.sft.hhh_prompt or HHH_PROMPT
-        return ContextDistillObjective(tuple(tok(prompt, add_special_tokens=False)["input_ids"]))
+        return ContextDistillObjective(tuple(context_ids(tok, prompt)))
     return SFTObjective()
 
 
@@ -55,7 +56,7 @@ def run_sft(cfg) -> str:
     run_dir = Path(cfg.run_dir)
     out = run_dir / "sft"
     init = initial_policy(cfg)
-    tok = load_tokenizer(init)
+    tok = load_tokenizer(init, cfg.data.format)
     train, held, _ = load_train_holdout(cfg.data, cfg.seed)
     max_tokens = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens
     encoded = [encode_dialogue(tok, c.chosen_dialogue, max_tokens) for c in train]
@@ -65,7 +66,7 @@ def run_sft(cfg) -> str:
     bs = t.micro_batch_size * t.grad_accum_steps * t.num_ranks
 
     connect(cfg.ray, cfg.run_dir)
-    group = TrainerGroup("sft-trainer", init, "causal_lm", t, cfg.seed, cfg.model.dtype)
+    group = TrainerGroup("sft-trainer", init, "causal_lm", t, cfg.seed, train_dtype(cfg.model))
     try:
         run_stage("sft", group, sft_objective(cfg, tok), cfg.sft.steps,
                   lambda step: as_batch([encoded[i] for i in batches(len(encoded), bs, cfg.seed, step - 1)]),

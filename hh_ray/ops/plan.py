@@ -92,6 +92,7 @@ SHAPES = {
     "llama-3.1-8b": ModelShape(4096, 32, 14336, 128256, 32, 8),
     "mistral-7b": ModelShape(4096, 32, 14336, 32000, 32, 8),
     "qwen2.5-7b": ModelShape(3584, 28, 18944, 152064, 28, 4),
+    "smollm2-135m": ModelShape(576, 30, 1536, 49152, 9, 3, tied=True),  # the pretrained preset (models.presets)
 }
 
 

@@ -100,14 +100,14 @@ def expected_checkpoint_files(world: int, zero_stage: int, bf16: bool) -> list[s
     """Per file, its name (or the names it may have) in a checkpoint of `world` data-parallel ranks.
 
     Model states: one file (`mp_rank_00_model_states.pt`) below ZeRO-3, one per rank at ZeRO-3. Optimizer
-    states: one per rank at ZeRO 1-3, and at stage 0 in bf16 (DeepSpeed's bf16 optimizer shards them too);
-    DeepSpeed prefixes them `bf16_` in bf16 mode.
+    states: one per rank at ZeRO 1-3 (DeepSpeed prefixes them `bf16_` in bf16 mode); at stage 0 they live in the
+    model states file, in bf16 too (DeepSpeed 0.19 wraps a bf16 model's optimizer in its fp16-style optimizer).
     """
     if zero_stage == 3:
         files: list[str | tuple[str, ...]] = [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world)]
     else:
         files = ["mp_rank_00_model_states.pt"]
-    if zero_stage >= 1 or bf16:
+    if zero_stage >= 1:
         for r in range(world):
             plain = f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
             files.append((f"bf16_{plain}", plain) if bf16 else plain)

@@ -19,7 +19,7 @@ from hh_ray.workers.group import STATELESS_RESTARTS, GroupOwner, Worker, WorkerG
 
 class ScorerWorker(Worker):
     def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int, gpus: float = 0.0,
-                 dtype: str = "auto"):
+                 dtype: str = "auto", fmt: str = "auto"):
         self.kind = "substring" if scorer.startswith("substring:") else "pm"
         self.max_tokens = max_tokens
         if self.kind == "substring":
@@ -32,7 +32,7 @@ class ScorerWorker(Worker):
         self.device = gpu_worker_device(gpus, "pm-scorer")
         self.model = load_model(pm_path, "pm", resolve_dtype(dtype, self.device != "cpu"))
         self.model.to(self.device).eval().requires_grad_(False)
-        self.tokenizer = load_tokenizer(pm_path)
+        self.tokenizer = load_tokenizer(pm_path, fmt)
         stats = read_pm_stats(pm_path)
         self.mean, self.std = stats["mean"], stats["std"]
         self.max_tokens = min(max_tokens, getattr(self.model.config, "max_position_embeddings", max_tokens))
@@ -49,9 +49,9 @@ class ScorerWorker(Worker):
 class ScorerGroup(GroupOwner):
     def __init__(self, scorer: str, pm_path: str, policy_tokenizer: str, max_tokens: int, num_workers: int = 1,
                  cpus: float = 0.25, gpus: float = 0.0, dtype: str = "auto", name: str = "pm-scorer",
-                 node_resource: str = ""):
+                 node_resource: str = "", fmt: str = "auto"):
         kw = dict(scorer=scorer, pm_path=pm_path, policy_tokenizer=policy_tokenizer, max_tokens=max_tokens,
-                  gpus=gpus, dtype=dtype)
+                  gpus=gpus, dtype=dtype, fmt=fmt)
         self.group = WorkerGroup(ScorerWorker, num_workers, name, cpus, gpus, actor_kwargs=[kw] * num_workers,
                                  node_resource=node_resource, restarts=STATELESS_RESTARTS)
 

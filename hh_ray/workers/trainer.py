@@ -21,6 +21,7 @@ from hh_ray.algo.batch import PairBatch, SequenceBatch, TokenBatch, batch_size, 
 from hh_ray.data.tokenize import load_tokenizer
 from hh_ray.files import write_text_atomic
 from hh_ray.models.forward import load_model, resolve_dtype
+from hh_ray.models.lora import add_lora, is_lora, plain_weights
 from hh_ray.models.objectives import StepResult, merge_results, probe_tokens
 from hh_ray.models.presets import save_atomic
 from hh_ray.workers.checkpoint import checkpoint_problem, latest_tag, missing_checkpoint_files, write_manifest
@@ -35,6 +36,7 @@ from hh_ray.workers.weight_sync import BucketSender, ParamMeta, buckets, make_gr
 class RankInfo:
     parameters: int
     gradient_checkpointing: bool
+    trainable_parameters: int
 
 
 def filler(batch_type: type, pad_id: int):
@@ -140,12 +142,16 @@ class TrainerWorker(Worker):
         if trainer_cfg.gradient_checkpointing:  # keep one hidden state per layer; recompute the rest in backward
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
+        if trainer_cfg.lora.rank:
+            model = add_lora(model, trainer_cfg.lora, kind)
+        self.lora = is_lora(model)
         self.tokenizer = load_tokenizer(model_path)
         self.pad_id = self.tokenizer.pad_token_id
-        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+        trainable = [p for p in model.parameters() if p.requires_grad]  # the optimizer holds state for these alone
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=config)
         self.steps = 0
         return RankInfo(sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()),
-                        bool(getattr(model, "is_gradient_checkpointing", False)))
+                        bool(getattr(model, "is_gradient_checkpointing", False)), sum(p.numel() for p in trainable))
 
     def train(self, batch, objective, total_units: int) -> StepResult:
         """One optimizer step over this rank's shard, in grad_accum_steps micro batches."""
@@ -196,8 +202,9 @@ class TrainerWorker(Worker):
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True, exist_ok=True)
         dist.barrier()
+        # with adapters the frozen base is the run's starting model, already on disk: only what trains is saved
         self.engine.save_checkpoint(str(staging), tag=tag, client_state=client_state | {"worker_steps": self.steps},
-                                    save_latest=False)
+                                    save_latest=False, exclude_frozen_parameters=self.lora)
         dist.barrier()
         if self.rank == 0:
             missing = missing_checkpoint_files(staging / tag, self.world, self.cfg.zero_stage,
@@ -222,16 +229,21 @@ class TrainerWorker(Worker):
         if problem:
             raise FileNotFoundError(f"checkpoint {root}/{tag} cannot be loaded: {problem}")
         _, client = self.engine.load_checkpoint(root, tag=tag, load_optimizer_states=True,
-                                                load_lr_scheduler_states=True)
+                                                load_lr_scheduler_states=True, load_module_strict=not self.lora)
         self.steps = client.get("worker_steps", 0)
         return client
 
     def export_hf(self, out_dir: str) -> None:
-        """HF `save_pretrained` weights (ZeRO-3 shards gathered), written atomically by rank 0."""
-        state = (self.engine._zero3_consolidated_16bit_state_dict() if self.cfg.zero_stage == 3
-                 else self.engine.module.state_dict())
+        """HF `save_pretrained` weights (ZeRO-3 shards gathered; adapters merged), written atomically by rank 0."""
+        module = self.engine.module
+        if self.lora:
+            state, module = dict(plain_weights(module)), module.get_base_model()
+        elif self.cfg.zero_stage == 3:
+            state = self.engine._zero3_consolidated_16bit_state_dict()
+        else:
+            state = module.state_dict()
         if self.rank == 0:
-            save_atomic(self.engine.module, self.tokenizer, out_dir, state_dict=state)
+            save_atomic(module, self.tokenizer, out_dir, state_dict=state)
 
     # ---- weight sync to rollout engines (rank 0 sends; every rank helps gather ZeRO-3 shards) -------------
     def init_weight_sync(self, master: tuple[str, int], world: int, timeout_s: float) -> list:
@@ -239,7 +251,7 @@ class TrainerWorker(Worker):
         if self.rank == 0:
             self.sync_group = make_group(master, 0, world, "nccl" if self.on_gpu else "gloo", timeout_s)
         self.sync_metas = [ParamMeta(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
-                           for n, p in self.engine.module.named_parameters()]
+                           for n, p in plain_weights(self.engine.module)]
         return self.sync_metas
 
     def broadcast_weights(self, bucket_bytes: int) -> dict:
@@ -247,7 +259,7 @@ class TrainerWorker(Worker):
         import deepspeed
 
         t0 = synchronized_clock(self.on_gpu)
-        params = dict(self.engine.module.named_parameters())
+        params = dict(plain_weights(self.engine.module))  # adapters merged: engines load plain weights
         sender = BucketSender(self.sync_group) if self.rank == 0 else None
         for bucket in buckets(self.sync_metas, bucket_bytes):
             tensors = [params[m.name] for m in bucket]
@@ -283,6 +295,7 @@ class TrainerGroup(GroupOwner):
                          for r, a in enumerate(self.group.actors)])
         self.num_parameters = infos[0].parameters
         self.gradient_checkpointing = infos[0].gradient_checkpointing
+        self.trainable_parameters = infos[0].trainable_parameters
 
     @property
     def world(self) -> int:

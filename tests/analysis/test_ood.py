@@ -22,11 +22,11 @@ def test_pooling_excludes_padding(tiny_model_dir):
 
 
 def test_minilm_separates_harmful_requests(tmp_path, hh_dir):
-    from hh_ray.driver.pm import _resolve_model_id
+    from hh_ray.models.presets import resolve_model
 
     firsts = request_texts(str(hh_dir), "harmless-base", "first_turn")
     assert firsts and not any("\n\nHuman:" in t or "Assistant:" in t for t in firsts[:50])
-    cfg = OODConfig(model=_resolve_model_id("all-MiniLM-L6-v2"), run_dir=str(tmp_path), data_dir=str(hh_dir),
+    cfg = OODConfig(model=resolve_model("all-MiniLM-L6-v2"), run_dir=str(tmp_path), data_dir=str(hh_dir),
                     layer=4, fit_prompts=600, test_prompts=150, shrinkage=0.1, max_tokens=64, batch_size=32)
     result = ood_detection(cfg)
     assert read_result(OOD, result_path(tmp_path, OOD)) == result

@@ -92,3 +92,42 @@ def test_gap_detects_a_mismatched_engine_and_sync_survives_a_dead_engine(ray_loc
     finally:
         rollout.shutdown()
         policy.shutdown()
+
+
+def test_lora_policy_syncs_merged_weights_and_exports_them(ray_local, tiny_model_dir, tokenizer, tmp_path):
+    """A LoRA-trained policy: the engines receive W + BA under the plain names, so after a step and a push the
+    engine's logprobs equal the trainer's (fp32: 1e-3); the HF export loads as a plain model that agrees too."""
+    from hh_ray.config import LoRAConfig
+    from hh_ray.models.forward import load_model, response_logprobs
+
+    path = str(tiny_model_dir)
+    rollout = RolloutGroup(path, RolloutConfig(kv_cache_gb=0.25), 256, name="rollout-lora")
+    policy = TrainerGroup("policy-lora", path, "causal_lm",
+                          TrainerConfig(micro_batch_size=2, lr=2e-2, lora=LoRAConfig(rank=8, alpha=16)))
+    try:
+        assert 0 < policy.trainable_parameters < policy.num_parameters / 5
+        prompts = [tokenizer(t)["input_ids"] for t in QUESTIONS]
+        out = rollout.generate(prompts, Sampling(max_new_tokens=12, n=2), seeds=[10, 20])
+        seqs = SequenceBatch([prompts[i // 2] for i in range(4)], [o.response for o in out])
+        lp = policy.forward(seqs, TokenLogprobs())
+        for _ in range(2):  # B starts at zero: the second step moves the adapted weights
+            policy.train(PolicyBatch(seqs.prompt, seqs.response, lp, [[1.0] * len(r) for r in seqs.response]),
+                         PolicyObjective())
+        sync = WeightSync(policy, rollout, 1 << 20, timeout_s=60)
+        sync.connect()
+        stats = sync.push(1)
+        assert stats.bytes == 4 * policy.num_parameters - 4 * policy.trainable_parameters  # plain weights only
+        engine = rollout.engines[0]
+        full = [p + r for p, r in zip(seqs.prompt, seqs.response)]
+        after = ray.get(engine.prompt_logprobs.remote(full, [len(p) for p in seqs.prompt]))
+        trained = policy.forward(seqs, TokenLogprobs())
+        policy.export_hf(str(tmp_path / "export"))
+        plain = load_model(str(tmp_path / "export"), "causal_lm")
+        exported, _, _ = response_logprobs(plain, seqs.prompt, seqs.response, tokenizer.pad_token_id)
+        exported = [row[: len(r)].tolist() for row, r in zip(exported, seqs.response)]
+        assert logprob_gap(exported, trained)[1] < 1e-4
+        assert logprob_gap(after, trained)[1] < 1e-3
+        assert logprob_gap(trained, lp)[1] > 1e-2  # the adapters really moved the policy
+    finally:
+        rollout.shutdown()
+        policy.shutdown()

