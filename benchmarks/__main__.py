@@ -22,12 +22,14 @@ from benchmarks.pm import bench_pm
 from benchmarks.ppo import bench_ppo
 from benchmarks.rollout import bench_rollout
 from benchmarks.scaling import bench_rollout_scaling
+from benchmarks.smollm2 import bench_smollm2
 from benchmarks.sync import bench_sync
 from benchmarks.trl_comparison import bench_trl
 from hh_ray.files import write_text_atomic
 
 BENCHES = {"rollout": bench_rollout, "pm": bench_pm, "sync": bench_sync, "scaling": bench_rollout_scaling,
-           "ppo": bench_ppo, "async": bench_async, "packing": bench_packing, "trl": bench_trl}
+           "ppo": bench_ppo, "async": bench_async, "packing": bench_packing, "trl": bench_trl,
+           "smollm2": bench_smollm2}
 
 
 def to_markdown(results: dict) -> str:

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--tokenizer", default=None, help="tokenizer for token lengths (default: BPE trained on the data)")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
 
+    models = sub.add_parser("models", help="list the model presets and where each one's weights come from")
+    models.add_argument("--json", action="store_true")
     _add_config(sub.add_parser("sft", help="fine-tune the initial policy on chosen HH dialogues"))
     pm = sub.add_parser("pm", help="train a preference model (or `pm eval`)")
     pm_sub = pm.add_subparsers(dest="pm_command")
@@ -78,6 +80,18 @@ ANALYSIS_COMMANDS = ("report", "bon", "tradeoff", "alignment-tax", "ood")
 
 def _csv(cast):
     return lambda text: [cast(x) for x in text.split(",") if x.strip()]
+
+
+def _list_models(as_json: bool) -> int:
+    from hh_ray.models.presets import list_presets
+
+    rows = list_presets()
+    if as_json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['name']:14s} {r['kind']:11s} {r['source']}")
+    return 0
 
 
 def _add_analysis_commands(sub) -> None:
@@ -224,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "data":
             return _data_stats(args)
+        if args.command == "models":
+            return _list_models(args.json)
         if args.command == "pm" and args.pm_command == "eval":
             from hh_ray.driver.pm import evaluate_checkpoint
 

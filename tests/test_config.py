@@ -45,7 +45,8 @@ def test_wrong_types_name_key_and_expected_type(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-NOT_JOBS = ("runtime_env.yaml", "label.yaml", "online-quickstart.yaml", "online-cluster.yaml")  # a runtime env;
+NOT_JOBS = ("runtime_env.yaml", "label.yaml", "online-quickstart.yaml", "online-cluster.yaml",
+            "online-smollm2.yaml")  # a runtime env;
 # the labeling service's LabelConfig (tests/label); OnlineConfig jobs (tests/driver/test_online_config.py)
 
 

@@ -16,6 +16,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from hh_ray.data.hh import ASSISTANT, HUMAN
+from hh_ray.data.tokenize import truncate_prompt
+from hh_ray.models.presets import resolve_model as preset_folder
 from hh_ray.workers.group import actor_env
 
 from .app import create_app
@@ -29,12 +31,13 @@ log = logging.getLogger(__name__)
 
 
 def resolve_model(path: str) -> str:
-    """An hh-ray run folder serves its PPO policy (else its SFT model); anything else is used as given."""
+    """An hh-ray run folder serves its PPO policy (else its SFT model); a preset name its folder (`smollm2-135m`);
+    anything else is used as given."""
     root = Path(path).expanduser()
     for sub in ("ppo/policy", "sft"):
         if (root / sub / "config.json").is_file():
             return str(root / sub)
-    return path
+    return preset_folder(path)
 
 
 def check_models(cfg: LabelConfig) -> None:
@@ -105,7 +108,7 @@ class PolicyModel:
         keep = s.max_model_len - s.max_new_tokens
         prompts, params = [], []
         for context, n, seed in requests:
-            ids = self.tokenizer(context, add_special_tokens=False)["input_ids"][-keep:]  # long dialogues: newest turns
+            ids = truncate_prompt(self.tokenizer, context, keep)  # the model's format; long dialogues: newest turns
             prompts.append(TokensPrompt(prompt_token_ids=ids))
             params.append(SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
                                          seed=seed, stop=[HUMAN, ASSISTANT], stop_token_ids=[self.tokenizer.eos_token_id],

@@ -8,7 +8,7 @@ from pathlib import Path
 import math
 from dataclasses import dataclass
 
-from hh_ray.algo.analysis import divergence_index, sqrt_kl_law
+from hh_ray.algo.analysis import divergence_index, mean_se, sqrt_kl_law
 from hh_ray.algo.ppo import sqrt_kl
 from hh_ray.files import read_jsonl, write_text_atomic
 from hh_ray.report import plots
@@ -22,14 +22,38 @@ def _read_json(p: Path) -> dict:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def _samples_md(before: list[dict], after: list[dict], k: int = 4) -> list[str]:
+def _samples_md(before: list[dict], after: list[dict], k: int = 5) -> list[str]:
+    def scores(s: dict) -> str:
+        return f"PM {s['pm_score']:+.2f}" + (f", test PM {s['test_pm_score']:+.2f}" if "test_pm_score" in s else "")
+
     lines = []
     for i, (b, a) in enumerate(zip(before[:k], after[:k])):
         prompt = b["prompt"].strip().replace("\n\n", "\n")[-400:]
         lines += [f"### Held-out prompt {i + 1}", "", "```", prompt, "```", "",
-                  f"- **before PPO** (PM score {b['pm_score']:+.2f}): `{b['response'].strip()[:300]!r}`",
-                  f"- **after PPO** (PM score {a['pm_score']:+.2f}): `{a['response'].strip()[:300]!r}`", ""]
+                  "| before PPO | after PPO |", "|---|---|",
+                  f"| {_cell(b['response'])} | {_cell(a['response'])} |", f"| {scores(b)} | {scores(a)} |", ""]
     return lines
+
+
+def _cell(text: str, limit: int = 400) -> str:
+    """A response as one markdown table cell: no pipes or line breaks, cut at `limit` characters."""
+    text = text.strip()
+    text = text[:limit] + (" ..." if len(text) > limit else "")
+    return text.replace("|", "\\|").replace("\n", " <br> ") or "*(empty)*"
+
+
+def _change_md(before: list[dict], after: list[dict]) -> list[str]:
+    """Per held-out prompt, after-PPO score minus before-PPO score (the same prompts, seeds fixed): mean and its
+    standard error for each PM that scored both, and how many standard errors the change is."""
+    lines = []
+    for key, name in (("pm_score", "train PM (PPO's reward)"), ("test_pm_score", "test PM (held out)")):
+        if before and all(key in s for s in before + after):
+            m, se = mean_se([a[key] - b[key] for b, a in zip(before, after)])
+            lines.append(f"| {name} | {m:+.3f} | {se:.3f} | {m / se if se > 0 else float('nan'):+.1f} |")
+    if not lines:
+        return []
+    return ([f"Change from before to after PPO on the {len(before)} held-out prompts (paired by prompt):", "",
+             "| scored by | mean change | s.e. | change / s.e. |", "|---|---|---|---|"] + lines + [""])
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -78,6 +102,11 @@ def write_report(run_dir: str | Path) -> Path:
                       f"| KL, k1 estimate (nats) | {before['eval/kl_k1']:.3f} | {after['eval/kl_k1']:.3f} |",
                       f"| response length (tokens) | {before['eval/response_length']:.1f} | "
                       f"{after['eval/response_length']:.1f} |", ""]
+            if "eval/test_pm_score" in before and "eval/test_pm_score" in after:
+                lines[-1:-1] = [f"| test PM score (normalized) | {before['eval/test_pm_score']:+.3f} | "
+                                f"{after['eval/test_pm_score']:+.3f} |"]
+        sb, sa = _read_json(run / "ppo" / "samples_before.json"), _read_json(run / "ppo" / "samples_after.json")
+        lines += _change_md(sb or [], sa or [])
         mean = lambda k: sum(r.get(k, 0.0) for r in ppo) / len(ppo)
         lines += ["Mean seconds per step by phase: " + ", ".join(f"{k[5:]} {mean(k):.2f}" for k in phases)
                   + f"; whole step {mean('time/step'):.2f}; {mean('perf/samples_per_s'):.1f} samples/s, "
@@ -89,7 +118,6 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["![PM score vs sqrt(KL)](ppo_score_vs_sqrt_kl.png)", "", "![reward](ppo_reward.png)", "",
                   "![KL](ppo_kl.png)", ""]
         lines += _heldout_md(run, heldout_points(run), read_result(BestOfN, result_path(run, BestOfN)))
-        sb, sa = _read_json(run / "ppo" / "samples_before.json"), _read_json(run / "ppo" / "samples_after.json")
         if sb and sa:
             lines += ["## Samples on held-out prompts", ""] + _samples_md(sb, sa)
     lines += _analyses_md(run)

@@ -15,6 +15,9 @@ def test_shipped_configs_load():
     assert not set(quick.labelers.judge_subsets) & set(quick.job.data.subsets)
     cluster = load_online_config("jobs/online-cluster.yaml")
     assert cluster.server.host == "0.0.0.0" and cluster.server.port == 8000
+    smol = load_online_config("jobs/online-smollm2.yaml")
+    assert smol.job.model.policy == "smollm2-135m" and smol.job.ppo.policy_trainer.lora.rank > 0
+    assert not set(smol.labelers.judge_subsets) & set(smol.job.data.subsets)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -112,3 +112,25 @@ def test_resumed_async_run_regenerates_its_first_batch(ray_local, shared_run_roo
     _, resumed = _run(shared_run_root, "async-split", "ppo.steps=5", *flags)
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
     assert [r["rollout/policy_lag"] for r in resumed] == [0, 1, 1, 0, 1]
+
+
+@pytest.mark.slow  # SmolLM2 in every group: about 5 minutes on 2 cores
+def test_smollm2_ppo_with_lora_in_bf16_end_to_end(ray_local, smollm2_dir, tmp_path):
+    """The real chat model as policy, reference and critic (LoRA, bf16 where the CPU has it) with a known reward:
+    the engine answers in the chat format, its logprobs agree with the trainer's to bf16 rounding after every
+    merged-weight sync, and the policy moves (KL > 0) while the reward does not fall."""
+    evals, rows = _run(tmp_path, "smollm2", "model.policy=smollm2-135m", "data.max_prompt_tokens=96",
+                       "ppo.steps=3", "ppo.prompts_per_step=8", "ppo.eval_prompts=8", "ppo.rollout.samples_per_prompt=1",
+                       "ppo.rollout.max_new_tokens=24", "ppo.scorer=substring:!", "pm.max_tokens=128",
+                       "ppo.policy_trainer.micro_batch_size=8", "ppo.critic_trainer.micro_batch_size=8",
+                       "ppo.policy_trainer.lr=1e-3", "ppo.critic_trainer.lr=1e-3", "ppo.epochs=1",
+                       "ppo.policy_trainer.lora={rank: 8, top_layers: 6}",
+                       "ppo.critic_trainer.lora={rank: 8, top_layers: 6}")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert abs(rows[0]["objective/kl"]) < 0.05  # the policy starts as the reference (bf16 rounding aside)
+    assert rows[-1]["objective/kl"] != rows[0]["objective/kl"]
+    assert max(r["rollout/logprob_gap_mean"] for r in rows) < 0.05, [r["rollout/logprob_gap_mean"] for r in rows]
+    samples = json.loads((tmp_path / "smollm2" / "ppo" / "samples_after.json").read_text())
+    words = " ".join(s["response"] for s in samples).split()
+    assert sum(w.isalpha() for w in words) > 0.5 * len(words)  # English, not token salad
+    assert (tmp_path / "smollm2" / "ppo" / "policy" / "config.json").is_file()

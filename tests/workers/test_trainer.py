@@ -218,3 +218,43 @@ def test_a_builder_killed_mid_build_blocks_nobody(tmp_path):
     with exclusive_build(tmp_path):
         assert not (tmp_path / "op" / "lock").exists()
     assert time.monotonic() - t0 < 5
+
+
+def test_smollm2_pm_trains_in_bf16_with_lora_and_exports_a_plain_pm(ray_local, smollm2_dir, smollm2_tokenizer, hh_dir,
+                                                                    tmp_path):
+    """The real chat model as a PM: bf16 where the CPU has it, adapters on the top layers and a new scalar head.
+    A checkpoint holds only what trains (and resumes to the same scores); the export is a plain HF PM whose scores
+    equal the trainer's within bf16 rounding."""
+    from hh_ray.config import LoRAConfig
+    from hh_ray.data.tokenize import pm_input_ids
+    from hh_ray.models.forward import cpu_has_native_bf16, load_model, resolve_dtype, sequence_scores
+    from hh_ray.models.objectives import PairScores
+
+    items, _ = load_comparisons(str(hh_dir), ["harmless-base"])
+    tok = smollm2_tokenizer
+    batch = PairBatch([pm_input_ids(tok, c.prompt, c.chosen, 96) for c in items[:8]],
+                      [pm_input_ids(tok, c.prompt, c.rejected, 96) for c in items[:8]])
+    cfg = TrainerConfig(micro_batch_size=8, lr=1e-3, cpus_per_rank=1.0, lora=LoRAConfig(rank=8, top_layers=4))
+    g = TrainerGroup("smollm2-pm", str(smollm2_dir), "pm", cfg, dtype="bfloat16")
+    try:
+        assert g.trainable_parameters < 0.01 * g.num_parameters
+        losses = [g.train(batch, PMObjective()).loss for _ in range(3)]
+        g.save_checkpoint(str(tmp_path / "ck"), "step3", {"step": 3})
+        scores = g.forward(batch, PairScores())
+        g.train(batch, PMObjective())
+        g.load_checkpoint(str(tmp_path / "ck"))
+        assert g.forward(batch, PairScores()) == scores  # the adapters and head came back exactly
+        g.export_hf(str(tmp_path / "pm"))
+    finally:
+        g.shutdown()
+    assert losses[-1] < losses[0], losses  # the same batch: the PM fits it
+    ck_bytes = sum(f.stat().st_size for f in (tmp_path / "ck").rglob("*") if f.is_file())
+    assert ck_bytes < 30e6  # adapters, head and their optimizer state, not the 135M frozen weights
+    dtype = resolve_dtype("bfloat16", on_gpu=False)
+    assert (dtype == torch.bfloat16) == cpu_has_native_bf16()
+    model = load_model(str(tmp_path / "pm"), "pm", dtype)
+    with torch.no_grad():
+        exported = sequence_scores(model, batch.chosen + batch.rejected, tok.pad_token_id)
+    trainer = torch.tensor([a for a, _ in scores] + [b for _, b in scores])
+    tol = 0.1 if dtype == torch.bfloat16 else 1e-4
+    assert (exported - trainer).abs().max() < tol * max(1.0, trainer.abs().max())
