@@ -22,7 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def service_config(model_dir: Path, folder: Path, port: int) -> LabelConfig:
+def service_config(model_dir: Path, folder: Path, port: int, chat_model: str) -> LabelConfig:
     def tiny(name: str, version: int) -> SourceConfig:
         return SourceConfig(name=name, model=str(model_dir), version=version, max_new_tokens=24, max_model_len=256,
                             kv_cache_gb=0.25, cpus_per_replica=0.5, min_replicas=1, max_replicas=2)
@@ -30,10 +30,13 @@ def service_config(model_dir: Path, folder: Path, port: int) -> LabelConfig:
     cfg = LabelConfig(
         name="label-test", dir=str(folder),
         sources=[tiny("v0", 0), tiny("v1", 1), SourceConfig(name="xss", model="echo:" + XSS_RESPONSE,
-                                                            cpus_per_replica=0.1, max_replicas=1)],
+                                                            cpus_per_replica=0.1, max_replicas=1),
+                 SourceConfig(name="smol", model=chat_model, version=2, max_new_tokens=32, max_model_len=384,
+                              kv_cache_gb=0.25, cpus_per_replica=0.5, min_replicas=1, max_replicas=1)],
         campaigns=[CampaignConfig("helpful-ab", "helpful", ["v0", "v1"]),
                    CampaignConfig("redteam-v0", "red-team", ["v0", "v0"]),
-                   CampaignConfig("echo-xss", "helpful", ["xss", "v1"])],
+                   CampaignConfig("echo-xss", "helpful", ["xss", "v1"]),
+                   CampaignConfig("helpful-smollm2", "helpful", ["smol", "smol"])],
         server=ServerConfig(port=port, max_turn_chars=300, ingress_max_replicas=1),
     )
     validate(cfg)
@@ -53,12 +56,13 @@ class LabelService:
 
 
 @pytest.fixture(scope="session")
-def label_service(ray_local, tiny_model_dir, tmp_path_factory):
+def label_service(ray_local, tiny_model_dir, smollm2_dir, tmp_path_factory):
     from ray import serve
 
     from hh_ray.label.serve import ensure_admin, start_service, stop_service
 
-    cfg = service_config(tiny_model_dir, tmp_path_factory.mktemp("label"), free_port())
+    # the real chat model is named by its preset: the service resolves it to the converted folder
+    cfg = service_config(tiny_model_dir, tmp_path_factory.mktemp("label"), free_port(), "smollm2-135m")
     running = start_service(cfg)
     password = ensure_admin(running.store)
     try:

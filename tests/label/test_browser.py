@@ -77,3 +77,35 @@ def test_browser_logs_in_labels_continues_and_ends(label_service, tmp_path):
         assert (tmp_path / shot).stat().st_size > 10_000
     if NOTES_SHOT.parent.is_dir():
         shutil.copyfile(tmp_path / "2-second-pair.png", NOTES_SHOT)
+
+
+def test_browser_shows_a_real_chat_model_answer(label_service, tmp_path):
+    """The smollm2-135m preset served through the labeling page: the person sees an English answer to the
+    question typed, rendered in the model's chat format by the service."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not installed (Debian package chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    name = "browser-smollm2"
+    password = label_service.new_labeler(name)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(90_000)
+        page.goto(label_service.url + "/login")
+        page.fill("#name", name)
+        page.fill("#password", password)
+        page.click("#login")
+        expect(page).to_have_url(label_service.url + "/label", timeout=60_000)
+        page.click("#start-helpful-smollm2")
+        page.fill("#turn-text", "What is the capital of France?")
+        page.click("#send")
+        expect(page.locator("#response-a")).to_be_visible(timeout=90_000)
+        answers = [page.locator(f"#response-{x} .text").inner_text() for x in "ab"]
+        page.screenshot(path=str(tmp_path / "smollm2-pair.png"), full_page=True)
+        browser.close()
+    for text in answers:
+        words = text.split()
+        assert len(words) >= 3 and sum(w.strip(".,!?'\"").isalpha() for w in words) > 0.7 * len(words), answers
+        assert "<|im" not in text and "Human:" not in text  # one assistant turn, no template tokens
+    assert any("Paris" in t for t in answers), answers
