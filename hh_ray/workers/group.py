@@ -40,7 +40,7 @@ def actor_env(cpus: float = 1.0, on_gpu: bool = False) -> dict[str, str]:
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
         "PYTHONUNBUFFERED": "1",
     }
-    for key in ("HH_RLHF_DIR", "RAY_AUTH_MODE", "HF_HOME", "DS_ACCELERATOR"):
+    for key in ("HH_RLHF_DIR", "HH_RAY_MODEL_CACHE", "RAY_AUTH_MODE", "HF_HOME", "DS_ACCELERATOR"):
         if key in os.environ:
             env[key] = os.environ[key]
     return env
