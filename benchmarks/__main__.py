@@ -82,7 +82,10 @@ def main(argv=None) -> int:
     local = args.address == "local"
     ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
              **({"num_cpus": 4, "runtime_env": {"env_vars": {"RAY_AUTH_MODE": "disabled"}}} if local else {}))
-    results: dict = {"machine": machine(), "quick": args.quick}
+    # a partial run (--only) updates its own keys in an existing results.json and keeps the others
+    previous = out / "results.json"
+    results: dict = json.loads(previous.read_text()) if previous.is_file() else {}
+    results |= {"machine": machine(), "quick": args.quick}
     with tempfile.TemporaryDirectory() as tmp:
         fx = Fixture(Path(tmp), args.quick, args.gpus_per_actor)
         for name in wanted:
