@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     user_add.add_argument("name")
     user_add.add_argument("--role", default="labeler", choices=["labeler", "admin"])
     _add_config(user_add)
+    for action, text in (("password", "give an account a new one-time password (changed at its next login)"),
+                         ("disable", "disable an account: its sessions end and it cannot log in"),
+                         ("enable", "re-enable a disabled account")):
+        p = user.add_parser(action, help=text)
+        p.add_argument("name")
+        _add_config(p)
     export = label_sub.add_parser("export", help="write comparisons in HH's layout (train/test.jsonl.gz + sidecar)")
     export.add_argument("--campaign", default=None, help="one campaign (default: all)")
     export.add_argument("--out", required=True, help="output folder; usable as data.data_dir")

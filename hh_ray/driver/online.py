@@ -232,7 +232,7 @@ def collect(run: OnlineRun, out_dir: Path, versions: list[int], campaigns: list[
         for i, a in enumerate(work):  # a fresh password per start: a rerun logs the same accounts in again
             found = store.user_credentials(a.name)
             if found is None:
-                _, password = create_user(store, a.name, LABELER)
+                _, password = create_user(store, a.name, LABELER, one_time=False)  # never leaves the driver
             else:
                 password = new_password()
                 store.set_password_hash(found[0].id, hash_password(password))

@@ -141,8 +141,10 @@ def test_bad_input_is_refused_and_changes_nothing(store):
         store.submit_choice(other, task.id, "A", 1)
 
 
-def test_text_is_stored_verbatim_and_no_password_in_clear(store):
+def test_text_is_stored_verbatim_and_no_password_session_id_or_csrf_token_in_clear(store):
     user, password = create_user(store, "eve", "labeler")
+    session = store.create_session(user, 60)
+    assert store.get_session(session.id).csrf_token == session.csrf_token  # found by the id's hash
     conv = store.start_conversation(user, "help")
     for inj in INJECTIONS:
         task = _turn(store, user, conv, inj, inj + " (a)", "<b>" + inj + "</b>")
@@ -152,9 +154,10 @@ def test_text_is_stored_verbatim_and_no_password_in_clear(store):
     assert store.count(ComparisonRow) == 3 and len(store.users()) == 1
     with store.engine.connect() as conn:
         (stored_hash,) = conn.execute(text("SELECT password_hash FROM users WHERE name = 'eve'")).one()
-        dump = " ".join(str(v) for table in ("users", "sessions", "login_attempts", "audit_log", "settings")
+        dump = " ".join(str(v) for table in ("users", "sessions", "login_throttle", "audit_log", "settings")
                         for row in conn.execute(text(f"SELECT * FROM {table}")) for v in row)
     assert stored_hash.startswith("$argon2id$") and password not in dump
+    assert session.id not in dump and session.csrf_token not in dump
 
 
 def test_export_is_read_whole_by_the_hh_loader(store, tmp_path):
