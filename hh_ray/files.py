@@ -54,7 +54,8 @@ def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict]:
                 raise ValueError(f"a JSON {type(row).__name__}, not an object")
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             if i < last:
-                raise DamagedFileError(f"{p}: line {i + 1} is not a JSON object ({exc}); the lines after it are "
+                why = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                raise DamagedFileError(f"{p}: line {i + 1} is not a JSON object ({why}); the lines after it are "
                                        "intact, so this is not an interrupted write: fix or remove that line") from None
             if repair:
                 with p.open("r+b") as fh:

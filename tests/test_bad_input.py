@@ -41,6 +41,43 @@ def _checkpoints_without_state(tmp: Path, tiny: Path) -> list[str]:
     return ["ppo", "--config", QUICK, f"run_dir={tmp / 'run'}", "ppo.scorer=substring:e"]
 
 
+HELD: list[int] = []  # lock file descriptors the cases hold (closed when the module's tests end)
+
+
+def _folder_in_use(tmp: Path, tiny: Path) -> list[str]:
+    """Another live command holds the run folder's lock (a fixed record, so the table stays the same)."""
+    import fcntl
+    import os
+
+    from hh_ray.files import RunLock
+
+    lock = tmp / "run" / RunLock.NAME
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": "node-1", "pid": 4242, "command": "hh-ray ppo --config jobs/quickstart.yaml",
+                                "started": "2026-12-04T09:00:00+0000"}))
+    fd = os.open(lock, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    HELD.append(fd)
+    return ["ppo", "--config", QUICK, f"run_dir={tmp / 'run'}"]
+
+
+def _log_damaged_mid_file(tmp: Path, tiny: Path) -> list[str]:
+    """An intact step-2 checkpoint to resume from, and a metrics log with a bad line before its last."""
+    import torch
+
+    from hh_ray.workers.checkpoint import write_manifest
+
+    ckpt = tmp / "run" / "checkpoints" / "ppo"
+    for group in ("policy", "critic"):
+        (ckpt / group / "step2").mkdir(parents=True)
+        torch.save({}, ckpt / group / "step2" / "model.pt")
+        write_manifest(ckpt / group / "step2")
+    (ckpt / "state-step2.json").write_text(json.dumps({"step": 2, "tag": "step2", "kl_controller": {}}))
+    (tmp / "run" / "ppo").mkdir(parents=True)
+    (tmp / "run" / "ppo" / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "objective/kl": 0.\n{"step": 3}\n')
+    return ["ppo", "--config", QUICK, f"run_dir={tmp / 'run'}", "ppo.scorer=substring:e"]
+
+
 # (what was tried, argv or a function of (tmp, tiny model dir) building it, words the one line must contain)
 CASES = [
     ("prompts per step negative", ["ppo", "--config", QUICK, "ppo.prompts_per_step=-4"], "ppo.prompts_per_step"),
@@ -74,6 +111,8 @@ CASES = [
     ("pm eval on a folder that is not a PM", _non_pm_folder, "not a preference model"),
     ("PPO with a PM that has no normalisation stats", _pm_without_stats, "pm_stats.json"),
     ("PPO checkpoints without driver state", _checkpoints_without_state, "--fresh"),
+    ("a second command on a run folder in use", _folder_in_use, "is in use by `hh-ray ppo --config"),
+    ("metrics log garbled before its last line", _log_damaged_mid_file, "line 2 is not a JSON object"),
     ("submit to nothing listening", ["submit", "--address", "http://127.0.0.1:9", "--config", QUICK, "--no-follow"],
      "cannot reach a Ray dashboard"),
 ]
@@ -82,7 +121,11 @@ SEEN: list[tuple[str, str, int]] = []
 
 @pytest.fixture(scope="module", autouse=True)
 def write_table():
+    import os
+
     yield
+    for fd in HELD:
+        os.close(fd)
     if len(SEEN) == len(CASES):  # only a full run rewrites the table
         rows = ["| input | message | exit code |", "|---|---|---|"]
         rows += [f"| {what} | `{msg.replace('|', '/')}` | {code} |" for what, msg, code in SEEN]

@@ -429,6 +429,8 @@ def run_ppo(cfg) -> dict:
     out, ckpt = run_dir / "ppo", run_dir / "checkpoints" / "ppo"
     out.mkdir(parents=True, exist_ok=True)
     resume_state = resume_point(ckpt, cfg.fresh)  # a file check: refuse a damaged run before any cluster starts
+    if resume_state:
+        read_metrics(out / "metrics.jsonl")  # so is a log damaged before its last line (DamagedFileError)
     setup = PPOSetup.prepare(cfg)
     connect(cfg.ray, cfg.run_dir)
     t_start = time.perf_counter()
