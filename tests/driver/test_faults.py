@@ -184,6 +184,29 @@ def test_sigterm_checkpoints_the_last_step_and_the_rerun_continues_exactly(unint
     assert after["eval/pm_score"] == pytest.approx(reference["eval/pm_score"], abs=1e-3)
 
 
+def test_sigterm_to_sft_checkpoints_the_last_step(tmp_path):
+    """The supervised stages (stage.py) stop the same way: the step boundary after the signal is saved as an intact
+    checkpoint that mid-stage resume (tested with the stage runner) starts from."""
+    run = tmp_path / "sft"
+    cmd = [sys.executable, "-m", "hh_ray.cli", "sft", f"run_dir={run}", "model.policy=tiny",
+           "model.tokenizer_vocab_size=320", "data.subsets=[helpful-base]", "data.max_prompt_tokens=64",
+           "sft.steps=400", "sft.checkpoint_every=100", "logging.tensorboard=false"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"RAY_AUTH_MODE": "disabled"}, start_new_session=True)
+    deadline = time.time() + 600
+    while not read_metrics(run / "sft-logs" / "metrics.jsonl"):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("hh-ray: stopped")]
+    saved = int(line.split("after sft step ")[1].split()[0])
+    assert 1 <= saved < 100 and line.endswith("rerun the same command to resume"), line
+    assert (run / "checkpoints" / "sft" / f"step{saved}" / "COMPLETE").is_file()
+    assert [r["step"] for r in read_metrics(run / "sft-logs" / "metrics.jsonl")][-1] == saved  # what resume keeps
+
+
 @pytest.mark.slow
 def test_killed_driver_is_resumed_by_rerunning_the_same_command(uninterrupted, tmp_path):
     root, clean = uninterrupted
