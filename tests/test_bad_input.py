@@ -117,6 +117,26 @@ CASES = [
      "cannot reach a Ray dashboard"),
 ]
 SEEN: list[tuple[str, str, int]] = []
+# The labeling service's answers to bad requests, each checked over HTTP by tests/label/test_security.py
+LABEL_CASES = """
+## Labeling service
+
+Checked over real HTTP by `tests/label/test_security.py` (and the browser test for the lockout).
+
+| request | answer |
+|---|---|
+| a JSON body nested 5000 deep | 422 `the JSON body is nested too deeply` |
+| a turn with a lone surrogate (`"\\ud800"`) | 422 `the body holds text that is not valid Unicode (a lone surrogate)` |
+| `GET /api/conversations/²` | 404 `no conversation '²'` |
+| `strength=²` from the page's form | 422 `strength must be one of [1, 2, 3] (...)` |
+| a turn with `\\r\\n\\r\\nHuman:` (CRLF from a textarea) or `\\r\\rAssistant:` | 422 `the turn may not contain the transcript marker 'Human:' after a blank line` |
+| export of a campaign whose name is not Latin-1 | 200; `Content-Disposition` with an ASCII `filename` and `filename*=UTF-8''...` |
+| a body over `server.max_body_bytes` on any route, `/api/login` included (by Content-Length, or counted when chunked) | 413 `the request body is over 65536 bytes` |
+| `POST /api/login` without the login token, whatever the body | 403 `missing or wrong login CSRF token`, before the body is read |
+| wrong passwords for a user from another address (20 at once) | 5 answered 401, the rest 429 for that address and name only; the user logs in from their own |
+| anything but changing the password or logging out, with a one-time password | 403 `change your one-time password first (...)` (pages redirect to `/password`) |
+| an unexpected error (a bug) | 500 `internal error; the service log has the details`, with the same security headers as every answer |
+"""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -131,7 +151,7 @@ def write_table():
         rows += [f"| {what} | `{msg.replace('|', '/')}` | {code} |" for what, msg, code in SEEN]
         TABLE.parent.mkdir(exist_ok=True)
         TABLE.write_text("# Bad input and what hh-ray says\n\nWritten by `tests/test_bad_input.py` from the cases it "
-                         "checks; each exits before any cluster starts.\n\n" + "\n".join(rows) + "\n")
+                         "checks; each exits before any cluster starts.\n\n" + "\n".join(rows) + "\n" + LABEL_CASES)
 
 
 @pytest.mark.parametrize("what,argv,words", CASES, ids=[c[0] for c in CASES])
