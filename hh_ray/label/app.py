@@ -72,14 +72,14 @@ class BodyLimit:
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
+        self.refusal = f"the request body is over {max_bytes} bytes"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.max_bytes:
-            response = JSONResponse({"error": f"the request body is over {self.max_bytes} bytes"}, status_code=413)
-            return await response(scope, receive, send)
+            return await JSONResponse({"error": self.refusal}, status_code=413)(scope, receive, send)
         seen = 0
 
         async def limited():
@@ -87,27 +87,23 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise TooLarge(f"the request body is over {self.max_bytes} bytes")
+                raise TooLarge(self.refusal)
             return message
 
         return await self.app(scope, limited, send)
 
 
-def check_text(value: object, where: str = "the body") -> None:
+def check_text(value: object) -> None:
     """Strings of a parsed body must be encodable (a lone surrogate from JSON's \\ud800 is not: the database
     driver would fail on it)."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise Invalid(f"{where} holds text that is not valid Unicode (a lone surrogate)") from None
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            check_text(k, where)
-            check_text(v, where)
-    elif isinstance(value, list):
-        for v in value:
-            check_text(v, where)
+            raise Invalid("the body holds text that is not valid Unicode (a lone surrogate)") from None
+    elif isinstance(value, (dict, list)):
+        for v in (*value.keys(), *value.values()) if isinstance(value, dict) else value:
+            check_text(v)
 
 
 def attachment(filename: str) -> str:

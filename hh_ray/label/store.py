@@ -492,7 +492,10 @@ class Store:
         where = (LoginThrottle.client == key[0], LoginThrottle.name == key[1])
         now = utcnow()
         insert = (sqlite_insert if self.engine.dialect.name == "sqlite" else pg_insert)(LoginThrottle)
-        with self.sessions.begin() as s:
+        with self.sessions.begin() as s:  # pairs quiet for max_lockout_s are forgotten (the table stays small)
+            s.execute(delete(LoginThrottle).where(
+                LoginThrottle.last_failure < now - timedelta(seconds=max(window_s, max_lockout_s)),
+                or_(LoginThrottle.locked_until.is_(None), LoginThrottle.locked_until <= now)))
             s.execute(insert.values(client=key[0], name=key[1], failures=0, lockouts=0, last_failure=now)
                       .on_conflict_do_nothing())
             stale = now - timedelta(seconds=window_s)

@@ -4,6 +4,7 @@ verbatim text, hashed passwords, bad input that changes nothing, export that HH'
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import inspect, text
@@ -13,7 +14,7 @@ from hh_ray.label.auth import create_user
 from hh_ray.label.config import CampaignConfig, LabelConfig, SourceConfig, validate
 from hh_ray.label.export import export_campaign
 from hh_ray.label.store import (ComparisonRow, Conflict, Invalid, NotFound, Sample, SchemaError, Store, Task, Turn,
-                                 UserInfo)
+                                 UserInfo, utcnow)
 
 INJECTIONS = ["'; DROP TABLE comparisons; --", "\" OR 1=1 --", "Robert'); DELETE FROM users WHERE ('1'='1"]
 
@@ -112,6 +113,26 @@ def test_concurrent_double_submit_writes_one_row(store):
     assert len({r.comparison_id for r in results}) == 1 and sum(not r.duplicate for r in results) <= 1
     assert store.count(ComparisonRow) == 1
     assert len(store.conversation(conv, user).turns) == 2  # one assistant turn, not four
+
+
+def test_concurrent_login_attempts_are_counted_before_any_passes(store):
+    """20 attempts at once for one (client, name): exactly 5 may check a password, the rest see the lock; another
+    client's attempts for the same name are counted apart; the next lockout is twice as long."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def claim(client: str) -> float:
+        return store.claim_login_attempt(client, "ann", 5, 60.0, 3600.0)
+
+    with ThreadPoolExecutor(20) as pool:
+        waits = list(pool.map(claim, ["10.0.0.9"] * 20))
+    assert waits.count(0.0) == 5 and all(55 < w < 61 for w in waits if w), waits
+    assert claim("10.0.0.1") == 0.0  # the user's own address
+    with store.sessions.begin() as s:
+        s.execute(text("UPDATE login_throttle SET locked_until = :t WHERE client = '10.0.0.9'"),
+                  {"t": utcnow() - timedelta(seconds=1)})
+    assert [claim("10.0.0.9") for _ in range(6)][-1] > 110  # the second lockout: 120 s
+    store.clear_login_failures("10.0.0.9", "ann")
+    assert claim("10.0.0.9") == 0.0
 
 
 def test_bad_input_is_refused_and_changes_nothing(store):
