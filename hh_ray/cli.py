@@ -133,9 +133,9 @@ def _writer(args, run_dir: str, stop_grace_s: float | None = None):
     from hh_ray.driver import stop
     from hh_ray.files import RunLock
 
-    lock = RunLock(run_dir, args.command_line).acquire()
-    if stop_grace_s is not None:
+    if stop_grace_s is not None:  # first: a signal right after the lock is taken is a graceful stop too
         stop.install(stop_grace_s)
+    lock = RunLock(run_dir, args.command_line).acquire()
     try:
         yield
     finally:
@@ -144,6 +144,7 @@ def _writer(args, run_dir: str, stop_grace_s: float | None = None):
 
             ray.shutdown()
         lock.release()
+        stop.uninstall()
 
 
 def _run_analysis(args) -> int:

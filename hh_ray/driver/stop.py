@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class Preempted(Exception):
@@ -30,9 +30,10 @@ class Abandoned(KeyboardInterrupt):
 @dataclass
 class StopState:
     signum: int = 0  # the signal received; 0 = none
-    grace_s: float = 60.0
+    grace_s: float = 25.0
     armed: bool = False  # handlers installed by the command (in-process callers such as tests keep their own)
     timer: threading.Timer | None = None
+    previous: dict = field(default_factory=dict)  # the handlers before `install`, put back by `uninstall`
 
 
 _state = StopState()
@@ -50,8 +51,20 @@ def _handle(signum: int, frame) -> None:
 def install(grace_s: float) -> None:
     """Handle SIGTERM and SIGINT from now on (call from the main thread). `ray.init` sets its own SIGTERM handler
     (`sys.exit`), so `connect` calls `rearm` after it."""
+    reset()
     _state.grace_s, _state.armed = grace_s, True
+    _state.previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     rearm()
+
+
+def uninstall() -> None:
+    """Put the previous handlers back (the received signal is kept: the command still reports it)."""
+    if _state.timer:
+        _state.timer.cancel()
+    if _state.armed and threading.current_thread() is threading.main_thread():
+        for s, handler in _state.previous.items():
+            signal.signal(s, handler)
+    _state.armed = False
 
 
 def rearm() -> None:
@@ -81,7 +94,7 @@ def stop_after_step(stage: str, step: int, total: int, ckpt) -> None:
 
 
 def reset() -> None:
-    """Forget a received signal (tests)."""
+    """Forget a received signal."""
     if _state.timer:
         _state.timer.cancel()
     _state.signum, _state.timer = 0, None
