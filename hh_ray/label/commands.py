@@ -38,9 +38,9 @@ def show_admin_password(cfg: LabelConfig, password: str) -> str:
     a log, e.g. a Ray job's, readable through the dashboard) in a file only the owner can read."""
     if sys.stdout.isatty():
         return f"[label] admin account: name 'admin', one-time password {password} (change it at first login)"
-    path = Path(cfg.dir) / ADMIN_PASSWORD_FILE
+    path = (Path(cfg.dir) / ADMIN_PASSWORD_FILE).resolve()  # absolute: a Ray job runs in a folder of its own
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     os.fchmod(fd, 0o600)  # also when the file was there before with other modes
     with os.fdopen(fd, "w") as fh:
         fh.write(password + "\n")
