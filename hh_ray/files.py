@@ -55,8 +55,8 @@ def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict]:
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             if i < last:
                 why = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-                raise DamagedFileError(f"{p}: line {i + 1} is not a JSON object ({why}); the lines after it are "
-                                       "intact, so this is not an interrupted write: fix or remove that line") from None
+                raise DamagedFileError(f"{p}: line {i + 1} is not a JSON object ({why}); lines follow it, so "
+                                       "this is not an interrupted write: fix or remove that line") from None
             if repair:
                 with p.open("r+b") as fh:
                     fh.truncate(start)

@@ -63,7 +63,7 @@ def test_report_on_a_log_garbled_in_the_middle_is_one_line_exit_2(tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 2, err
     assert err.strip().splitlines() == [f"hh-ray report: error: {log}: line 2 is not a JSON object "
-                                        "(Expecting value at column 1); the lines after it are intact, "
+                                        "(Expecting value at column 1); lines follow it, "
                                         "so this is not an interrupted write: fix or remove that line"], err
 
 
