@@ -159,9 +159,9 @@ def test_bad_input_is_one_line_and_exit_2(what, argv, words, tmp_path, tiny_mode
     def no_cluster(*a, **k):
         raise AssertionError("a cluster was started for input the config alone shows to be bad")
 
-    monkeypatch.setattr("hh_ray.driver.cluster.connect", no_cluster)
-    for mod in ("sft", "pm", "ppo"):
+    for mod in ("sft", "pm", "ppo"):  # first: a driver module imported here binds the real connect, put back after
         monkeypatch.setattr(f"hh_ray.driver.{mod}.connect", no_cluster)
+    monkeypatch.setattr("hh_ray.driver.cluster.connect", no_cluster)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
     args = argv(tmp_path, tiny_model_dir) if callable(argv) else argv
