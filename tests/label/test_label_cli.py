@@ -130,3 +130,19 @@ def test_serve_refuses_a_missing_model_folder(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="sources.v0.model: no model at .*no-such-run"):
         check_models(load_label_config(path))
+
+
+def test_admin_password_is_shown_only_on_a_terminal(tmp_path):
+    """On a real terminal (a pty) the one-time password is printed and no file is written; the serve test above
+    covers stdout as a pipe (a log), where it goes to a 0600 file and is never printed."""
+    import pty
+
+    code = ("import sys; from hh_ray.label.commands import show_admin_password; from hh_ray.label.config import "
+            f"LabelConfig; print(show_admin_password(LabelConfig(dir={str(tmp_path)!r}), 'pw-on-the-tty'))")
+    leader, follower = pty.openpty()
+    proc = subprocess.run([sys.executable, "-c", code], stdout=follower, stderr=subprocess.PIPE, timeout=60)
+    os.close(follower)
+    out = os.read(leader, 4096).decode()
+    os.close(leader)
+    assert proc.returncode == 0 and "one-time password pw-on-the-tty" in out, (out, proc.stderr)
+    assert not (tmp_path / "admin-password").exists()
