@@ -149,7 +149,7 @@ def run(out: Path, clients: int, seconds: float, model: str | None, max_replicas
                 replicas[name] = max(replicas[name], running)
 
     try:
-        accounts = [(f"load-{i:02d}", create_user(service.store, f"load-{i:02d}", "labeler")[1])
+        accounts = [(f"load-{i:02d}", create_user(service.store, f"load-{i:02d}", "labeler", one_time=False)[1])
                     for i in range(clients)]
         logs = [ClientLog() for _ in accounts]
         watcher = threading.Thread(target=watch, daemon=True)

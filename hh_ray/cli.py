@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
+import shlex
+import signal
 import sys
 
 
@@ -66,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     user_add.add_argument("name")
     user_add.add_argument("--role", default="labeler", choices=["labeler", "admin"])
     _add_config(user_add)
+    for action, text in (("password", "give an account a new one-time password (changed at its next login)"),
+                         ("disable", "disable an account: its sessions end and it cannot log in"),
+                         ("enable", "re-enable a disabled account")):
+        p = user.add_parser(action, help=text)
+        p.add_argument("name")
+        _add_config(p)
     export = label_sub.add_parser("export", help="write comparisons in HH's layout (train/test.jsonl.gz + sidecar)")
     export.add_argument("--campaign", default=None, help="one campaign (default: all)")
     export.add_argument("--out", required=True, help="output folder; usable as data.data_dir")
@@ -131,8 +140,29 @@ def _add_analysis_commands(sub) -> None:
     ood.add_argument("--shrinkage", type=float, default=0.1)
 
 
+@contextlib.contextmanager
+def _writer(args, run_dir: str, stop_grace_s: float | None = None):
+    """Hold the run folder's lock (one writer per folder) for the command's life; with `stop_grace_s`, a SIGTERM
+    or SIGINT checkpoints at the next step boundary instead (hh_ray.driver.stop) and Ray is shut down cleanly."""
+    from hh_ray.driver import stop
+    from hh_ray.files import RunLock
+
+    if stop_grace_s is not None:  # first: a signal right after the lock is taken is a graceful stop too
+        stop.install(stop_grace_s)
+    lock = RunLock(run_dir, args.command_line).acquire()
+    try:
+        yield
+    finally:
+        if stop.requested() and "ray" in sys.modules:
+            import ray
+
+            ray.shutdown()
+        lock.release()
+        stop.uninstall()
+
+
 def _run_analysis(args) -> int:
-    if args.command == "report":
+    if args.command == "report":  # reads the run folder (report.md is rebuilt from it): no lock
         from hh_ray.report.report import write_report
 
         print(write_report(args.run))
@@ -140,13 +170,17 @@ def _run_analysis(args) -> int:
         from hh_ray.analysis.best_of_n import BestOfNConfig
         from hh_ray.driver.analyses import run_best_of_n
 
-        run_best_of_n(_config(args), BestOfNConfig(ns=args.ns, prompts=args.prompts, policy=args.policy,
-                                                   train_pm=args.train_pm, test_pm=args.test_pm,
-                                                   max_new_tokens=args.max_new_tokens))
+        cfg = _config(args)
+        with _writer(args, cfg.run_dir):
+            run_best_of_n(cfg, BestOfNConfig(ns=args.ns, prompts=args.prompts, policy=args.policy,
+                                             train_pm=args.train_pm, test_pm=args.test_pm,
+                                             max_new_tokens=args.max_new_tokens))
     elif args.command == "tradeoff":
         from hh_ray.driver.analyses import run_harmless_sweep
 
-        run_harmless_sweep(_config(args), args.harmless_weights)
+        cfg = _config(args)
+        with _writer(args, cfg.run_dir):
+            run_harmless_sweep(cfg, args.harmless_weights)
     elif args.command == "alignment-tax":
         from hh_ray.analysis.alignment_tax import AlignmentTaxConfig, alignment_tax, hh_task_folder
         from hh_ray.config import default_data_dir
@@ -159,16 +193,19 @@ def _run_analysis(args) -> int:
             cfg.include_path, cfg.tasks = hh_task_folder(args.run, default_data_dir(), args.hh_tasks)
         elif args.tasks:
             cfg.tasks = args.tasks
-        for t in alignment_tax(cfg).tasks:
+        with _writer(args, args.run):
+            result = alignment_tax(cfg)
+        for t in result.tasks:
             print(f"[alignment-tax] {t.task}: {t.before:.3f} ± {t.before_se:.3f} -> {t.after:.3f} ± {t.after_se:.3f}")
     elif args.command == "ood":
         from hh_ray.analysis.ood import OODConfig, ood_detection
         from hh_ray.models.presets import resolve_model
 
-        r = ood_detection(OODConfig(model=resolve_model(args.model), run_dir=args.run, data_dir=args.data_dir,
-                                    layer=args.layer, pooling=args.pooling, text=args.text,
-                                    fit_prompts=args.fit_prompts, test_prompts=args.test_prompts,
-                                    shrinkage=args.shrinkage))
+        with _writer(args, args.run):
+            r = ood_detection(OODConfig(model=resolve_model(args.model), run_dir=args.run,
+                                        data_dir=args.data_dir, layer=args.layer, pooling=args.pooling,
+                                        text=args.text, fit_prompts=args.fit_prompts,
+                                        test_prompts=args.test_prompts, shrinkage=args.shrinkage))
         print(f"[ood] AUROC {r.auroc:.3f} ({r.ood_subset} vs held-out {r.in_subset})")
     return 0
 
@@ -226,9 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["pm"] and (len(argv) == 1 or argv[1] not in ("train", "eval", "-h", "--help")):
         argv.insert(1, "train")  # `hh-ray pm --config X` trains
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["hh-ray", *argv])  # the lock file names its holder by it
     from hh_ray.config import ConfigError
     from hh_ray.data.hh import DataError
+    from hh_ray.driver import stop
     from hh_ray.driver.stage import ResumeError
+    from hh_ray.files import DamagedFileError, RunFolderBusy
     from hh_ray.ops.plan import PlanError
     from hh_ray.ops.storage import SharedStorageError
     from hh_ray.ops.submit import SubmitError
@@ -251,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "online":
             from hh_ray.driver.online import load_online_config, run_online
 
-            run_online(load_online_config(args.config, args.overrides))
+            online_cfg = load_online_config(args.config, args.overrides)
+            with _writer(args, online_cfg.run_dir, online_cfg.job.ray.stop_grace_s):
+                run_online(online_cfg)
             return 0
         if args.command in ANALYSIS_COMMANDS:
             try:
@@ -272,13 +314,22 @@ def main(argv: list[str] | None = None) -> int:
             return run_plan(_config(args), args.config, args.cluster, args.gpu_memory_gb, args.json)
         cfg = _config(args)
         module, function = DRIVERS[args.command]
-        getattr(importlib.import_module(module), function)(cfg)
+        with _writer(args, cfg.run_dir, cfg.ray.stop_grace_s):
+            getattr(importlib.import_module(module), function)(cfg)
         return 0
     except (ConfigError, DataError, FileNotFoundError, PlacementError, StaleWeightsError, SubmitError,
-            ResumeError, PlanError, SharedStorageError) as exc:
+            ResumeError, PlanError, SharedStorageError, DamagedFileError, RunFolderBusy) as exc:
         print(f"hh-ray: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # the drivers' `finally` blocks have torn their actor groups down by now
+    except stop.Preempted as exc:  # checkpointed at a step boundary; groups and Ray are down by now
+        print(f"hh-ray: stopped by {signal.Signals(exc.signum).name} {exc}; rerun the same command to resume",
+              file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt as exc:  # the drivers' `finally` blocks have torn their actor groups down by now
+        if stop.requested():  # the grace period ran out (or a second signal came) mid-step
+            print(f"hh-ray: stopped by {signal.Signals(stop.signal_number()).name}: {exc}; the step was abandoned "
+                  f"and the newest checkpoint stands; rerun the same command to resume", file=sys.stderr)
+            return 128 + stop.signal_number()
         print("hh-ray: interrupted", file=sys.stderr)
         return 130
 

@@ -257,6 +257,9 @@ class RayConfig:
     num_cpus: int = 0  # 0 = Ray's own count (local only)
     cluster: str = ""  # cluster config the job is planned against (cluster/*.yaml); `hh-ray plan --cluster` overrides
     check_shared_storage: bool = True  # before training, every node must see run_dir (a token file per node)
+    # SIGTERM/SIGINT: seconds to finish the step in progress and checkpoint it before the step is abandoned (keep
+    # it below the platform's own grace, e.g. Kubernetes' terminationGracePeriodSeconds, 30 by default)
+    stop_grace_s: float = 25.0
 
 
 @dataclass

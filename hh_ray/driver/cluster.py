@@ -13,6 +13,7 @@ import os
 import signal
 from pathlib import Path
 
+from hh_ray.driver import stop
 from hh_ray.workers.group import actor_env
 
 SESSION_FILE = ".ray-local-session.json"
@@ -73,3 +74,4 @@ def connect(ray_cfg, run_dir: str | os.PathLike | None = None) -> None:
             (run / SESSION_FILE).write_text(json.dumps({"session": session, "driver_pid": os.getpid()}))
     else:
         ray.init(address=address)  # a submitted job keeps its own runtime env; groups set their env vars
+    stop.rearm()  # ray.init replaced the command's SIGTERM handler with its own `sys.exit`

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hh_ray.config import ConfigError, ExtraData, JobConfig, load_section, validate as validate_job
+from hh_ray.driver import stop
 from hh_ray.label.config import HELPFUL, RED_TEAM, CampaignConfig, LabelConfig, ServerConfig, SourceConfig
 from hh_ray.label.config import validate as validate_label
 from hh_ray.label.export import export_records
@@ -231,7 +232,7 @@ def collect(run: OnlineRun, out_dir: Path, versions: list[int], campaigns: list[
         for i, a in enumerate(work):  # a fresh password per start: a rerun logs the same accounts in again
             found = store.user_credentials(a.name)
             if found is None:
-                _, password = create_user(store, a.name, LABELER)
+                _, password = create_user(store, a.name, LABELER, one_time=False)  # never leaves the driver
             else:
                 password = new_password()
                 store.set_password_hash(found[0].id, hash_password(password))
@@ -252,8 +253,11 @@ def collect(run: OnlineRun, out_dir: Path, versions: list[int], campaigns: list[
                 print(f"[online] {out_dir.parent.name}/{out_dir.name}: {n}/{total} comparisons, {elapsed:.0f}s",
                       flush=True)
 
-        result = run_labelers(specs, count, target, cfg.deadline_s, progress=progress)
+        result = run_labelers(specs, count, target, cfg.deadline_s, progress=progress, should_stop=stop.requested)
         records = [r for r in store.comparisons() if r.campaign in names]
+        if stop.requested():
+            stop.stop(f"during the collection into {out_dir}: {len(records)} of {target} comparisons are in the "
+                      f"store, which a rerun continues from")
         if not result.finished and not (cfg.deadline_s and result.seconds > cfg.deadline_s):
             raise RuntimeError(f"a simulated labeler failed (exit codes {result.exit_codes}); "
                                f"{len(records)} of {target} comparisons are stored, rerun to continue")

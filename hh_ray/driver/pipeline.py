@@ -9,6 +9,7 @@ from pathlib import Path
 from hh_ray.analysis.best_of_n import BestOfNConfig
 from hh_ray.config import dump_config
 from hh_ray.data import load_train_holdout
+from hh_ray.driver import stop
 from hh_ray.driver.analyses import run_alignment_tax, run_best_of_n, run_harmless_sweep, run_ood, run_policy_tradeoff
 from hh_ray.driver.pm import TEST_PM, run_pm
 from hh_ray.driver.ppo import run_ppo
@@ -49,6 +50,8 @@ def run_pipeline(cfg) -> Path:
     stage_s: dict[str, float] = {}
     for name, fn in stages.items():
         if name in cfg.stages:
+            if stop.requested():  # a signal during a stage without steps (data, report, ...): stop before the next
+                stop.stop(f"before stage {name}; every earlier stage is saved")
             t = time.perf_counter()
             print(f"== {name} ==", flush=True)
             fn()

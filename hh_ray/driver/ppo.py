@@ -29,6 +29,7 @@ from hh_ray.algo.batch import Experience, PolicyBatch, SequenceBatch, ValueBatch
 from hh_ray.algo.ppo import KLController, compute_advantages, kl_k1, kl_penalty, logprob_gap, pad_ragged
 from hh_ray.data import DataError, load_train_holdout, unique_prompts
 from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
+from hh_ray.driver import stop
 from hh_ray.driver.cluster import connect
 from hh_ray.driver.pm import TEST_PM, require_pm
 from hh_ray.driver.runlog import RunLog, read_metrics, write_json_atomic
@@ -430,6 +431,8 @@ def run_ppo(cfg) -> dict:
     out, ckpt = run_dir / "ppo", run_dir / "checkpoints" / "ppo"
     out.mkdir(parents=True, exist_ok=True)
     resume_state = resume_point(ckpt, cfg.fresh)  # a file check: refuse a damaged run before any cluster starts
+    if resume_state:
+        read_metrics(out / "metrics.jsonl")  # so is a log damaged before its last line (DamagedFileError)
     setup = PPOSetup.prepare(cfg)
     connect(cfg.ray, cfg.run_dir)
     t_start = time.perf_counter()
@@ -452,7 +455,13 @@ def run_ppo(cfg) -> dict:
         rng, step, failures = random.Random(cfg.seed), start, 0
         kl_at_start = setup.kl_ctl.state_dict()
         rollouts = Rollouts(w, setup.train, cfg)
+        saved = start
         while step < p.steps:
+            if stop.requested():  # a signal: checkpoint the last finished step as the periodic checkpoint does
+                if step > saved:
+                    save_state(w, ckpt, step, setup.kl_ctl)
+                rollouts.close()
+                stop.stop_after_step("PPO", step, p.steps, ckpt)
             rng.seed(cfg.seed * 7919 + step + 1)
             try:
                 metrics = ppo_step(w, step + 1, rollouts, cfg, setup.kl_ctl, rng)
@@ -469,7 +478,7 @@ def run_ppo(cfg) -> dict:
                 state = resume_point(ckpt, fresh=False)
                 if state is None:  # no checkpoint yet: the new trainers start from the initial weights
                     setup.kl_ctl.load_state_dict(kl_at_start)
-                step = resume(w, ckpt, state, setup.kl_ctl)
+                step = saved = resume(w, ckpt, state, setup.kl_ctl)
                 w.sync.push(step)
                 log.truncate(step)
                 continue
@@ -482,6 +491,7 @@ def run_ppo(cfg) -> dict:
             dashboard.record(metrics)
             if (p.checkpoint_every and step % p.checkpoint_every == 0) or step == p.steps:
                 save_state(w, ckpt, step, setup.kl_ctl)
+                saved = step
         log.close()
         rollouts.close()
         after, samples = evaluate(w, setup.held_out, cfg, p.steps)

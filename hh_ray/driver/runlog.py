@@ -25,7 +25,8 @@ class RunLog:
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
-        kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step] if resume_step else []
+        # a half-written last row (a kill mid-append) is cut off; a new stage starts an empty log
+        kept = [r for r in read_metrics(self.path, repair=True) if r["step"] <= resume_step] if resume_step else []
         write_jsonl_atomic(self.path, kept)
         self.name, self.total, self.every = name, total_steps, max(1, every)
         self.t0 = time.perf_counter()

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from hh_ray.driver import stop
 from hh_ray.driver.runlog import RunLog
 from hh_ray.workers.checkpoint import has_checkpoints, latest_tag
 
@@ -44,8 +45,13 @@ def run_stage(name: str, group, objective, steps: int, batch_at: Callable[[int],
     if start:
         print(f"[{name}] resumed from {ckpt} at step {start}")
     log = RunLog(log_dir, name, steps, log_every, resume_step=start, logging_cfg=cfg.logging, run_name=cfg.name)
+    saved = start
     try:
         for step in range(start + 1, steps + 1):
+            if stop.requested():  # a signal: checkpoint the last finished step, then stop
+                if step - 1 > saved:
+                    group.save_checkpoint(str(ckpt), f"step{step - 1}", {"step": step - 1})
+                stop.stop_after_step(name, step - 1, steps, ckpt)
             result = group.train(batch_at(step), objective)
             metrics = objective.metrics(result) | {f"{name}/units_per_s": result.units / max(result.seconds, 1e-9)}
             if evaluate and eval_every and step % eval_every == 0 and step < steps:
@@ -53,5 +59,6 @@ def run_stage(name: str, group, objective, steps: int, batch_at: Callable[[int],
             log.log(step, metrics, show=show)
             if (checkpoint_every and step % checkpoint_every == 0) or step == steps:
                 group.save_checkpoint(str(ckpt), f"step{step}", {"step": step})
+                saved = step
     finally:
         log.close()

@@ -12,10 +12,12 @@ import io
 import json
 import logging
 import random
+import re
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 import jinja2
 from fastapi import FastAPI, Request
@@ -24,8 +26,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.templating import Jinja2Templates
 
-from .auth import (CSRF_FIELD, CSRF_HEADER, LOGIN_COOKIE, LOGIN_TOKEN_TTL_S, SESSION_COOKIE, Auth, Unauthorized,
-                   create_user, tokens_match)
+from .auth import (CSRF_FIELD, CSRF_HEADER, LOGIN_COOKIE, LOGIN_TOKEN_TTL_S, MIN_PASSWORD_CHARS, SESSION_COOKIE,
+                   Auth, PasswordChangeRequired, Unauthorized, create_user, tokens_match)
 from .config import HELPFUL, STRENGTHS, LabelConfig
 from .export import export_records
 from .progress import progress_png, summarize
@@ -54,6 +56,60 @@ class ResponseSource(Protocol):
 
 class Unavailable(LabelError):
     status = 503
+
+
+class TooLarge(LabelError):
+    status = 413
+
+
+# what a session with a one-time password may still do: change it, or leave
+PASSWORD_PATHS = ("/password", "/api/password", "/logout", "/api/logout")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` is refused before any route reads it, by its
+    Content-Length at once, else (chunked) as soon as the bytes received pass the limit."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+        self.refusal = f"the request body is over {max_bytes} bytes"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_bytes:
+            return await JSONResponse({"error": self.refusal}, status_code=413)(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise TooLarge(self.refusal)
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+def check_text(value: object) -> None:
+    """Strings of a parsed body must be encodable (a lone surrogate from JSON's \\ud800 is not: the database
+    driver would fail on it)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Invalid("the body holds text that is not valid Unicode (a lone surrogate)") from None
+    elif isinstance(value, (dict, list)):
+        for v in (*value.keys(), *value.values()) if isinstance(value, dict) else value:
+            check_text(v)
+
+
+def attachment(filename: str) -> str:
+    """A Content-Disposition header for any file name (headers are Latin-1: the name goes RFC 5987-encoded)."""
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def context_seed(context: str) -> int:
@@ -88,6 +144,11 @@ def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
 
+def client_of(request: Request) -> str:
+    """The peer address login throttling counts by (no proxy header is trusted: any client could forge it)."""
+    return request.client.host if request.client else "unknown"
+
+
 def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastAPI:
     """The whole web app over one store and one response source."""
     app = FastAPI(title="hh-ray labeling", docs_url=None, redoc_url=None, openapi_url=None)
@@ -95,10 +156,15 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
     templates = _templates()
     auth = Auth(store, cfg.server)
     srv = cfg.server
+    app.add_middleware(BodyLimit, max_bytes=srv.max_body_bytes)  # inside security_headers: its 413s get them
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:  # a bug: one generic 500, with the same headers as every other response
+            log.exception("unhandled error in %s %s", request.method, request.url.path)
+            response = JSONResponse({"error": "internal error; the service log has the details"}, status_code=500)
         for k, v in SECURITY_HEADERS.items():
             response.headers.setdefault(k, v)
         return response
@@ -109,6 +175,8 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         if isinstance(exc, Unauthorized) and request.method == "GET":
             return RedirectResponse("/login?next=expired", status_code=303)
+        if isinstance(exc, PasswordChangeRequired) and request.method == "GET":
+            return RedirectResponse("/password", status_code=303)
         return templates.TemplateResponse(request, "error.html", {"message": str(exc), "status": exc.status},
                                           status_code=exc.status)
 
@@ -117,6 +185,9 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
         session = await run_in_threadpool(auth.session_from_cookie, request.cookies.get(SESSION_COOKIE))
         if session is None:
             raise Unauthorized("not logged in, or the session expired; log in again")
+        if session.user.must_change_password and request.url.path not in PASSWORD_PATHS:
+            raise PasswordChangeRequired("change your one-time password first (the page /password, or "
+                                         "POST /api/password with current_password and new_password)")
         return session
 
     async def form_or_json(request: Request) -> dict:
@@ -125,10 +196,14 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
                 body = await request.json()
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise Invalid("the body is not valid JSON") from None
+            except RecursionError:
+                raise Invalid("the JSON body is nested too deeply") from None
             if not isinstance(body, dict):
                 raise Invalid("the body must be a JSON object")
-            return body
-        return dict(await request.form())
+        else:
+            body = dict(await request.form())
+        check_text(body)
+        return body
 
     async def changing(request: Request, admin: bool = False) -> tuple[SessionInfo, dict]:
         """A state-changing request: a live session, its CSRF token (header or form field), the body."""
@@ -148,7 +223,7 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
 
     def conv_id_of(value: str) -> int:
         """A conversation id from the path; anything that is not a plausible id is simply not found."""
-        if not value.isdigit() or not 0 < int(value) < 2**31:
+        if not re.fullmatch(r"[0-9]{1,10}", value) or not 0 < int(value) < 2**31:  # ASCII: "²".isdigit()
             raise NotFound(f"no conversation {value[:40]!r}")
         return int(value)
 
@@ -159,7 +234,7 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
 
     def int_or_raw(value: object) -> object:
         """Form fields arrive as text; a JSON body keeps its types (so "2" stays invalid there)."""
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,9}", value.strip()):  # not "²", which int() refuses
             return int(value)
         return value
 
@@ -172,9 +247,8 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
                 for rel in summary.files:
                     zf.write(Path(tmp) / rel, rel)
         await run_in_threadpool(store.audit, user.id, "export", f"campaign={campaign or '*'} records={summary.total}")
-        name = f"{campaign or 'all'}-export.zip"
         return Response(buf.getvalue(), media_type="application/zip",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+                        headers={"Content-Disposition": attachment(f"{campaign or 'all'}-export.zip")})
 
     def set_session_cookie(response: Response, session: SessionInfo) -> None:
         response.set_cookie(SESSION_COOKIE, auth.session_cookie(session), max_age=int(srv.session_ttl_s),
@@ -213,10 +287,10 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
         if not auth.login_token_ok(request.cookies.get(LOGIN_COOKIE), form.get(CSRF_FIELD)):
             return await login_page(request, "The login form expired; try again.", 403)
         try:
-            session = await run_in_threadpool(auth.login, form.get("name"), form.get("password"))
+            session = await run_in_threadpool(auth.login, form.get("name"), form.get("password"), client_of(request))
         except LabelError as exc:
             return await login_page(request, str(exc), exc.status)
-        resp = RedirectResponse("/label", status_code=303)
+        resp = RedirectResponse("/password" if session.user.must_change_password else "/label", status_code=303)
         set_session_cookie(resp, session)
         resp.delete_cookie(LOGIN_COOKIE, path="/")
         return resp
@@ -321,12 +395,13 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
 
     @app.post("/api/login")
     async def api_login(request: Request):
-        body = await form_or_json(request)
         if not auth.login_token_ok(request.cookies.get(LOGIN_COOKIE), request.headers.get(CSRF_HEADER)):
             raise Forbidden("missing or wrong login CSRF token; GET /api/login first")
-        session = await run_in_threadpool(auth.login, body.get("name"), body.get("password"))
+        body = await form_or_json(request)  # only once the token is right
+        session = await run_in_threadpool(auth.login, body.get("name"), body.get("password"), client_of(request))
         resp = JSONResponse({"user": session.user.name, "role": session.user.role, "csrf_token": session.csrf_token,
-                             "expires_at": session.expires_at.isoformat() + "Z"})
+                             "expires_at": session.expires_at.isoformat() + "Z",
+                             "must_change_password": session.user.must_change_password})
         set_session_cookie(resp, session)
         return resp
 
@@ -376,8 +451,9 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
     @app.post("/api/conversations/{conv_id}/end")
     async def api_end(request: Request, conv_id: str):
         session, _ = await changing(request)
-        await run_in_threadpool(store.end_conversation, conv_id_of(conv_id), session.user)
-        return {"conversation_id": int(conv_id), "ended": True}
+        cid = conv_id_of(conv_id)
+        await run_in_threadpool(store.end_conversation, cid, session.user)
+        return {"conversation_id": cid, "ended": True}
 
     @app.get("/api/me/stats")
     async def api_stats(request: Request):
@@ -400,6 +476,27 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
     async def api_export(request: Request):
         session, body = await changing(request, admin=True)
         return await export_zip(session.user, str(body.get("campaign") or ""))
+
+    @app.get("/password")
+    async def password_page(request: Request):
+        session = await reading(request)
+        return page(request, "password.html", session, min_chars=MIN_PASSWORD_CHARS)
+
+    @app.post("/password")
+    async def password_post(request: Request):
+        session, form = await changing(request)
+        try:
+            await run_in_threadpool(auth.change_password, session, form.get("current_password"),
+                                    form.get("new_password"))
+        except LabelError as exc:
+            return page(request, "password.html", session, exc.status, min_chars=MIN_PASSWORD_CHARS, error=str(exc))
+        return RedirectResponse("/label", status_code=303)
+
+    @app.post("/api/password")
+    async def api_password(request: Request):
+        session, body = await changing(request)
+        await run_in_threadpool(auth.change_password, session, body.get("current_password"), body.get("new_password"))
+        return {"user": session.user.name, "changed": True}
 
     @app.get("/healthz")
     async def healthz():

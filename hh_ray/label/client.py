@@ -41,8 +41,10 @@ class ChoiceAck:
 class LabelClient:
     """One labeler's session with the service at `base_url` (http://host:port)."""
 
-    def __init__(self, base_url: str, timeout_s: float = 120.0):
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, follow_redirects=False)
+    def __init__(self, base_url: str, timeout_s: float = 120.0, local_address: str | None = None):
+        transport = httpx.HTTPTransport(local_address=local_address) if local_address else None
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, follow_redirects=False,
+                                 transport=transport)
         self.csrf_token: str | None = None
         self.user: str | None = None
 
@@ -78,6 +80,10 @@ class LabelClient:
                                       headers={CSRF_HEADER: token}))
         self.csrf_token, self.user = r["csrf_token"], r["user"]
         return r["role"]
+
+    def change_password(self, current: str, new: str) -> None:
+        """Replace the password (a one-time password must be replaced before anything else)."""
+        self._post("/api/password", {"current_password": current, "new_password": new})
 
     def logout(self) -> None:
         self._post("/api/logout")

@@ -6,8 +6,9 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
-from .auth import create_user
+from .auth import create_user, reset_password
 from .config import LabelConfig, load_label_config
 from .export import export_campaign
 from .store import Store
@@ -29,8 +30,26 @@ def connect_ray(cfg: LabelConfig) -> None:
         ray.init(address=address)
 
 
+ADMIN_PASSWORD_FILE = "admin-password"
+
+
+def show_admin_password(cfg: LabelConfig, password: str) -> str:
+    """The first admin's one-time password, shown once: on the terminal that started the service, else (stdout is
+    a log, e.g. a Ray job's, readable through the dashboard) in a file only the owner can read."""
+    if sys.stdout.isatty():
+        return f"[label] admin account: name 'admin', one-time password {password} (change it at first login)"
+    path = (Path(cfg.dir) / ADMIN_PASSWORD_FILE).resolve()  # absolute: a Ray job runs in a folder of its own
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file was there before with other modes
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password + "\n")
+    return (f"[label] admin account: name 'admin'; its one-time password is in {path} (mode 0600, not shown "
+            "here because stdout is not a terminal); change it at first login, then delete the file")
+
+
 def serve_command(cfg: LabelConfig, stop: threading.Event | None = None) -> int:
-    """Start the service, print its URL (and the first admin's one-time password), run until Ctrl-C."""
+    """Start the service, print its URL (and where the first admin's one-time password is), run until Ctrl-C."""
     import ray
     from ray import serve
 
@@ -44,8 +63,8 @@ def serve_command(cfg: LabelConfig, stop: threading.Event | None = None) -> int:
     try:
         password = ensure_admin(running.store)
         print(f"[label] serving {running.url}  (campaigns: {', '.join(c.name for c in cfg.campaigns)})", flush=True)
-        if password:  # printed once to the operator's terminal, never logged
-            print(f"[label] admin account: name 'admin', one-time password {password}", flush=True)
+        if password:  # shown once to the operator's terminal, never into a log
+            print(show_admin_password(cfg, password), flush=True)
         else:
             print("[label] an admin account exists already; `hh-ray label user add NAME --role admin` adds one",
                   flush=True)
@@ -61,12 +80,22 @@ def serve_command(cfg: LabelConfig, stop: threading.Event | None = None) -> int:
     return 0
 
 
-def user_add_command(cfg: LabelConfig, name: str, role: str) -> int:
+def user_command(cfg: LabelConfig, action: str, name: str, role: str = "labeler") -> int:
+    """`user add` (a one-time password), `user password` (a new one-time password: the owner changes it at the
+    next login), `user disable` (sessions end, logins fail) and `user enable`."""
     store = Store(cfg.db_url)
     store.migrate()
-    user, password = create_user(store, name, role)
-    print(f"user {user.name} ({user.role}); one-time password: {password}")
-    store.dispose()
+    try:
+        if action == "add":
+            user, password = create_user(store, name, role)
+            print(f"user {user.name} ({user.role}); one-time password: {password}")
+        elif action == "password":
+            print(f"user {name}: new one-time password: {reset_password(store, name)}")
+        else:
+            store.set_active(name, action == "enable")
+            print(f"user {name}: {action}d")
+    finally:
+        store.dispose()
     return 0
 
 
@@ -91,7 +120,7 @@ def run_label(args) -> int:
         if args.label_command == "serve":
             return serve_command(cfg)
         if args.label_command == "user":
-            return user_add_command(cfg, args.name, args.role)
+            return user_command(cfg, args.user_command, args.name, getattr(args, "role", "labeler"))
         return export_command(cfg, args.campaign, args.out)
     except LabelError as exc:
         print(f"hh-ray: error: {exc}", file=sys.stderr)

@@ -63,8 +63,12 @@ class ServerConfig:
     session_ttl_s: float = 8 * 3600.0
     secure_cookies: bool = False  # set true behind HTTPS so browsers send the session cookie only over TLS
     max_turn_chars: int = 2000
-    login_max_failures: int = 5  # wrong passwords per name within login_window_s; the next attempt gets 429
+    # wrong passwords per (client address, name) within login_window_s; then that pair is locked for
+    # login_window_s, doubling with each further lockout up to login_max_lockout_s (a success clears it)
+    login_max_failures: int = 5
     login_window_s: float = 60.0
+    login_max_lockout_s: float = 3600.0
+    max_body_bytes: int = 65536  # larger request bodies get 413 before anything parses them
     ingress_min_replicas: int = 1
     ingress_max_replicas: int = 2
     ingress_cpus: float = 0.25

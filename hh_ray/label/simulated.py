@@ -25,6 +25,7 @@ from typing import Callable
 
 from hh_ray.algo.labeler import decide
 from hh_ray.data.hh import load_comparisons, split_holdout, split_turns
+from hh_ray.files import read_jsonl
 
 from .client import LabelAPIError, LabelClient, TaskPair
 
@@ -100,6 +101,7 @@ def label_until_quota(spec: LabelerSpec, judge: Judge, client: LabelClient) -> i
     decided, its remaining turns posted), so a rerun labels exactly what an uninterrupted labeler would have."""
     client.login(spec.name, spec.password)
     acks = Path(spec.work_dir) / f"acks-{spec.name}.jsonl"
+    read_jsonl(acks, repair=True)  # a receipt half-written by a killed labeler is cut off before appending
     stats = client.stats()
     done, conversation, unfinished = stats["comparisons"], stats["conversations"], stats["open_conversation"]
 
@@ -163,8 +165,10 @@ class CollectionResult:
 
 
 def run_labelers(specs: list[LabelerSpec], count: Callable[[], int], target: int, deadline_s: float = 0.0,
-                 poll_s: float = 5.0, progress: Callable[[int, int, float], None] | None = None) -> CollectionResult:
-    """Run one process per labeler until all exit or `deadline_s` passes (0 = none); shows `count()` progress.
+                 poll_s: float = 5.0, progress: Callable[[int, int, float], None] | None = None,
+                 should_stop: Callable[[], bool] = lambda: False) -> CollectionResult:
+    """Run one process per labeler until all exit, `deadline_s` passes (0 = none) or `should_stop()` (a signal to
+    the driver: every acknowledged choice is in the store already); shows `count()` progress.
 
     With no specs (people only) it waits until `count()` reaches `target` or the deadline."""
     ctx = mp.get_context("spawn")  # a fresh interpreter: no Ray or torch state inherited from the driver
@@ -181,9 +185,13 @@ def run_labelers(specs: list[LabelerSpec], count: Callable[[], int], target: int
                 progress(n, target, elapsed)
             if (procs and not any(p.is_alive() for p in procs.values())) or (not procs and n >= target):
                 break
-            if deadline_s and elapsed > deadline_s:
+            if (deadline_s and elapsed > deadline_s) or should_stop():
                 break
-            time.sleep(poll_s)
+            naps = max(1, round(poll_s / 0.25))  # short naps, so a stop request is seen at once
+            for _ in range(naps):
+                if should_stop():
+                    break
+                time.sleep(poll_s / naps)
     finally:
         for p in procs.values():
             if p.is_alive():

@@ -7,6 +7,8 @@ A comparison is written once: `comparisons.task_id` is unique, and a repeated su
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import secrets
 import uuid
@@ -14,8 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import (Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
-                        event, func, select)
+from sqlalchemy import (Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, case,
+                        create_engine, delete, event, false, func, or_, select, update)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -74,23 +78,29 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(256))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class SessionRow(Base):
+    """A session by the SHA-256 of its id: the database alone gives no session (its CSRF token derives from the id)."""
+
     __tablename__ = "sessions"
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime)
 
 
-class LoginAttempt(Base):
-    __tablename__ = "login_attempts"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), index=True)
-    ok: Mapped[bool] = mapped_column(Boolean)
-    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+class LoginThrottle(Base):
+    """Failed logins per (client address, user name): a stranger's failures never lock the user out elsewhere."""
+
+    __tablename__ = "login_throttle"
+    client: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # within the window, since the last lockout
+    lockouts: Mapped[int] = mapped_column(Integer, default=0)  # each one doubles the next
+    last_failure: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Setting(Base):
@@ -188,6 +198,7 @@ class UserInfo:
     id: int
     name: str
     role: str
+    must_change_password: bool = False
 
     @property
     def is_admin(self) -> bool:
@@ -281,6 +292,16 @@ class ComparisonRecord:
     decide_seconds: float
 
 
+def digest(token: str) -> str:
+    """SHA-256 of a random token (session ids have 256 bits: no salt or slow hash needed)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def csrf_token_of(session_id: str) -> str:
+    """The session's CSRF token, derived from its id so that neither is stored."""
+    return hmac.new(session_id.encode(), b"hh-ray csrf", hashlib.sha256).hexdigest()
+
+
 def transcript(turns: list[TurnView]) -> str:
     """HH's text form: "\\n\\nHuman: ...\\n\\nAssistant: ..." for the turns so far."""
     return "".join(f"{HUMAN if t.role == 'Human' else ASSISTANT} {t.text}" for t in turns)
@@ -290,7 +311,7 @@ def check_turn_text(text: str, max_chars: int) -> str:
     """The human turn as stored (stripped), or Invalid naming what is wrong with it."""
     if not isinstance(text, str):
         raise Invalid("the turn must be text")
-    text = text.strip()
+    text = text.replace("\r\n", "\n").replace("\r", "\n").strip()  # a browser textarea sends CRLF
     if not text:
         raise Invalid("the turn is empty; write something for the assistant to answer")
     if len(text) > max_chars:
@@ -307,6 +328,10 @@ def check_choice(choice: object, strength: object) -> tuple[str, int]:
     if isinstance(strength, bool) or not isinstance(strength, int) or strength not in STRENGTHS:
         raise Invalid(f"strength must be one of {sorted(STRENGTHS)} ({', '.join(STRENGTHS.values())}), got {strength!r}")
     return choice, strength
+
+
+def _info(u: User) -> UserInfo:
+    return UserInfo(u.id, u.name, u.role, bool(u.must_change_password))
 
 
 class Store:
@@ -395,29 +420,55 @@ class Store:
             return [(a, d, n or "") for a, d, n in rows]
 
     # ---- users -------------------------------------------------------------------------------------------
-    def add_user(self, name: str, role: str, password_hash: str, by: int | None = None) -> UserInfo:
+    def add_user(self, name: str, role: str, password_hash: str, by: int | None = None,
+                 must_change: bool = False) -> UserInfo:
         if not isinstance(name, str) or not _NAME.match(name):
             raise Invalid(f"user name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
         if role not in ROLES:
             raise Invalid(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         try:
             with self.sessions.begin() as s:
-                user = User(name=name, role=role, password_hash=password_hash)
+                user = User(name=name, role=role, password_hash=password_hash, must_change_password=must_change)
                 s.add(user)
                 s.flush()
                 s.add(AuditLog(user_id=by, action="user.add", detail=f"{name} ({role})"))
-                return UserInfo(user.id, user.name, user.role)
+                return _info(user)
         except IntegrityError:
             raise Conflict(f"user '{name}' exists already") from None
 
     def user_credentials(self, name: str) -> tuple[UserInfo, str] | None:
         with self.sessions() as s:
             u = s.scalar(select(User).where(User.name == name, User.active.is_(True)))
-            return (UserInfo(u.id, u.name, u.role), u.password_hash) if u else None
+            return (_info(u), u.password_hash) if u else None
 
-    def set_password_hash(self, user_id: int, password_hash: str) -> None:
+    def set_password_hash(self, user_id: int, password_hash: str, must_change: bool | None = None,
+                          by: int | None = None) -> None:
+        """A new password; `must_change` True makes it one-time (changed at the next login)."""
         with self.sessions.begin() as s:
-            s.get(User, user_id).password_hash = password_hash
+            u = s.get(User, user_id)
+            u.password_hash = password_hash
+            if must_change is not None:
+                u.must_change_password = must_change
+                s.add(AuditLog(user_id=by, action="user.password", detail=f"{u.name} one-time={must_change}"))
+
+    def set_active(self, name: str, active: bool, by: int | None = None) -> UserInfo:
+        """Disable (every session ends, logins fail) or re-enable an account."""
+        with self.sessions.begin() as s:
+            u = s.scalar(select(User).where(User.name == name)) if isinstance(name, str) else None
+            if u is None:
+                raise NotFound(f"no user named {name!r}")
+            u.active = active
+            if not active:
+                s.execute(delete(SessionRow).where(SessionRow.user_id == u.id))
+            s.add(AuditLog(user_id=by, action="user.enable" if active else "user.disable", detail=name))
+            return _info(u)
+
+    def user_id_of(self, name: str) -> int:
+        with self.sessions() as s:
+            uid = s.scalar(select(User.id).where(User.name == name)) if isinstance(name, str) else None
+        if uid is None:
+            raise NotFound(f"no user named {name!r}")
+        return uid
 
     def has_admin(self) -> bool:
         with self.sessions() as s:
@@ -425,30 +476,61 @@ class Store:
 
     def users(self) -> list[UserInfo]:
         with self.sessions() as s:
-            return [UserInfo(u.id, u.name, u.role) for u in s.scalars(select(User).order_by(User.id))]
+            return [_info(u) for u in s.scalars(select(User).order_by(User.id))]
 
     # ---- login throttling and sessions -------------------------------------------------------------------
-    def login_failures(self, name: str, window_s: float) -> int:
-        since = utcnow() - timedelta(seconds=window_s)
-        with self.sessions() as s:
-            return s.scalar(select(func.count()).select_from(LoginAttempt)
-                            .where(LoginAttempt.name == name, LoginAttempt.ok.is_(False), LoginAttempt.at >= since))
+    def claim_login_attempt(self, client: str, name: str, max_failures: int, window_s: float,
+                            max_lockout_s: float) -> float:
+        """Count a login attempt as failed before its password is checked; 0 when it may go on, else the seconds
+        the (client, name) pair is locked for.
 
-    def record_login(self, name: str, ok: bool) -> None:
+        Counting first, in one transaction with the lock check, makes concurrent attempts see each other (a check
+        that reads the count and writes it after the password would let them all through). The `max_failures`-th
+        failure within `window_s` locks the pair for `window_s`, doubling with each lockout up to `max_lockout_s`;
+        a success clears it (`clear_login_failures`)."""
+        key = (client[:64], name[:64])
+        where = (LoginThrottle.client == key[0], LoginThrottle.name == key[1])
+        now = utcnow()
+        insert = (sqlite_insert if self.engine.dialect.name == "sqlite" else pg_insert)(LoginThrottle)
+        with self.sessions.begin() as s:  # pairs quiet for max_lockout_s are forgotten (the table stays small)
+            s.execute(delete(LoginThrottle).where(
+                LoginThrottle.last_failure < now - timedelta(seconds=max(window_s, max_lockout_s)),
+                or_(LoginThrottle.locked_until.is_(None), LoginThrottle.locked_until <= now)))
+            s.execute(insert.values(client=key[0], name=key[1], failures=0, lockouts=0, last_failure=now)
+                      .on_conflict_do_nothing())
+            stale = now - timedelta(seconds=window_s)
+            counted = s.execute(
+                update(LoginThrottle).where(*where, or_(LoginThrottle.locked_until.is_(None),
+                                                        LoginThrottle.locked_until <= now))
+                .values(failures=case((LoginThrottle.last_failure < stale, 1), else_=LoginThrottle.failures + 1),
+                        last_failure=now, locked_until=None)
+                .returning(LoginThrottle.failures, LoginThrottle.lockouts)).first()
+            if counted is None:
+                locked_until = s.scalar(select(LoginThrottle.locked_until).where(*where))
+                return max(1.0, (locked_until - now).total_seconds())
+            failures, lockouts = counted
+            if failures >= max_failures:
+                lock_s = min(window_s * 2 ** lockouts, max_lockout_s)
+                s.execute(update(LoginThrottle).where(*where).values(
+                    failures=0, lockouts=lockouts + 1, locked_until=now + timedelta(seconds=lock_s)))
+            return 0.0
+
+    def clear_login_failures(self, client: str, name: str) -> None:
         with self.sessions.begin() as s:
-            s.add(LoginAttempt(name=name[:64], ok=ok))
+            s.execute(delete(LoginThrottle).where(LoginThrottle.client == client[:64],
+                                                  LoginThrottle.name == name[:64]))
 
     def create_session(self, user: UserInfo, ttl_s: float) -> SessionInfo:
-        sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        sid = secrets.token_urlsafe(32)
         expires = utcnow() + timedelta(seconds=ttl_s)
         with self.sessions.begin() as s:
-            s.add(SessionRow(id=sid, user_id=user.id, csrf_token=csrf, expires_at=expires))
-        return SessionInfo(sid, user, csrf, expires)
+            s.add(SessionRow(id_hash=digest(sid), user_id=user.id, expires_at=expires))
+        return SessionInfo(sid, user, csrf_token_of(sid), expires)
 
     def get_session(self, sid: str) -> SessionInfo | None:
         """The live session with this id, or None (an expired one is deleted on sight)."""
         with self.sessions.begin() as s:
-            row = s.get(SessionRow, sid)
+            row = s.get(SessionRow, digest(sid))
             if row is None:
                 return None
             if row.expires_at <= utcnow():
@@ -457,11 +539,11 @@ class Store:
             u = s.get(User, row.user_id)
             if u is None or not u.active:
                 return None
-            return SessionInfo(row.id, UserInfo(u.id, u.name, u.role), row.csrf_token, row.expires_at)
+            return SessionInfo(sid, _info(u), csrf_token_of(sid), row.expires_at)
 
     def delete_session(self, sid: str) -> None:
         with self.sessions.begin() as s:
-            row = s.get(SessionRow, sid)
+            row = s.get(SessionRow, digest(sid))
             if row is not None:
                 s.delete(row)
 

@@ -141,21 +141,70 @@ def _session_alive(run: Path) -> list:
     return session_processes(json.loads(f.read_text())["session"]) if f.is_file() else []
 
 
-def test_ctrl_c_tears_down_and_exits_130(tmp_path):
-    run = tmp_path / "sigint"
-    proc = _driver(run, 20)
-    _wait_for_step(run, 1, proc)
+def _stop_with(signum: int, run: Path, steps: int, at_step: int) -> tuple[str, int]:
+    """Send `signum` to a PPO driver once step `at_step` is logged; returns its stderr and the step it saved."""
+    proc = _driver(run, steps)
+    _wait_for_step(run, at_step, proc)
     session = json.loads((run / ".ray-local-session.json").read_text())["session"]
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 130, err[-3000:]
-    assert "hh-ray: interrupted" in err and "Traceback" not in err, err[-3000:]
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert "Traceback" not in err and "SIGTERM received" not in err and "StackTrace" not in err, err[-3000:]
+    stopped = [line for line in err.splitlines() if line.startswith("hh-ray: stopped")]
+    name = signal.Signals(signum).name
+    assert len(stopped) == 1 and stopped[0].startswith(f"hh-ray: stopped by {name} after PPO step "), err[-3000:]
+    assert stopped[0].endswith("rerun the same command to resume"), stopped
+    saved = int(stopped[0].split("after PPO step ")[1].split()[0])
+    assert saved >= at_step and (run / "checkpoints" / "ppo" / f"state-step{saved}.json").is_file()
+    assert [r["step"] for r in read_metrics(run / "ppo" / "metrics.jsonl")][-1] == saved
     from hh_ray.driver.cluster import session_processes
 
     deadline = time.time() + 60
     while session_processes(session) and time.time() < deadline:
         time.sleep(1)
     assert not session_processes(session)  # the local cluster went with its driver
+    return err, saved
+
+
+def test_ctrl_c_checkpoints_the_last_step_and_exits_130(tmp_path):
+    _stop_with(signal.SIGINT, tmp_path / "sigint", 20, 1)
+
+
+def test_sigterm_checkpoints_the_last_step_and_the_rerun_continues_exactly(uninterrupted, tmp_path):
+    """Preemption: SIGTERM once step 1 is logged (checkpoint_every=2, so step 1 or 3 is saved by the stop alone);
+    the rerun of the same command finishes the run with the numbers and final score of an uninterrupted one."""
+    root, clean = uninterrupted
+    run = tmp_path / "sigterm"
+    _stop_with(signal.SIGTERM, run, 6, 1)
+    again = _driver(run, 6)
+    out, err = again.communicate(timeout=1200)
+    assert again.returncode == 0, err[-3000:]
+    _assert_same_run(read_metrics(run / "ppo" / "metrics.jsonl"), clean)
+    after, reference = (json.loads((r / "ppo" / "eval_after.json").read_text()) for r in (run, root / "clean"))
+    assert after["eval/pm_score"] == pytest.approx(reference["eval/pm_score"], abs=1e-3)
+
+
+def test_sigterm_to_sft_checkpoints_the_last_step(tmp_path):
+    """The supervised stages (stage.py) stop the same way: the step boundary after the signal is saved as an intact
+    checkpoint that mid-stage resume (tested with the stage runner) starts from."""
+    run = tmp_path / "sft"
+    cmd = [sys.executable, "-m", "hh_ray.cli", "sft", f"run_dir={run}", "model.policy=tiny",
+           "model.tokenizer_vocab_size=320", "data.subsets=[helpful-base]", "data.max_prompt_tokens=64",
+           "sft.steps=400", "sft.checkpoint_every=100", "logging.tensorboard=false"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"RAY_AUTH_MODE": "disabled"}, start_new_session=True)
+    deadline = time.time() + 600
+    while not read_metrics(run / "sft-logs" / "metrics.jsonl"):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("hh-ray: stopped")]
+    saved = int(line.split("after sft step ")[1].split()[0])
+    assert 1 <= saved < 100 and line.endswith("rerun the same command to resume"), line
+    assert (run / "checkpoints" / "sft" / f"step{saved}" / "COMPLETE").is_file()
+    assert [r["step"] for r in read_metrics(run / "sft-logs" / "metrics.jsonl")][-1] == saved  # what resume keeps
 
 
 @pytest.mark.slow

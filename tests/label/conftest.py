@@ -50,9 +50,10 @@ class LabelService:
     store: Store
     admin_password: str
 
-    def new_labeler(self, name: str, role: str = "labeler") -> str:
-        """An account as `hh-ray label user add` makes it; returns the one-time password."""
-        return create_user(self.store, name, role)[1]
+    def new_labeler(self, name: str, role: str = "labeler", one_time: bool = False) -> str:
+        """An account as `hh-ray label user add` makes it, by default with its first password change done (so tests
+        reach the pages); returns the password."""
+        return create_user(self.store, name, role, one_time=one_time)[1]
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,6 @@
-"""A real headless Chromium (Debian's, driven by Playwright) labels through the pages of the Serve app."""
+"""A real headless Chromium (Debian's, driven by Playwright) labels through the pages of the Serve app: after an
+outsider on another address has locked its own (address, name) pair out, the labeler logs in with a one-time
+password, is made to change it, and labels."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hh_ray.label.client import LabelAPIError, LabelClient
 from hh_ray.label.store import Task
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -22,7 +25,15 @@ def test_browser_logs_in_labels_continues_and_ends(label_service, tmp_path):
 
     expect.set_options(timeout=60_000)  # a CPU vLLM engine may take longer than the 5 s default to answer
     name, store = "browser-labeler", label_service.store
-    password = label_service.new_labeler(name)
+    password = label_service.new_labeler(name, one_time=True)
+    statuses = []
+    with LabelClient(label_service.url, local_address="127.0.0.2") as outsider:  # guesses from another address
+        for _ in range(label_service.cfg.server.login_max_failures + 2):
+            try:
+                outsider.login(name, "a guess")
+            except LabelAPIError as exc:
+                statuses.append(exc.status)
+    assert statuses[-1] == 429, statuses  # the outsider is locked out ...
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
@@ -31,7 +42,14 @@ def test_browser_logs_in_labels_continues_and_ends(label_service, tmp_path):
         expect(page).to_have_url(label_service.url + "/login?next=expired")  # no session: the login page
         page.fill("#name", name)
         page.fill("#password", password)
-        page.click("#login")
+        page.click("#login")  # ... the labeler is not
+        expect(page).to_have_url(label_service.url + "/password")  # a one-time password: changed first
+        expect(page.locator("#one-time")).to_be_visible()
+        page.goto(label_service.url + "/label")
+        expect(page).to_have_url(label_service.url + "/password")  # nothing else until then
+        page.fill("#current-password", password)
+        page.fill("#new-password", "my own browser passphrase")
+        page.click("#change-password")
         expect(page).to_have_url(label_service.url + "/label")
         expect(page.locator("#my-count")).to_contain_text("Comparisons: 0")
         page.click("#start-helpful-ab")

@@ -100,3 +100,15 @@ def test_killed_labelers_resume_without_loss_or_repeat_and_pm_data_is_the_http_d
     online = Counter((c.chosen_dialogue, c.rejected_dialogue) for c in train if c.subset.startswith("online-"))
     stored = Counter((f"{r.context} {r.chosen}", f"{r.context} {r.rejected}") for r in rows)
     assert online == stored
+
+
+def test_collection_stops_at_once_when_the_driver_is_told_to_stop():
+    """A signal to `hh-ray online` during collection: the wait ends within a nap, not at the next 5 s poll or never
+    (here no simulated labelers, and a target no one reaches before the deadline)."""
+    import threading
+
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    t0 = time.monotonic()
+    result = run_labelers([], lambda: 0, target=10, deadline_s=3.0, poll_s=5.0, should_stop=stop.is_set)
+    assert not result.finished and time.monotonic() - t0 < 1.5

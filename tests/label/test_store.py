@@ -4,6 +4,7 @@ verbatim text, hashed passwords, bad input that changes nothing, export that HH'
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import inspect, text
@@ -13,7 +14,7 @@ from hh_ray.label.auth import create_user
 from hh_ray.label.config import CampaignConfig, LabelConfig, SourceConfig, validate
 from hh_ray.label.export import export_campaign
 from hh_ray.label.store import (ComparisonRow, Conflict, Invalid, NotFound, Sample, SchemaError, Store, Task, Turn,
-                                 UserInfo)
+                                 UserInfo, utcnow)
 
 INJECTIONS = ["'; DROP TABLE comparisons; --", "\" OR 1=1 --", "Robert'); DELETE FROM users WHERE ('1'='1"]
 
@@ -114,6 +115,26 @@ def test_concurrent_double_submit_writes_one_row(store):
     assert len(store.conversation(conv, user).turns) == 2  # one assistant turn, not four
 
 
+def test_concurrent_login_attempts_are_counted_before_any_passes(store):
+    """20 attempts at once for one (client, name): exactly 5 may check a password, the rest see the lock; another
+    client's attempts for the same name are counted apart; the next lockout is twice as long."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def claim(client: str) -> float:
+        return store.claim_login_attempt(client, "ann", 5, 60.0, 3600.0)
+
+    with ThreadPoolExecutor(20) as pool:
+        waits = list(pool.map(claim, ["10.0.0.9"] * 20))
+    assert waits.count(0.0) == 5 and all(55 < w < 61 for w in waits if w), waits
+    assert claim("10.0.0.1") == 0.0  # the user's own address
+    with store.sessions.begin() as s:
+        s.execute(text("UPDATE login_throttle SET locked_until = :t WHERE client = '10.0.0.9'"),
+                  {"t": utcnow() - timedelta(seconds=1)})
+    assert [claim("10.0.0.9") for _ in range(6)][-1] > 110  # the second lockout: 120 s
+    store.clear_login_failures("10.0.0.9", "ann")
+    assert claim("10.0.0.9") == 0.0
+
+
 def test_bad_input_is_refused_and_changes_nothing(store):
     user, _ = create_user(store, "cy", "labeler")
     conv = store.start_conversation(user, "help")
@@ -141,8 +162,10 @@ def test_bad_input_is_refused_and_changes_nothing(store):
         store.submit_choice(other, task.id, "A", 1)
 
 
-def test_text_is_stored_verbatim_and_no_password_in_clear(store):
+def test_text_is_stored_verbatim_and_no_password_session_id_or_csrf_token_in_clear(store):
     user, password = create_user(store, "eve", "labeler")
+    session = store.create_session(user, 60)
+    assert store.get_session(session.id).csrf_token == session.csrf_token  # found by the id's hash
     conv = store.start_conversation(user, "help")
     for inj in INJECTIONS:
         task = _turn(store, user, conv, inj, inj + " (a)", "<b>" + inj + "</b>")
@@ -152,9 +175,10 @@ def test_text_is_stored_verbatim_and_no_password_in_clear(store):
     assert store.count(ComparisonRow) == 3 and len(store.users()) == 1
     with store.engine.connect() as conn:
         (stored_hash,) = conn.execute(text("SELECT password_hash FROM users WHERE name = 'eve'")).one()
-        dump = " ".join(str(v) for table in ("users", "sessions", "login_attempts", "audit_log", "settings")
+        dump = " ".join(str(v) for table in ("users", "sessions", "login_throttle", "audit_log", "settings")
                         for row in conn.execute(text(f"SELECT * FROM {table}")) for v in row)
     assert stored_hash.startswith("$argon2id$") and password not in dump
+    assert session.id not in dump and session.csrf_token not in dump
 
 
 def test_export_is_read_whole_by_the_hh_loader(store, tmp_path):
