@@ -18,6 +18,14 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 NOTES_SHOT = Path("/work/notes/label-screenshot.png")
 
 
+def _open(playwright, timeout_ms: int):
+    """Debian's Chromium, headless, and one page whose waits last `timeout_ms` (CPU engines answer slowly)."""
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.set_default_timeout(timeout_ms)
+    return browser, page
+
+
 def test_browser_logs_in_labels_continues_and_ends(label_service, tmp_path):
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not installed (Debian package chromium)")
@@ -35,9 +43,7 @@ def test_browser_logs_in_labels_continues_and_ends(label_service, tmp_path):
                 statuses.append(exc.status)
     assert statuses[-1] == 429, statuses  # the outsider is locked out ...
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.set_default_timeout(60_000)
+        browser, page = _open(p, 60_000)
         page.goto(label_service.url + "/label")
         expect(page).to_have_url(label_service.url + "/login?next=expired")  # no session: the login page
         page.fill("#name", name)
@@ -107,9 +113,7 @@ def test_browser_shows_a_real_chat_model_answer(label_service, tmp_path):
     name = "browser-smollm2"
     password = label_service.new_labeler(name)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.set_default_timeout(90_000)
+        browser, page = _open(p, 90_000)
         page.goto(label_service.url + "/login")
         page.fill("#name", name)
         page.fill("#password", password)
