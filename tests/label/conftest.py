@@ -22,7 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def service_config(model_dir: Path, folder: Path, port: int, chat_model: str) -> LabelConfig:
+def service_config(model_dir: Path, folder: Path, port: int, chat_model: str = "smollm2-135m") -> LabelConfig:
     def tiny(name: str, version: int) -> SourceConfig:
         return SourceConfig(name=name, model=str(model_dir), version=version, max_new_tokens=24, max_model_len=256,
                             kv_cache_gb=0.25, cpus_per_replica=0.5, min_replicas=1, max_replicas=2)
