@@ -31,8 +31,9 @@ def service_config(model_dir: Path, folder: Path, port: int, chat_model: str = "
         name="label-test", dir=str(folder),
         sources=[tiny("v0", 0), tiny("v1", 1), SourceConfig(name="xss", model="echo:" + XSS_RESPONSE,
                                                             cpus_per_replica=0.1, max_replicas=1),
-                 SourceConfig(name="smol", model=chat_model, version=2, max_new_tokens=32, max_model_len=384,
-                              kv_cache_gb=0.25, cpus_per_replica=0.5, min_replicas=1, max_replicas=1)],
+                 SourceConfig(name="smol", model=chat_model, version=2, temperature=0.3, max_new_tokens=32,
+                              max_model_len=384, kv_cache_gb=0.25, cpus_per_replica=0.5, min_replicas=1,
+                              max_replicas=1)],
         campaigns=[CampaignConfig("helpful-ab", "helpful", ["v0", "v1"]),
                    CampaignConfig("redteam-v0", "red-team", ["v0", "v0"]),
                    CampaignConfig("echo-xss", "helpful", ["xss", "v1"]),
@@ -54,6 +55,12 @@ class LabelService:
         """An account as `hh-ray label user add` makes it, by default with its first password change done (so tests
         reach the pages); returns the password."""
         return create_user(self.store, name, role, one_time=one_time)[1]
+
+
+@pytest.fixture
+def label_config(tiny_model_dir, tmp_path) -> LabelConfig:
+    """The test service's config on a fresh folder and port, for tests that build the app themselves."""
+    return service_config(tiny_model_dir, tmp_path, free_port())
 
 
 @pytest.fixture(scope="session")

@@ -344,7 +344,7 @@ def test_request_bodies_are_limited_before_parsing_on_every_route(label_service,
     _headers_ok(r)
 
 
-def test_an_unexpected_error_is_a_generic_500_with_the_security_headers(tiny_model_dir, tmp_path):
+def test_an_unexpected_error_is_a_generic_500_with_the_security_headers(label_config):
     """A bug (here a response source that raises) answers one generic 500 carrying the same headers as any page,
     over real HTTP from a uvicorn server."""
     import threading
@@ -352,7 +352,6 @@ def test_an_unexpected_error_is_a_generic_500_with_the_security_headers(tiny_mod
 
     import uvicorn
 
-    from conftest import free_port, service_config
     from hh_ray.label.app import create_app
     from hh_ray.label.auth import create_user
     from hh_ray.label.store import Store
@@ -361,7 +360,7 @@ def test_an_unexpected_error_is_a_generic_500_with_the_security_headers(tiny_mod
         async def generate(self, name, context, n, seed):
             raise RuntimeError("a bug in a source")
 
-    cfg = service_config(tiny_model_dir, tmp_path, free_port())
+    cfg = label_config
     store = Store(cfg.db_url)
     store.migrate()
     store.sync_campaigns(cfg)
