@@ -85,14 +85,14 @@ def main(argv=None) -> int:
     # a partial run (--only) updates its own keys in an existing results.json and keeps the others
     previous = out / "results.json"
     results: dict = json.loads(previous.read_text()) if previous.is_file() else {}
-    results |= {"machine": machine(), "quick": args.quick}
+    results["machine"] = machine()
     with tempfile.TemporaryDirectory() as tmp:
         fx = Fixture(Path(tmp), args.quick, args.gpus_per_actor)
         for name in wanted:
             t0 = time.perf_counter()
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)
             results[name] = keep_plots(BENCHES[name](fx, args.quick), out)
-            results[name]["bench_seconds"] = time.perf_counter() - t0
+            results[name] |= {"bench_seconds": time.perf_counter() - t0, "quick": args.quick}
             write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     if "pm" in results:
         results.setdefault("scaling", {})["trainer_2_over_1"] = results["pm"]["trainer_2_over_1"]
