@@ -37,7 +37,8 @@ def bench_smollm2(fx: Fixture, quick: bool) -> dict:
     prompts = [truncate_prompt(tok, p, 128) for p in fx.prompt_texts[:16]]
     for dtype in ("float32", "bfloat16"):
         rollout = RolloutGroup(path, RolloutConfig(kv_cache_gb=0.5), 256, name=f"bench-gap-{dtype}", dtype=dtype)
-        trainer = TrainerGroup(f"bench-gap-trainer-{dtype}", path, "causal_lm", TrainerConfig(cpus_per_rank=1.0), dtype=dtype)
+        trainer = TrainerGroup(f"bench-gap-trainer-{dtype}", path, "causal_lm", TrainerConfig(cpus_per_rank=1.0),
+                               dtype=dtype)
         samples = rollout.generate(prompts, Sampling(max_new_tokens=48), seeds=list(range(len(prompts))))
         seqs = SequenceBatch(prompts, [s.response for s in samples])
         mean_gap, max_gap = logprob_gap(trainer.forward(seqs, TokenLogprobs()), [s.logprobs for s in samples])
