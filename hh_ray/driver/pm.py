@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from hh_ray.config import train_dtype
 from hh_ray.algo.batch import PairBatch, select
 from hh_ray.algo.pm import pm_metrics
+from hh_ray.config import train_dtype
 from hh_ray.data import load_train_holdout
 from hh_ray.data.hh import Comparison, DataError, load_comparisons, local_subsets, split_holdout
 from hh_ray.data.tokenize import load_tokenizer, pm_input_ids

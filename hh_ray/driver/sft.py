@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from hh_ray.config import train_dtype
 from hh_ray.algo.batch import TokenBatch
+from hh_ray.config import train_dtype
 from hh_ray.data import load_train_holdout
 from hh_ray.data.tokenize import context_ids, encode_dialogue, load_tokenizer
 from hh_ray.driver.cluster import connect
