@@ -131,10 +131,10 @@ def encode_dialogue(tokenizer, transcript: str, max_tokens: int) -> Encoded:
 
     Long dialogues are cut on the left (earliest turns go first), keeping the final answer.
     """
-    ids: list[int] = []
-    mask: list[int] = []
     if uses_chat(tokenizer):
         return _encode_chat(tokenizer, transcript, max_tokens)
+    ids: list[int] = []
+    mask: list[int] = []
     for seg in re.split(r"(?=\n\nHuman:|\n\nAssistant:)", transcript):  # cut before every turn marker
         # an assistant turn: its marker unmasked, the answer text masked in; any other text unmasked
         parts = ((ASSISTANT, 0), (seg[len(ASSISTANT):], 1)) if seg.startswith(ASSISTANT) else ((seg, 0),)
