@@ -48,13 +48,20 @@ def merge_results(parts: list[StepResult]) -> StepResult:
 
 
 def _nll_sums(model, batch: TokenBatch, pad_id: int) -> torch.Tensor:
-    """Per-sample sums of next-token NLL over the loss-masked tokens."""
+    """Per-sample sums of next-token NLL over the loss-masked tokens.
+
+    The LM head and its log-softmax run only at positions that predict a masked-in token: with a 49k vocabulary
+    the full [B, L, V] logits (in float32 for the softmax) would cost more than the rest of the step.
+    """
     dev = next(model.parameters()).device
     ids, att = collate(batch.input_ids, pad_id)
-    mask = collate(batch.loss_mask, 0)[0].float()[:, 1:].to(dev)
-    logits = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits[:, :-1].float()
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:].to(dev), reduction="none")
-    return (nll * mask).sum(1)
+    ids, att = ids.to(dev), att.to(dev)
+    rows, cols = collate(batch.loss_mask, 0)[0][:, 1:].to(dev).nonzero(as_tuple=True)
+    base = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
+    hidden = base.get_decoder()(input_ids=ids, attention_mask=att).last_hidden_state
+    logits = base.get_output_embeddings()(hidden[rows, cols]).float()
+    nll = torch.nn.functional.cross_entropy(logits, ids[rows, cols + 1], reduction="none")
+    return torch.zeros(ids.shape[0], device=dev, dtype=nll.dtype).index_add(0, rows, nll)
 
 
 @dataclass(frozen=True)
