@@ -134,15 +134,19 @@ def clipped_value_loss(
     return masked_sum(loss, mask), {"value_clipped_tokens": masked_sum((l2 > l1).float(), mask).detach()}
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy of the softmax over the last dim."""
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, entropy: str = "none"
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits)[token] at each position, and the softmax's entropy from the same log-softmax.
 
-
-def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] at each position."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    `entropy`: "none"; "metric" (computed without gradient: a loss that does not use it pays no backward over the
+    vocabulary); "loss" (differentiable, for an entropy bonus). One float32 log-softmax serves both outputs.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    if entropy == "none":
+        return picked, None
+    src = logp if entropy == "loss" else logp.detach()
+    return picked, -(src.exp() * src).sum(-1)
 
 
 class KLController:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from hh_ray.algo.batch import first_fit
-from hh_ray.algo.ppo import entropy_from_logits, gather_logprobs
+from hh_ray.algo.ppo import token_logprobs
 from hh_ray.data.tokenize import load_tokenizer, pm_input_ids
 
 KINDS = ("causal_lm", "pm", "value")
@@ -152,9 +152,10 @@ def layout(prompts: list[list[int]], responses: list[list[int]], pad_id: int, pa
 
 def response_logprobs(
     model, prompts: list[list[int]], responses: list[list[int]], pad_id: int, temperature: float = 1.0,
-    with_entropy: bool = False, pack_to: int = 0,
+    entropy: str = "none", pack_to: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """log pi(response token | context) for each response token: ([B, T], mask [B, T], entropy or None).
+    """log pi(response token | context) for each response token: ([B, T], mask [B, T], entropy or None; `entropy`
+    as in `token_logprobs`).
 
     Logits are divided by the sampling temperature, so these match the engine's processed logprobs.
     """
@@ -166,9 +167,8 @@ def response_logprobs(
     hidden = base.get_decoder()(input_ids=lay.ids, **lay.model_kwargs).last_hidden_state
     picked = base.get_output_embeddings()(hidden[lay.rows, lay.cols]).float() / temperature  # [B, T, V]
     targets = lay.ids[lay.rows, (lay.cols + 1).clamp_max(lay.ids.shape[1] - 1)]
-    logp = gather_logprobs(picked, targets) * lay.mask
-    ent = entropy_from_logits(picked) * lay.mask if with_entropy else None
-    return logp, lay.mask, ent
+    logp, ent = token_logprobs(picked, targets, entropy)
+    return logp * lay.mask, lay.mask, (ent * lay.mask if ent is not None else None)
 
 
 def response_values(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int, pack_to: int = 0):

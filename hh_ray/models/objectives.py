@@ -148,7 +148,8 @@ class PolicyObjective:
 
     def loss(self, model, batch: PolicyBatch, pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
         logp, mask, ent = response_logprobs(model, batch.prompt, batch.response, pad_id, self.temperature,
-                                            with_entropy=True, pack_to=self.pack_to)
+                                            entropy="loss" if self.entropy_coef else "metric",
+                                            pack_to=self.pack_to)
         old = pad_ragged(batch.old_logprobs)[0].to(logp.device)
         adv = pad_ragged(batch.advantages)[0].to(logp.device)
         weights = (behaviour_weights(old, pad_ragged(batch.behaviour_logprobs)[0].to(logp.device))

@@ -23,8 +23,8 @@ def test_packed_equals_padded_on_a_ragged_batch(tiny_model_dir):
     assert packed.ids.shape[0] < padded.ids.shape[0] and packed.padding_share < padded.padding_share
     lm = load_model(str(tiny_model_dir), "causal_lm").eval()
     with torch.no_grad():
-        a, mask, ea = response_logprobs(lm, prompts, responses, 0, 0.7, with_entropy=True)
-        b, mask_b, eb = response_logprobs(lm, prompts, responses, 0, 0.7, with_entropy=True, pack_to=48)
+        a, mask, ea = response_logprobs(lm, prompts, responses, 0, 0.7, entropy="metric")
+        b, mask_b, eb = response_logprobs(lm, prompts, responses, 0, 0.7, entropy="metric", pack_to=48)
     assert torch.equal(mask, mask_b)
     assert (a - b).abs().max() < 1e-5 and (ea - eb).abs().max() < 1e-5
     critic = load_model(str(tiny_model_dir), "value").eval()

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from hh_ray.algo.ppo import (
-    KLController, behaviour_weights, clipped_policy_loss, clipped_value_loss, entropy_from_logits, gae, kl_k1,
-    kl_k3, token_rewards, whiten,
+    KLController, behaviour_weights, clipped_policy_loss, clipped_value_loss, gae, kl_k1,
+    kl_k3, token_logprobs, token_rewards, whiten,
 )
 
 approx = lambda x, **kw: pytest.approx(x, abs=1e-5, **kw)
@@ -99,7 +99,16 @@ def test_clipped_value_loss_by_hand():
 
 
 def test_entropy_uniform_and_adaptive_kl():
-    assert entropy_from_logits(torch.zeros(2, 4)).tolist() == approx([math.log(4)] * 2)
+    lp, ent = token_logprobs(torch.zeros(2, 4), torch.tensor([1, 3]), entropy="metric")
+    assert ent.tolist() == approx([math.log(4)] * 2) and lp.tolist() == approx([-math.log(4)] * 2)
+    logits = torch.tensor([[0.0, math.log(3.0)]], requires_grad=True)  # p = (1/4, 3/4)
+    lp, ent = token_logprobs(logits, torch.tensor([1]), entropy="loss")
+    assert float(lp) == approx(math.log(0.75))
+    assert float(ent) == approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
+    ent.sum().backward()  # dH/dz0 = -p0 (log p0 + H) = -0.25 (log 0.25 + H)
+    h = float(ent)
+    assert float(logits.grad[0, 0]) == approx(-0.25 * (math.log(0.25) + h))
+    assert token_logprobs(torch.zeros(1, 3), torch.tensor([0]))[1] is None
     ctl = KLController(0.1, target=1.0, horizon=100)
     assert ctl.update(2.0, 10) == approx(0.1 * (1 + 0.2 * 10 / 100))  # error clipped to +0.2
     assert ctl.update(0.9, 10) == approx(0.102 * (1 - 0.1 * 10 / 100))  # error -0.1 within the clip
