@@ -65,7 +65,8 @@ def activations(model, tokenizer, texts: list[str], layer: int, pooling: str, ma
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True,
                         max_length=max_tokens)
-        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True)
+        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True,
+                    use_cache=False)
         states = out.hidden_states
         if not -len(states) <= layer < len(states):
             raise ValueError(f"layer {layer} outside the model's {len(states)} hidden states (0 = embeddings)")

@@ -161,10 +161,11 @@ def response_logprobs(
     """
     device = next(model.parameters()).device
     lay = layout(prompts, responses, pad_id, pack_to).to(device)
-    # The LM head runs only where it predicts a response token: prompts are long and the vocabulary wide,
+    # No KV cache (use_cache=False): hh-ray never generates with these models, and a cache filled on every
+    # training forward is copies for nothing. The LM head runs only where it predicts a response token: prompts are long and the vocabulary wide,
     # so full-sequence logits would cost several times the rest of the forward pass.
     base = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
-    hidden = base.get_decoder()(input_ids=lay.ids, **lay.model_kwargs).last_hidden_state
+    hidden = base.get_decoder()(input_ids=lay.ids, use_cache=False, **lay.model_kwargs).last_hidden_state
     picked = base.get_output_embeddings()(hidden[lay.rows, lay.cols]).float() / temperature  # [B, T, V]
     targets = lay.ids[lay.rows, (lay.cols + 1).clamp_max(lay.ids.shape[1] - 1)]
     logp, ent = token_logprobs(picked, targets, entropy)
@@ -175,7 +176,7 @@ def response_values(model, prompts: list[list[int]], responses: list[list[int]],
     """V(state before response token k) from a per-token value head: ([B, T], mask)."""
     device = next(model.parameters()).device
     lay = layout(prompts, responses, pad_id, pack_to).to(device)
-    values = model(input_ids=lay.ids, **lay.model_kwargs).logits.squeeze(-1).float()
+    values = model(input_ids=lay.ids, use_cache=False, **lay.model_kwargs).logits.squeeze(-1).float()
     return values[lay.rows, lay.cols] * lay.mask, lay.mask
 
 
@@ -183,7 +184,7 @@ def sequence_scores(model, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
     """One scalar per sequence from a PM (the head reads the last real token, the end-of-context token)."""
     device = next(model.parameters()).device
     ids, att = collate(seqs, pad_id)
-    return model(input_ids=ids.to(device), attention_mask=att.to(device)).logits[:, 0].float()
+    return model(input_ids=ids.to(device), attention_mask=att.to(device), use_cache=False).logits[:, 0].float()
 
 
 def read_pm_stats(path: str | Path) -> dict:

@@ -58,7 +58,7 @@ def _nll_sums(model, batch: TokenBatch, pad_id: int) -> torch.Tensor:
     ids, att = ids.to(dev), att.to(dev)
     rows, cols = collate(batch.loss_mask, 0)[0][:, 1:].to(dev).nonzero(as_tuple=True)
     base = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
-    hidden = base.get_decoder()(input_ids=ids, attention_mask=att).last_hidden_state
+    hidden = base.get_decoder()(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
     logits = base.get_output_embeddings()(hidden[rows, cols]).float()
     nll = torch.nn.functional.cross_entropy(logits, ids[rows, cols + 1], reduction="none")
     return torch.zeros(ids.shape[0], device=dev, dtype=nll.dtype).index_add(0, rows, nll)
@@ -100,8 +100,8 @@ class ContextDistillObjective:
         prompt = torch.tensor(self.prompt_ids, device=dev).expand(ids.shape[0], -1)
         with torch.no_grad():
             teacher = model(input_ids=torch.cat([prompt, ids], 1),
-                            attention_mask=torch.cat([torch.ones_like(prompt), att], 1)).logits
-        student = model(input_ids=ids, attention_mask=att).logits
+                            attention_mask=torch.cat([torch.ones_like(prompt), att], 1), use_cache=False).logits
+        student = model(input_ids=ids, attention_mask=att, use_cache=False).logits
         aligned = teacher_positions(teacher, len(self.prompt_ids), ids.shape[1])
         # position t predicts text token t + 1: the last position and padding predict nothing
         loss, _ = context_distill_loss(aligned[:, :-1], student[:, :-1], att[:, 1:])
