@@ -18,12 +18,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` whole or not at all; flushed to disk before the rename, so a power cut cannot leave
+    the new name pointing at an empty file. Parent folders are created."""
     p = Path(path)
-    tmp = p.with_name(f"{p.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, p)
     return p
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 class DamagedFileError(ValueError):

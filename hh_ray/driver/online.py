@@ -30,6 +30,7 @@ from pathlib import Path
 
 from hh_ray.config import ConfigError, ExtraData, JobConfig, load_section, validate as validate_job
 from hh_ray.driver import stop
+from hh_ray.files import write_text_atomic
 from hh_ray.label.config import HELPFUL, RED_TEAM, CampaignConfig, LabelConfig, ServerConfig, SourceConfig
 from hh_ray.label.config import validate as validate_label
 from hh_ray.label.export import export_records
@@ -268,9 +269,7 @@ def collect(run: OnlineRun, out_dir: Path, versions: list[int], campaigns: list[
     for r in records:
         modes[r.mode] = modes.get(r.mode, 0) + 1
     summary = Collected(modes, result.finished, result.seconds, [r.id for r in records])
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(summary)))
-    os.replace(tmp, marker)
+    write_text_atomic(marker, json.dumps(dataclasses.asdict(summary)))
     return summary
 
 
@@ -384,9 +383,7 @@ def run_round(run: OnlineRun, k: int) -> RoundResult:
     job = retrain_pm(run, k)
     ppo_round(run, k, job)
     result = round_result(run, k, opponent, collected)
-    tmp = done.with_name(done.name + ".tmp")
-    tmp.write_text(json.dumps(result.__dict__))
-    os.replace(tmp, done)
+    write_text_atomic(done, json.dumps(result.__dict__))
     return result
 
 

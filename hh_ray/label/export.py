@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hh_ray.data.hh import prompt_bucket
+from hh_ray.files import write_bytes_atomic
 
 from .config import HELPFUL, RED_TEAM
 from .store import ComparisonRecord, Store
@@ -47,16 +48,6 @@ def meta_record(r: ComparisonRecord) -> dict:
             "decide_seconds": r.decide_seconds}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
 
@@ -73,8 +64,8 @@ def export_records(records: list[ComparisonRecord], out_dir: str | os.PathLike, 
         for split in ("train", "test"):  # both files always exist, so a loader asking for either finds it
             rows = groups.get((subset, split), [])
             data = gzip.compress(_jsonl([hh_record(r) for r in rows]), mtime=0)
-            _write_atomic(out / subset / f"{split}.jsonl.gz", data)
-            _write_atomic(out / subset / "meta" / f"{split}.jsonl", _jsonl([meta_record(r) for r in rows]))
+            write_bytes_atomic(out / subset / f"{split}.jsonl.gz", data)
+            write_bytes_atomic(out / subset / "meta" / f"{split}.jsonl", _jsonl([meta_record(r) for r in rows]))
             summary.files[f"{subset}/{split}.jsonl.gz"] = len(rows)
             summary.files[f"{subset}/meta/{split}.jsonl"] = len(rows)
     return summary

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from hh_ray.files import write_text_atomic
 
 ONLINE_FILE = "online.json"
 
@@ -58,10 +59,7 @@ def ratings(elo) -> list[VersionRating]:
 
 def write_summary(summary: OnlineSummary, run_dir: str | Path) -> Path:
     p = Path(run_dir) / ONLINE_FILE
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(summary), indent=1))
-    os.replace(tmp, p)
-    return p
+    return write_text_atomic(p, json.dumps(dataclasses.asdict(summary), indent=1))
 
 
 def read_summary(run_dir: str | Path) -> OnlineSummary | None:

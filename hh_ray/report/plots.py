@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hh_ray.algo.analysis import LinearFit  # noqa: E402
+from hh_ray.files import write_bytes_atomic  # noqa: E402
 
 
 def _finish(fig, ax, out: str | Path, xlabel: str, ylabel: str, title: str, legend: int = 0,
@@ -24,11 +25,10 @@ def _finish(fig, ax, out: str | Path, xlabel: str, ylabel: str, title: str, lege
         ax.legend(fontsize=legend)
     fig.tight_layout()
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return write_bytes_atomic(out, png.getvalue())
 
 
 def reliability_diagram(table: list[dict], ece: float, out: str | Path, title: str = "PM calibration") -> Path:
