@@ -338,22 +338,16 @@ def ppo_round(run: OnlineRun, k: int, job: JobConfig) -> None:
 
 
 def pm_accuracy(pm: Path, folder: Path, max_tokens: int) -> tuple[float, int]:
-    """A saved PM's accuracy on every comparison in an HH-layout folder (the driver's CPU; small sets only)."""
-    import torch
+    """A saved PM's accuracy on every comparison in an HH-layout folder (the driver's CPU; small sets only);
+    (nan, 0) when the folder holds none."""
+    from hh_ray.data.hh import DataError
+    from hh_ray.driver.pm import score_folder
 
-    from hh_ray.data.hh import load_comparisons, local_subsets
-    from hh_ray.data.tokenize import load_tokenizer
-    from hh_ray.models.forward import load_model, score_texts
-
-    subsets = local_subsets(str(folder)) if folder.is_dir() else []
-    pairs = load_comparisons(str(folder), subsets, split=None)[0] if subsets else []
-    if not pairs:
+    try:
+        _, _, scores = score_folder(pm, folder, max_tokens)
+    except DataError:
         return float("nan"), 0
-    model, tok = load_model(str(pm), "pm"), load_tokenizer(str(pm))
-    with torch.no_grad():
-        c = score_texts(model, tok, [p.prompt for p in pairs], [p.chosen for p in pairs], max_tokens)
-        r = score_texts(model, tok, [p.prompt for p in pairs], [p.rejected for p in pairs], max_tokens)
-    return float((c > r).double().mean()), len(pairs)
+    return sum(c > r for c, r in scores) / len(scores), len(scores)
 
 
 def round_result(run: OnlineRun, k: int, opponent: int, collected: Collected) -> RoundResult:

@@ -12,7 +12,7 @@ from hh_ray.algo.batch import PairBatch, select
 from hh_ray.algo.pm import pm_metrics
 from hh_ray.config import train_dtype
 from hh_ray.data import load_train_holdout
-from hh_ray.data.hh import Comparison, DataError, load_comparisons, local_subsets, split_holdout
+from hh_ray.data.hh import Comparison, DataError, LoadReport, load_comparisons, local_subsets, split_holdout
 from hh_ray.data.tokenize import load_tokenizer, pm_input_ids
 from hh_ray.driver.cluster import connect
 from hh_ray.driver.runlog import write_json_atomic
@@ -133,25 +133,32 @@ def format_eval(m: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(checkpoint: str, data_dir: str, as_json: bool, batch_size: int = 32) -> int:
-    """`hh-ray pm eval`: every *.jsonl(.gz) under each subset folder; rejects reported, the rest scored."""
-    ck = Path(checkpoint)
-    require_pm(ck)
+def score_folder(pm: str | Path, data_dir: str | Path, max_tokens: int = 0, batch_size: int = 32
+                 ) -> tuple[list[Comparison], LoadReport, list[list[float]]]:
+    """A saved PM's [chosen, rejected] scores of every comparison in an HH-layout folder (every *.jsonl(.gz) under
+    each subset folder), on this process's CPU; `max_tokens` 0 = what the PM's positions allow, at most 512."""
     if not Path(data_dir).is_dir():
         raise DataError(f"data folder not found: {data_dir}")
-    subsets = local_subsets(data_dir)
+    subsets = local_subsets(str(data_dir))
     if not subsets:
         raise DataError(f"no subset folders with *.jsonl.gz under {data_dir}")
-    pairs, report = load_comparisons(data_dir, subsets, split=None)
+    pairs, report = load_comparisons(str(data_dir), subsets, split=None)
     if not pairs:
         raise DataError(f"no valid comparisons under {data_dir} ({report.summary()})")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    model = load_model(str(ck), "pm")
-    tok = load_tokenizer(str(ck))
-    max_tokens = min(512, getattr(model.config, "max_position_embeddings", 512))
-    c = score_texts(model, tok, [p.prompt for p in pairs], [p.chosen for p in pairs], max_tokens, batch_size)
-    r = score_texts(model, tok, [p.prompt for p in pairs], [p.rejected for p in pairs], max_tokens, batch_size)
-    m = metrics_for(pairs, torch.stack([c, r], 1).tolist())
+    model, tok = load_model(str(pm), "pm"), load_tokenizer(str(pm))
+    max_tokens = max_tokens or min(512, getattr(model.config, "max_position_embeddings", 512))
+    prompts = [p.prompt for p in pairs]
+    c = score_texts(model, tok, prompts, [p.chosen for p in pairs], max_tokens, batch_size)
+    r = score_texts(model, tok, prompts, [p.rejected for p in pairs], max_tokens, batch_size)
+    return pairs, report, torch.stack([c, r], 1).tolist()
+
+
+def evaluate_checkpoint(checkpoint: str, data_dir: str, as_json: bool, batch_size: int = 32) -> int:
+    """`hh-ray pm eval`: every comparison under `data_dir` scored; rejected records reported."""
+    ck = Path(checkpoint)
+    require_pm(ck)
+    pairs, report, scores = score_folder(ck, data_dir, batch_size=batch_size)
+    m = metrics_for(pairs, scores)
     rejected = {f: dict(cnt) for f, cnt in report.rejected.items()}
     out = {k: m[k] for k in ("accuracy", "pairs", "per_subset", "ece", "length_baseline_accuracy")}
     out["rejected"] = rejected
