@@ -4,7 +4,9 @@ The loop around it (generate, score, update, sync, evaluate, checkpoint, resume,
 on the algorithm; it asks the spec which trainer groups to start, train, save and restore, and which estimator
 (`hh_ray.algo.advantages.ADVANTAGE_ESTIMATORS`) turns a scored batch into advantages. Each role trains one
 objective: `policy` the clipped surrogate (`models.objectives.PolicyObjective`), `critic` the clipped value loss
-(`ValueObjective`).
+(`ValueObjective`). Under GRPO the surrogate, like PPO's, is averaged over every response token of the batch
+(veRL's default "token-mean"), not per sequence first as in the GRPO paper, so long and short responses weigh
+per token alike and the PPO path stays the same code.
 """
 
 from __future__ import annotations
