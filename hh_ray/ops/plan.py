@@ -507,14 +507,29 @@ def resolve_cluster(cluster: str | None, cfg, config_path: str | None) -> str | 
     return str(beside) if beside.is_file() else name
 
 
-def memory_against_ppo(cfg, plan: Plan, cluster: str | None, gpu_gb: float = DEFAULT_GPU_GB) -> dict | None:
-    """For an algorithm without a critic: its planned GPU memory against the same job under PPO (with a critic
-    trainer group), or None for PPO itself and for jobs with nothing on GPUs."""
+@dataclass(frozen=True)
+class MemoryAgainstPPO:
+    """A critic-free job's planned GPU memory beside the same job's under PPO (with its critic trainer group)."""
+
+    algorithm: str
+    total_gb: float
+    ppo_total_gb: float
+
+    @property
+    def ratio(self) -> float:
+        return self.total_gb / self.ppo_total_gb
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"ratio": self.ratio}
+
+
+def memory_against_ppo(cfg, plan: Plan, cluster: str | None, gpu_gb: float = DEFAULT_GPU_GB) -> MemoryAgainstPPO | None:
+    """For an algorithm without a critic, `plan`'s memory against PPO's; None for PPO itself and for jobs with
+    nothing on GPUs."""
     if ALGORITHMS[cfg.ppo.algorithm].needs_critic or not plan.total_gb:
         return None
     ppo = plan_job(dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, algorithm="ppo")), cluster, gpu_gb)
-    return {"algorithm": cfg.ppo.algorithm, "total_gb": plan.total_gb, "ppo_total_gb": ppo.total_gb,
-            "ratio": plan.total_gb / ppo.total_gb}
+    return MemoryAgainstPPO(cfg.ppo.algorithm, plan.total_gb, ppo.total_gb)
 
 
 def run_plan(cfg, config_path: str | None, cluster: str | None, gpu_gb: float = DEFAULT_GPU_GB,
@@ -525,12 +540,12 @@ def run_plan(cfg, config_path: str | None, cluster: str | None, gpu_gb: float = 
     plan = plan_job(cfg, cluster, gpu_gb)
     against = memory_against_ppo(cfg, plan, cluster, gpu_gb)
     if as_json:
-        print(json.dumps(plan_to_dict(plan) | ({"memory_against_ppo": against} if against else {})))
+        print(json.dumps(plan_to_dict(plan) | ({"memory_against_ppo": against.to_dict()} if against else {})))
     else:
         print(format_plan(plan))
         if against:
-            print(f"{against['algorithm']}, no critic: {against['total_gb']:.1f} GB of GPU memory planned, "
-                  f"{against['ratio']:.2f} x PPO's {against['ppo_total_gb']:.1f} GB for the same job")
+            print(f"{against.algorithm}, no critic: {against.total_gb:.1f} GB of GPU memory planned, "
+                  f"{against.ratio:.2f} x PPO's {against.ppo_total_gb:.1f} GB for the same job")
     return 0 if plan.fits else 2
 
 

@@ -152,13 +152,13 @@ def test_grpo_plans_no_critic_and_reports_its_memory_against_ppo():
     critic = next(g for g in ppo.groups if g.name == "critic-trainer")
     against = memory_against_ppo(grpo, plan, cluster)
     # the difference is exactly the critic group: its per-GPU figure on each of its ranks
-    assert against["ppo_total_gb"] == pytest.approx(ppo.total_gb)
-    assert against["ppo_total_gb"] - against["total_gb"] == pytest.approx(critic.per_gpu_gb * len(critic.bundles))
-    assert against["ratio"] == pytest.approx(plan.total_gb / ppo.total_gb) and against["ratio"] < 1
+    assert against.ppo_total_gb == pytest.approx(ppo.total_gb)
+    assert against.ppo_total_gb - against.total_gb == pytest.approx(critic.per_gpu_gb * len(critic.bundles))
+    assert against.ratio == pytest.approx(plan.total_gb / ppo.total_gb) and against.ratio < 1
     assert memory_against_ppo(load_config(ROOT / "jobs" / "ppo-7b-8gpu.yaml"), ppo, cluster) is None
     shown = _cli("plan", "--config", "jobs/ppo-7b-8gpu.yaml", *grpo_args)
     assert shown.returncode == 0, shown.stderr
-    line = f"grpo, no critic: {plan.total_gb:.1f} GB of GPU memory planned, {against['ratio']:.2f} x PPO's"
+    line = f"grpo, no critic: {plan.total_gb:.1f} GB of GPU memory planned, {against.ratio:.2f} x PPO's"
     assert line in shown.stdout
     as_json = json.loads(_cli("plan", "--config", "jobs/ppo-7b-8gpu.yaml", "--json", *grpo_args).stdout)
-    assert as_json["memory_against_ppo"]["ratio"] == pytest.approx(against["ratio"])
+    assert as_json["memory_against_ppo"]["ratio"] == pytest.approx(against.ratio)
