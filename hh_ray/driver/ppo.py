@@ -457,8 +457,7 @@ def run_ppo(cfg) -> dict:
     p, run_dir = cfg.ppo, Path(cfg.run_dir)
     out, ckpt = run_dir / "ppo", run_dir / "checkpoints" / "ppo"
     out.mkdir(parents=True, exist_ok=True)
-    # a file check: refuse a damaged run (or another algorithm's) before any cluster starts
-    resume_state = resume_point(ckpt, cfg.fresh, p.algorithm)
+    resume_state = resume_point(ckpt, cfg.fresh, p.algorithm)  # a file check: refuses before any cluster starts
     if resume_state:
         read_metrics(out / "metrics.jsonl")  # so is a log damaged before its last line (DamagedFileError)
     setup = PPOSetup.prepare(cfg)
