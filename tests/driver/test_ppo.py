@@ -160,3 +160,19 @@ def test_grpo_raises_a_known_reward_without_a_critic(ray_local, shared_run_root)
     assert resume_point(ckpt, fresh=False, algorithm="grpo")["step"] == 14
     with pytest.raises(ResumeError, match="ppo.algorithm=grpo, not ppo"):  # PPO would resume without a critic
         resume_point(ckpt, fresh=False, algorithm="ppo")
+
+
+def test_grpo_resume_continues_the_same_run(ray_local, shared_run_root):
+    """The loop's resume serves GRPO as it does PPO: a run stopped after its step-2 checkpoint and resumed logs
+    what the uninterrupted run logs, with the policy as the only trainer checkpointed."""
+    grpo = ("ppo.algorithm=grpo", "ppo.prompts_per_step=8", "ppo.rollout.samples_per_prompt=4",
+            "ppo.checkpoint_every=2")
+    _, full = _run(shared_run_root, "grpo-full", "ppo.steps=4", *grpo)
+    _run(shared_run_root, "grpo-split", "ppo.steps=3", *grpo)
+    _, resumed = _run(shared_run_root, "grpo-split", "ppo.steps=4", *grpo)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(full[2:], resumed[2:]):
+        for key in ("objective/pm_score", "objective/kl", "objective/reward", "policy/loss"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4), (key, a["step"])
+    assert sorted(p.name for p in (shared_run_root / "grpo-split" / "checkpoints" / "ppo").iterdir()
+                  if p.is_dir()) == ["policy"]
