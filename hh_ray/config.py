@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from hh_ray.algo.algorithms import ALGORITHMS
+
 
 RANDOM_INIT_PRESETS = ("tiny", "small", "medium")  # hh_ray.models.presets builds them; fp32 on CPU under "auto"
 
@@ -188,6 +190,9 @@ class RolloutConfig:
 class PPOConfig:
     """PPO against the PM with reward r_PM - kl_coef * KL(policy || initial policy), as in Bai et al."""
 
+    # ppo: GAE against a critic; grpo: group-relative advantages over ppo.rollout.samples_per_prompt (>= 2) samples
+    # of each prompt, no critic (hh_ray/algo/algorithms.py). Both keep the KL to the reference in the reward.
+    algorithm: Literal["ppo", "grpo"] = "ppo"
     steps: int = 20
     prompts_per_step: int = 16
     kl_coef: float = 0.001  # the paper's lambda_KL
@@ -206,7 +211,7 @@ class PPOConfig:
     value_clip: float = 0.2
     value_coef: float = 1.0
     entropy_coef: float = 0.0
-    whiten_advantages: bool = True
+    whiten_advantages: bool = True  # GAE's; GRPO normalizes within each prompt's group instead
     eval_prompts: int = 32
     eval_every: int = 0  # 0 = only before and after
     checkpoint_every: int = 0  # 0 = only at the end
@@ -490,7 +495,13 @@ def validate(cfg: JobConfig) -> None:
     # every sample is trained on each epoch: the smallest minibatch must still give each rank its micro-batches
     batch = p.prompts_per_step * r.samples_per_prompt
     smallest = batch // p.minibatches
-    for sect, t in (("ppo.policy_trainer", p.policy_trainer), ("ppo.critic_trainer", p.critic_trainer)):
+    spec = ALGORITHMS[p.algorithm]
+    _check(r.samples_per_prompt >= spec.min_samples_per_prompt,
+           f"ppo.algorithm={p.algorithm}: needs ppo.rollout.samples_per_prompt >= {spec.min_samples_per_prompt} (each "
+           f"sample is compared with the others of its prompt), got {r.samples_per_prompt}")
+    trainers = (("ppo.policy_trainer", p.policy_trainer),) + ((("ppo.critic_trainer", p.critic_trainer),)
+                                                             if spec.needs_critic else ())
+    for sect, t in trainers:
         need = t.num_ranks * t.grad_accum_steps
         _check(smallest >= need, f"ppo: a minibatch of {smallest} samples ({batch} per step / {p.minibatches} "
                                  f"minibatches) is smaller than {sect}'s ranks x grad_accum_steps = {need}")

@@ -45,6 +45,19 @@ def test_wrong_types_name_key_and_expected_type(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+
+def test_algorithm_is_chosen_by_name_and_grpo_needs_a_group_per_prompt():
+    assert load_config(None, []).ppo.algorithm == "ppo"
+    with pytest.raises(ConfigError, match=r"ppo.algorithm: expected 'ppo' or 'grpo'"):
+        load_config(None, ["ppo.algorithm=rloo"])
+    with pytest.raises(ConfigError, match=r"ppo.algorithm=grpo: needs ppo.rollout.samples_per_prompt >= 2 .* got 1"):
+        load_config(None, ["ppo.algorithm=grpo", "ppo.rollout.samples_per_prompt=1"])
+    # no critic: its trainer settings are not checked against the batch (the policy's still are)
+    cfg = load_config(None, ["ppo.algorithm=grpo", "ppo.rollout.samples_per_prompt=4",
+                             "ppo.critic_trainer.num_ranks=1000"])
+    assert cfg.ppo.algorithm == "grpo" and cfg.ppo.rollout.samples_per_prompt == 4
+
+
 NOT_JOBS = ("runtime_env.yaml", "label.yaml", "online-quickstart.yaml", "online-cluster.yaml",
             "online-smollm2.yaml")  # a runtime env;
 # the labeling service's LabelConfig (tests/label); OnlineConfig jobs (tests/driver/test_online_config.py)

@@ -176,39 +176,6 @@ def sqrt_kl(kl: float) -> float:
     return math.sqrt(max(kl, 0.0))
 
 
-def compute_advantages(exp, kl_coef: float, estimator: str, gamma: float, lam: float, whiten_advantages: bool,
-                       truncation_penalty: float = 0.0, stale: bool = False) -> dict[str, float]:
-    """Fill `exp.advantages` and `exp.returns` from its scores, logprobs and values; return the step's stats.
-
-    Per-token KL measures the policy that generated the samples against the reference: `old_logprobs` (the
-    trainer's own) when it did, the engine's `behaviour_logprobs` when the batch is `stale` (an older version
-    generated it); rewards put the PM score, less `truncation_penalty` for a response cut at the length cap, on
-    the last token (Bai et al. eq. 1). KL figures are per sample, summed over the response's tokens, in nats.
-    """
-    lengths = [len(r) for r in exp.response]
-    policy = exp.behaviour_logprobs if stale else exp.old_logprobs
-    (old, mask), (ref, _) = pad_ragged(policy), pad_ragged(exp.ref_logprobs)
-    kl = kl_penalty(old, ref, estimator) * mask
-    truncated = torch.tensor([f == "length" for f in exp.finish], dtype=torch.float32)
-    score = torch.tensor(exp.scores, dtype=torch.float32)
-    rewards = token_rewards(score - truncation_penalty * truncated, kl, kl_coef, mask)
-    values, _ = pad_ragged(exp.old_values)
-    adv, returns = gae(rewards, values, mask, gamma, lam)
-    if whiten_advantages:
-        adv = whiten(adv, mask)
-    exp.advantages = [row[:n].tolist() for row, n in zip(adv, lengths)]
-    exp.returns = [row[:n].tolist() for row, n in zip(returns, lengths)]
-    return {
-        "objective/kl": float(kl.sum(1).mean()),
-        "objective/kl_k1": float((kl_k1(old, ref) * mask).sum(1).mean()),
-        "objective/reward": float(rewards.sum(1).mean()),
-        "objective/pm_score": float(score.mean()),
-        "objective/response_length": float(mask.sum(1).mean()),
-        "objective/truncated_share": float(truncated.mean()),
-        "critic/value_mean": float(masked_mean(values, mask)),
-    }
-
-
 def logprob_gap(a: list[list[float]], b: list[list[float]]) -> tuple[float, float]:
     """Mean and max |a - b| over every token: how far the engine's sampling logprobs are from the trainer's."""
     (x, mask), (y, _) = pad_ragged(a), pad_ragged(b)

@@ -1,11 +1,14 @@
-"""`hh-ray ppo`: PPO against the PM with reward r_PM - lambda_KL * KL(policy || initial policy).
+"""`hh-ray ppo`: RL against the PM with reward r_PM - lambda_KL * KL(policy || initial policy).
 
 `ppo_step` below is the whole algorithm; every model lives in a worker group and the driver only moves token
 ids, texts and small per-token tensors (one typed `Experience`) between them:
 
     generate (vLLM) -> old logprobs + reference logprobs + PM scores + critic values (concurrently)
-    -> per-token KL, rewards, GAE, whitening -> PPO epochs (policy and critic concurrently)
+    -> per-token KL, rewards, advantages -> clipped-surrogate epochs (policy and critic concurrently)
     -> weight sync trainer rank 0 -> engines
+
+`ppo.algorithm` picks the spec (`hh_ray.algo.algorithms`): PPO (GAE, a critic) or GRPO (group-relative
+advantages, no critic). The loop asks the spec for its trainer roles and estimator and assumes neither.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from pathlib import Path
 import torch
 from ray.exceptions import RayActorError
 
+from hh_ray.algo.advantages import AdvantageConfig, compute_advantages
+from hh_ray.algo.algorithms import ALGORITHMS
 from hh_ray.algo.analysis import paired_gap
 from hh_ray.algo.batch import Experience, PolicyBatch, SequenceBatch, ValueBatch, batch_size, minibatches, select
-from hh_ray.algo.ppo import KLController, compute_advantages, kl_k1, kl_penalty, logprob_gap, pad_ragged
+from hh_ray.algo.ppo import KLController, kl_k1, kl_penalty, logprob_gap, pad_ragged
 from hh_ray.config import train_dtype
 from hh_ray.data import DataError, load_train_holdout, unique_prompts
 from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
@@ -76,7 +81,7 @@ class PPOWorkers:
     reference: ReferenceGroup
     scorer: ScorerGroup
     policy: TrainerGroup
-    critic: TrainerGroup
+    critic: TrainerGroup | None  # None: the algorithm trains without one (GRPO)
     sync: WeightSync
     autoscaler: RolloutAutoscaler | None = None
     test_scorer: ScorerGroup | None = None  # the held-out test PM (pm.test_split): evaluation only
@@ -118,16 +123,20 @@ class PPOWorkers:
         return cls(rollout, reference, scorer, policy, critic, sync, autoscaler, test_scorer)
 
     def restart_trainers(self, cfg, policy_path: str) -> None:
-        """Replace both trainer groups (after a rank died) and rejoin the new rank 0 to the engines."""
-        self.policy.shutdown()
-        self.critic.shutdown()
+        """Replace the trainer groups (after a rank died) and rejoin the new rank 0 to the engines."""
+        for g in self.trainers().values():
+            g.shutdown()
         self.policy, self.critic = start_trainers(cfg, policy_path, lambda g: g)
         self.sync.policy = self.policy
         self.sync.connect()
 
+    def trainers(self) -> dict[str, TrainerGroup]:
+        """The trainer groups by role (`AlgorithmSpec.roles`): what a step trains and a checkpoint saves."""
+        return {"policy": self.policy} | ({"critic": self.critic} if self.critic else {})
+
     def groups(self) -> dict:
-        return {"rollout": self.rollout, "reference": self.reference, "scorer": self.scorer, "policy": self.policy,
-                "critic": self.critic} | ({"test_scorer": self.test_scorer} if self.test_scorer else {})
+        return ({"rollout": self.rollout, "reference": self.reference, "scorer": self.scorer} | self.trainers()
+                | ({"test_scorer": self.test_scorer} if self.test_scorer else {}))
 
     def ready_engines(self, pending_prompts: int, version: int, last_generate_s: float = 0.0):
         """Replace dead engines and give every engine policy `version`, the trainers' own (so call it only while
@@ -148,10 +157,12 @@ class PPOWorkers:
             g.shutdown()
 
 
-def start_trainers(cfg, policy_path: str, up) -> tuple[TrainerGroup, TrainerGroup]:
+def start_trainers(cfg, policy_path: str, up) -> tuple[TrainerGroup, TrainerGroup | None]:
+    """The policy trainer group, and the critic's when the algorithm needs one."""
     p, dtype = cfg.ppo, train_dtype(cfg.model)
     policy = up(TrainerGroup("policy-trainer", policy_path, "causal_lm", p.policy_trainer, cfg.seed, dtype))
-    critic = up(TrainerGroup("critic-trainer", policy_path, "value", p.critic_trainer, cfg.seed, dtype))
+    critic = (up(TrainerGroup("critic-trainer", policy_path, "value", p.critic_trainer, cfg.seed, dtype))
+              if ALGORITHMS[p.algorithm].needs_critic else None)
     return policy, critic
 
 
@@ -182,13 +193,13 @@ def generate(w: PPOWorkers, prompts: Prompts, sampling: Sampling, seeds: list[in
 
 
 def make_experience(w: PPOWorkers, exp: Experience, ppo_cfg, with_values: bool = True) -> None:
-    """Old logprobs (trainer), reference logprobs, PM scores and values of the samples, all at once."""
+    """Old logprobs (trainer), reference logprobs, PM scores and values (with a critic) of the samples, all at once."""
     seqs, temperature, pack = exp.view(SequenceBatch), ppo_cfg.rollout.temperature, ppo_cfg.pack_tokens
     old = (w.policy.forward_async(seqs, TokenLogprobs(temperature, pack)) if ppo_cfg.old_logprobs == "trainer"
            else None)
     ref = w.reference.logprobs_async(seqs, temperature, pack)
     scores = w.scorer.score_async(exp.prompt_text, exp.response_text, exp.response)
-    values = w.critic.forward_async(seqs, TokenValues(pack)) if with_values else None
+    values = w.critic.forward_async(seqs, TokenValues(pack)) if with_values and w.critic else None
     exp.old_logprobs = old() if old else exp.behaviour_logprobs
     exp.ref_logprobs = ref()
     exp.scores = scores()
@@ -197,19 +208,23 @@ def make_experience(w: PPOWorkers, exp: Experience, ppo_cfg, with_values: bool =
 
 def ppo_update(w: PPOWorkers, exp: Experience, ppo_cfg, temperature: float, rng: random.Random,
                decoupled: bool = False) -> dict:
-    """`epochs` passes over the batch, each in `minibatches` steps over every sample; policy and critic side by side.
+    """`epochs` passes over the batch, each in `minibatches` steps over every sample; every trainer role (policy,
+    and critic when there is one) side by side, each on its objective.
     `decoupled`: the batch is from an older policy than the trainer's old logprobs (`behaviour_weights`)."""
-    pol_obj = PolicyObjective(ppo_cfg.clip_ratio, ppo_cfg.entropy_coef, temperature, ppo_cfg.pack_tokens, decoupled)
-    val_obj = ValueObjective(ppo_cfg.value_clip, ppo_cfg.value_coef, ppo_cfg.pack_tokens)
+    objectives = {"policy": (PolicyBatch, PolicyObjective(ppo_cfg.clip_ratio, ppo_cfg.entropy_coef, temperature,
+                                                          ppo_cfg.pack_tokens, decoupled)),
+                  "critic": (ValueBatch, ValueObjective(ppo_cfg.value_clip, ppo_cfg.value_coef, ppo_cfg.pack_tokens))}
+    trainers = w.trainers()
     totals: dict[str, float] = {}
     steps = 0
     for _ in range(ppo_cfg.epochs):
         for idx in minibatches(batch_size(exp), ppo_cfg.minibatches, rng):
             mb = select(exp, idx)
-            pol = w.policy.train_async(mb.view(PolicyBatch), pol_obj)
-            val = w.critic.train_async(mb.view(ValueBatch), val_obj)
-            for k, v in (pol_obj.metrics(pol()) | val_obj.metrics(val())).items():
-                totals[k] = totals.get(k, 0.0) + v
+            waits = {role: g.train_async(mb.view(objectives[role][0]), objectives[role][1])
+                     for role, g in trainers.items()}
+            for role, result in waits.items():
+                for k, v in objectives[role][1].metrics(result()).items():
+                    totals[k] = totals.get(k, 0.0) + v
             steps += 1
     return {k: v / steps for k, v in totals.items()}
 
@@ -280,6 +295,12 @@ class Rollouts:
             self.pool.shutdown(wait=True)
 
 
+def advantage_config(p) -> AdvantageConfig:
+    """The advantage settings of `ppo` config `p`: its algorithm's estimator, a group per prompt's samples."""
+    return AdvantageConfig(ALGORITHMS[p.algorithm].estimator, p.kl_estimator, p.gamma, p.lam, p.whiten_advantages,
+                           p.truncation_penalty, p.rollout.samples_per_prompt)
+
+
 def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg, kl_ctl, rng: random.Random) -> dict:
     """One PPO step: generate, experience, advantages, update, sync. Returns the step's metrics.
 
@@ -298,8 +319,7 @@ def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg, kl_ctl, rng: ran
         make_experience(w, exp, p)
     stale = exp.version != step - 1  # generated by an older policy than the trainers hold (async)
     with timer("advantages"):
-        stats = compute_advantages(exp, kl_ctl.coef, p.kl_estimator, p.gamma, p.lam, p.whiten_advantages,
-                                   p.truncation_penalty, stale)
+        stats = compute_advantages(exp, kl_ctl.coef, advantage_config(p), stale)
     with timer("train"):
         stats |= ppo_update(w, exp, p, p.rollout.temperature, rng, decoupled=stale and p.old_logprobs == "trainer")
     if not p.async_rollout:
@@ -383,54 +403,61 @@ def state_file(ckpt: Path, tag: str) -> Path:
     return ckpt / f"state-{tag}.json"
 
 
-def resume_point(ckpt: Path, fresh: bool) -> dict | None:
-    """The driver state of the newest step whose policy and critic checkpoints are both intact, or None.
+def resume_point(ckpt: Path, fresh: bool, algorithm: str = "ppo") -> dict | None:
+    """The driver state of the newest step whose checkpoints of every trainer role of `algorithm` are intact, or
+    None.
 
     `fresh` deletes the run's PPO checkpoints first. Checkpoints without any usable driver state stop the run
-    instead of silently starting over (which would overwrite them and the metrics log).
+    instead of silently starting over (which would overwrite them and the metrics log), and so do those of
+    another algorithm (a state without the key is PPO's, from before there was a choice).
     """
     if fresh:
         shutil.rmtree(ckpt, ignore_errors=True)
         return None
-    usable = set(intact_tags(ckpt / "policy")) & set(intact_tags(ckpt / "critic"))
+    roles = ALGORITHMS[algorithm].roles
+    usable = set.intersection(*(set(intact_tags(ckpt / role)) for role in roles))
     states = sorted(ckpt.glob("state-*.json"), key=lambda f: json.loads(f.read_text())["step"], reverse=True)
     for i, f in enumerate(states):
         state = json.loads(f.read_text())
+        if state.get("algorithm", "ppo") != algorithm:
+            raise ResumeError(f"{ckpt} holds checkpoints of ppo.algorithm={state.get('algorithm', 'ppo')}, not "
+                              f"{algorithm}; rerun with that algorithm, or with --fresh (or fresh=true) to start over")
         if state["tag"] in usable:
             if i:
                 print(f"[ppo] newer checkpoints are damaged; resuming from {state['tag']}", file=sys.stderr)
             return state
-    if has_checkpoints(ckpt / "policy") or has_checkpoints(ckpt / "critic") or states:
-        raise ResumeError(f"{ckpt} holds PPO checkpoints but no step with intact policy, critic and driver state; "
+    if any(has_checkpoints(ckpt / role) for role in roles) or states:
+        raise ResumeError(f"{ckpt} holds PPO checkpoints but no step with intact {', '.join(roles)} and driver state; "
                           f"rerun with --fresh (or fresh=true) to start PPO over, which deletes them")
     return None
 
 
 def resume(w: PPOWorkers, ckpt: Path, state: dict | None, kl_ctl) -> int:
-    """Load a saved step's policy, critic and KL controller; returns that step (0 when there is none)."""
+    """Load a saved step's trainers (every role) and KL controller; returns that step (0 when there is none)."""
     if state is None:
         return 0
-    w.policy.load_checkpoint(str(ckpt / "policy"), state["tag"])
-    w.critic.load_checkpoint(str(ckpt / "critic"), state["tag"])
+    for role, group in w.trainers().items():
+        group.load_checkpoint(str(ckpt / role), state["tag"])
     kl_ctl.load_state_dict(state["kl_controller"])
     print(f"[ppo] resumed from {ckpt} at step {state['step']}")
     return state["step"]
 
 
-def save_state(w: PPOWorkers, ckpt: Path, step: int, kl_ctl) -> None:
-    """Policy and critic checkpoints under one tag, then the driver state naming it (written last)."""
+def save_state(w: PPOWorkers, ckpt: Path, step: int, kl_ctl, algorithm: str) -> None:
+    """Every trainer role's checkpoint under one tag, then the driver state naming it (written last)."""
     tag = f"step{step}"
-    w.policy.save_checkpoint(str(ckpt / "policy"), tag, {"step": step})
-    w.critic.save_checkpoint(str(ckpt / "critic"), tag, {"step": step})
-    write_json_atomic(state_file(ckpt, tag), {"step": step, "tag": tag, "kl_controller": kl_ctl.state_dict()})
+    for role, group in w.trainers().items():
+        group.save_checkpoint(str(ckpt / role), tag, {"step": step})
+    write_json_atomic(state_file(ckpt, tag), {"step": step, "tag": tag, "algorithm": algorithm,
+                                              "kl_controller": kl_ctl.state_dict()})
 
 
 def run_ppo(cfg) -> dict:
-    """Run (or resume) PPO; returns the before/after held-out evaluation."""
+    """Run (or resume) PPO, or the algorithm `ppo.algorithm` names; returns the before/after held-out evaluation."""
     p, run_dir = cfg.ppo, Path(cfg.run_dir)
     out, ckpt = run_dir / "ppo", run_dir / "checkpoints" / "ppo"
     out.mkdir(parents=True, exist_ok=True)
-    resume_state = resume_point(ckpt, cfg.fresh)  # a file check: refuse a damaged run before any cluster starts
+    resume_state = resume_point(ckpt, cfg.fresh, p.algorithm)  # a file check: refuses before any cluster starts
     if resume_state:
         read_metrics(out / "metrics.jsonl")  # so is a log damaged before its last line (DamagedFileError)
     setup = PPOSetup.prepare(cfg)
@@ -459,23 +486,23 @@ def run_ppo(cfg) -> dict:
         while step < p.steps:
             if stop.requested():  # a signal: checkpoint the last finished step as the periodic checkpoint does
                 if step > saved:
-                    save_state(w, ckpt, step, setup.kl_ctl)
+                    save_state(w, ckpt, step, setup.kl_ctl, p.algorithm)
                 rollouts.close()
                 stop.stop_after_step("PPO", step, p.steps, ckpt)
             rng.seed(cfg.seed * 7919 + step + 1)
             try:
                 metrics = ppo_step(w, step + 1, rollouts, cfg, setup.kl_ctl, rng)
-            except RayActorError as exc:  # a trainer rank died: both groups restart from the last checkpoint
+            except RayActorError as exc:  # a trainer rank died: the trainer groups restart from the last checkpoint
                 failures += 1
                 if failures > p.max_failures:
                     raise
                 print(f"[ppo] step {step + 1}: a trainer died ({type(exc).__name__}); failure {failures} of "
-                      f"{p.max_failures} allowed, restarting both trainer groups from the last checkpoint",
+                      f"{p.max_failures} allowed, restarting the trainer groups from the last checkpoint",
                       file=sys.stderr, flush=True)
                 rollouts.close()  # a batch prefetched by the old policy is dropped; the resumed step regenerates
                 w.restart_trainers(cfg, setup.policy_path)
                 rollouts = Rollouts(w, setup.train, cfg)
-                state = resume_point(ckpt, fresh=False)
+                state = resume_point(ckpt, fresh=False, algorithm=p.algorithm)
                 if state is None:  # no checkpoint yet: the new trainers start from the initial weights
                     setup.kl_ctl.load_state_dict(kl_at_start)
                 step = saved = resume(w, ckpt, state, setup.kl_ctl)
@@ -490,7 +517,7 @@ def run_ppo(cfg) -> dict:
                                          "rollout/logprob_gap_mean", "perf/samples_per_s"))
             dashboard.record(metrics)
             if (p.checkpoint_every and step % p.checkpoint_every == 0) or step == p.steps:
-                save_state(w, ckpt, step, setup.kl_ctl)
+                save_state(w, ckpt, step, setup.kl_ctl, p.algorithm)
                 saved = step
         log.close()
         rollouts.close()

@@ -31,11 +31,13 @@ RayJob (head and worker groups: rayStartParams, container limits); GPU memory fr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from hh_ray.algo.algorithms import ALGORITHMS
 from hh_ray.models.forward import SCORE_BATCH_ROWS
 from hh_ray.workers.reference import MICRO_BATCH_ROWS
 
@@ -319,6 +321,11 @@ class Plan:
     def fits(self) -> bool:
         return not self.problems
 
+    @property
+    def total_gb(self) -> float:
+        """GPU memory the whole job plans for: each group's per-GPU figure once per bundle that holds a GPU."""
+        return sum(g.per_gpu_gb * sum(1 for b in g.bundles if b.get("GPU")) for g in self.groups)
+
 
 def _empty_node(t: NodeType, index: int, default_gb: float) -> Node:
     label = f"{t.name}#{index}"
@@ -500,11 +507,45 @@ def resolve_cluster(cluster: str | None, cfg, config_path: str | None) -> str | 
     return str(beside) if beside.is_file() else name
 
 
+@dataclass(frozen=True)
+class MemoryAgainstPPO:
+    """A critic-free job's planned GPU memory beside the same job's under PPO (with its critic trainer group)."""
+
+    algorithm: str
+    total_gb: float
+    ppo_total_gb: float
+
+    @property
+    def ratio(self) -> float:
+        return self.total_gb / self.ppo_total_gb
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"ratio": self.ratio}
+
+
+def memory_against_ppo(cfg, plan: Plan, cluster: str | None, gpu_gb: float = DEFAULT_GPU_GB) -> MemoryAgainstPPO | None:
+    """For an algorithm without a critic, `plan`'s memory against PPO's; None for PPO itself and for jobs with
+    nothing on GPUs."""
+    if ALGORITHMS[cfg.ppo.algorithm].needs_critic or not plan.total_gb:
+        return None
+    ppo = plan_job(dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, algorithm="ppo")), cluster, gpu_gb)
+    return MemoryAgainstPPO(cfg.ppo.algorithm, plan.total_gb, ppo.total_gb)
+
+
 def run_plan(cfg, config_path: str | None, cluster: str | None, gpu_gb: float = DEFAULT_GPU_GB,
              as_json: bool = False) -> int:
-    """`hh-ray plan`: print the plan; exit 0 when the job fits, 2 when it does not."""
-    plan = plan_job(cfg, resolve_cluster(cluster, cfg, config_path), gpu_gb)
-    print(json.dumps(plan_to_dict(plan)) if as_json else format_plan(plan))
+    """`hh-ray plan`: print the plan (and, without a critic, its memory against PPO's); exit 0 when the job fits,
+    2 when it does not."""
+    cluster = resolve_cluster(cluster, cfg, config_path)
+    plan = plan_job(cfg, cluster, gpu_gb)
+    against = memory_against_ppo(cfg, plan, cluster, gpu_gb)
+    if as_json:
+        print(json.dumps(plan_to_dict(plan) | ({"memory_against_ppo": against.to_dict()} if against else {})))
+    else:
+        print(format_plan(plan))
+        if against:
+            print(f"{against.algorithm}, no critic: {against.total_gb:.1f} GB of GPU memory planned, "
+                  f"{against.ratio:.2f} x PPO's {against.ppo_total_gb:.1f} GB for the same job")
     return 0 if plan.fits else 2
 
 

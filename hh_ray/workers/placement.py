@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hh_ray.algo.algorithms import ALGORITHMS
+
 NODE_MARKER = 0.001  # how much of a node type's marker resource one bundle asks for
 WEIGHT_SYNC_EXTENSION = "hh_ray.workers.rollout.WeightSyncExtension"
 
@@ -131,12 +133,13 @@ def ppo_group_placements(ppo_cfg) -> dict[str, GroupPlacement]:
     """Every group of a PPO job, in the order the driver creates them: largest first (policy, critic), so a
     whole-node trainer group claims its node before single-GPU groups scatter over the nodes (Ray does not keep
     small groups together), then reference, scorer, the first `num_engines` engines, and last the engines
-    autoscaling may add, up to `max_engines` (the most it asks for)."""
+    autoscaling may add, up to `max_engines` (the most it asks for). No critic when the algorithm has none."""
     r = ppo_cfg.rollout
     engine = engine_placement(r)
-    out = {"policy-trainer": trainer_placement(ppo_cfg.policy_trainer),
-           "critic-trainer": trainer_placement(ppo_cfg.critic_trainer),
-           "reference": worker_placement(1, ppo_cfg.reference_cpus, ppo_cfg.reference_gpus,
-                                         ppo_cfg.reference_node_resource),
-           "pm-scorer": worker_placement(1, ppo_cfg.scorer_cpus, ppo_cfg.scorer_gpus, ppo_cfg.scorer_node_resource)}
+    critic = ({"critic-trainer": trainer_placement(ppo_cfg.critic_trainer)}
+              if ALGORITHMS[ppo_cfg.algorithm].needs_critic else {})
+    out = {"policy-trainer": trainer_placement(ppo_cfg.policy_trainer)} | critic | {
+        "reference": worker_placement(1, ppo_cfg.reference_cpus, ppo_cfg.reference_gpus,
+                                      ppo_cfg.reference_node_resource),
+        "pm-scorer": worker_placement(1, ppo_cfg.scorer_cpus, ppo_cfg.scorer_gpus, ppo_cfg.scorer_node_resource)}
     return out | {f"rollout-{i}": engine for i in range(r.max_engines)}

@@ -136,16 +136,16 @@ def test_minibatches_use_every_sample_once_per_epoch():
 
 
 def test_advantages_use_trainer_logprobs_and_penalize_truncation():
+    from hh_ray.algo.advantages import AdvantageConfig, compute_advantages
     from hh_ray.algo.batch import Experience
-    from hh_ray.algo.ppo import compute_advantages
 
     # two samples; the second was cut at the cap. Behaviour logprobs differ from the trainer's (old): only old counts
     exp = Experience(prompt=[[1], [1]], response=[[5, 6], [7]], prompt_text=["p", "p"], response_text=["a", "b"],
                      finish=["stop", "length"], behaviour_logprobs=[[-9.0, -9.0], [-9.0]],
                      old_logprobs=[[-1.0, -2.0], [-1.0]], ref_logprobs=[[-1.5, -2.0], [-0.5]],
                      scores=[1.0, 1.0], old_values=[[0.0, 0.0], [0.0]])
-    stats = compute_advantages(exp, kl_coef=0.1, estimator="k1", gamma=1.0, lam=1.0, whiten_advantages=False,
-                               truncation_penalty=0.5)
+    stats = compute_advantages(exp, 0.1, AdvantageConfig("gae", "k1", gamma=1.0, lam=1.0, whiten=False,
+                                                         truncation_penalty=0.5))
     # k1 per sample: (0.5 + 0) and (-0.5); mean 0.0
     assert stats["objective/kl"] == approx(0.0) and stats["objective/kl_k1"] == approx(0.0)
     # rewards: sample 1 = [-0.05, 0 + 1.0]; sample 2 = [+0.05 + (1.0 - 0.5)]; with V = 0, gamma = lam = 1,
@@ -153,8 +153,7 @@ def test_advantages_use_trainer_logprobs_and_penalize_truncation():
     assert exp.advantages[0] == approx([0.95, 1.0]) and exp.advantages[1] == approx([0.55])
     assert stats["objective/truncated_share"] == approx(0.5) and stats["objective/pm_score"] == approx(1.0)
     # a stale batch (async: an older policy generated it): the KL measures that policy, the engine's logprobs
-    stale = compute_advantages(exp, kl_coef=0.1, estimator="k1", gamma=1.0, lam=1.0, whiten_advantages=False,
-                               stale=True)
+    stale = compute_advantages(exp, 0.1, AdvantageConfig("gae", "k1", gamma=1.0, lam=1.0, whiten=False), stale=True)
     assert stale["objective/kl"] == approx(((-9.0 + 1.5) + (-9.0 + 2.0) + (-9.0 + 0.5)) / 2)
 
 

@@ -135,3 +135,44 @@ def test_smollm2_ppo_with_lora_in_bf16_end_to_end(ray_local, smollm2_dir, tmp_pa
     words = " ".join(s["response"] for s in samples).split()
     assert sum(w.isalpha() for w in words) > 0.5 * len(words)  # English, not token salad
     assert (tmp_path / "smollm2" / "ppo" / "policy" / "config.json").is_file()
+
+
+def test_grpo_raises_a_known_reward_without_a_critic(ray_local, shared_run_root):
+    """GRPO (ppo.algorithm=grpo): four samples per prompt, group-relative advantages, no critic group started,
+    trained or checkpointed; the same batch size as the PPO run above (8 prompts x 4 samples)."""
+    from hh_ray.driver.ppo import resume_point
+    from hh_ray.driver.stage import ResumeError
+
+    evals, rows = _run(shared_run_root, "grpo", "ppo.algorithm=grpo", "ppo.steps=14", "ppo.kl_coef=0.001",
+                       "ppo.prompts_per_step=8", "ppo.rollout.samples_per_prompt=4", "ppo.checkpoint_every=7")
+    before, after = evals["before"]["eval/pm_score"], evals["after"]["eval/pm_score"]
+    trace = [(r["step"], round(r["objective/pm_score"], 3), round(r["objective/kl"], 2)) for r in rows]
+    print(f"\nGRPO: held-out score {before:.4f} -> {after:.4f}; {trace}")
+    assert after > before + 0.05, (before, after, trace)
+    assert rows[-1]["objective/pm_score"] > rows[0]["objective/pm_score"]
+    assert all(r["objective/kl"] < 20 for r in rows), trace
+    assert "policy/clipfrac" in rows[0] and not any(k.startswith("critic/") for r in rows for k in r)
+    run = shared_run_root / "grpo"
+    memory = json.loads((run / "ppo" / "memory.json").read_text())
+    assert set(memory) == {"rollout", "reference", "scorer", "policy"}  # no critic group existed
+    ckpt = run / "checkpoints" / "ppo"
+    assert not (ckpt / "critic").exists() and (ckpt / "policy").is_dir()
+    assert resume_point(ckpt, fresh=False, algorithm="grpo")["step"] == 14
+    with pytest.raises(ResumeError, match="ppo.algorithm=grpo, not ppo"):  # PPO would resume without a critic
+        resume_point(ckpt, fresh=False, algorithm="ppo")
+
+
+def test_grpo_resume_continues_the_same_run(ray_local, shared_run_root):
+    """The loop's resume serves GRPO as it does PPO: a run stopped after its step-2 checkpoint and resumed logs
+    what the uninterrupted run logs, with the policy as the only trainer checkpointed."""
+    grpo = ("ppo.algorithm=grpo", "ppo.prompts_per_step=8", "ppo.rollout.samples_per_prompt=4",
+            "ppo.checkpoint_every=2")
+    _, full = _run(shared_run_root, "grpo-full", "ppo.steps=4", *grpo)
+    _run(shared_run_root, "grpo-split", "ppo.steps=3", *grpo)
+    _, resumed = _run(shared_run_root, "grpo-split", "ppo.steps=4", *grpo)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(full[2:], resumed[2:]):
+        for key in ("objective/pm_score", "objective/kl", "objective/reward", "policy/loss"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4), (key, a["step"])
+    assert sorted(p.name for p in (shared_run_root / "grpo-split" / "checkpoints" / "ppo").iterdir()
+                  if p.is_dir()) == ["policy"]

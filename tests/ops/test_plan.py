@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hh_ray.config import TrainerConfig, load_config
-from hh_ray.ops.plan import PlanError, model_shape, plan_job, read_node_types, trainer_memory
+from hh_ray.ops.plan import PlanError, memory_against_ppo, model_shape, plan_job, read_node_types, trainer_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 LLAMA2_7B_PARAMS = 6_738_415_616
@@ -140,3 +140,25 @@ def test_plan_and_submit_commands():
     assert refused.returncode == 2
     line = [l for l in refused.stderr.splitlines() if l.startswith("hh-ray: error:")]
     assert len(line) == 1 and "critic-trainer on trainer-8gpu#0 GPU" in line[0] and "> 80 GB" in line[0]
+
+
+def test_grpo_plans_no_critic_and_reports_its_memory_against_ppo():
+    grpo_args = ["ppo.algorithm=grpo", "ppo.rollout.samples_per_prompt=2"]
+    cluster = str(ROOT / "cluster" / "rayjob.yaml")
+    grpo = load_config(ROOT / "jobs" / "ppo-7b-8gpu.yaml", grpo_args)
+    plan = plan_job(grpo, cluster)
+    assert plan.fits and "critic-trainer" not in [g.name for g in plan.groups]
+    ppo = plan_job(load_config(ROOT / "jobs" / "ppo-7b-8gpu.yaml", ["ppo.rollout.samples_per_prompt=2"]), cluster)
+    critic = next(g for g in ppo.groups if g.name == "critic-trainer")
+    against = memory_against_ppo(grpo, plan, cluster)
+    # the difference is exactly the critic group: its per-GPU figure on each of its ranks
+    assert against.ppo_total_gb == pytest.approx(ppo.total_gb)
+    assert against.ppo_total_gb - against.total_gb == pytest.approx(critic.per_gpu_gb * len(critic.bundles))
+    assert against.ratio == pytest.approx(plan.total_gb / ppo.total_gb) and against.ratio < 1
+    assert memory_against_ppo(load_config(ROOT / "jobs" / "ppo-7b-8gpu.yaml"), ppo, cluster) is None
+    shown = _cli("plan", "--config", "jobs/ppo-7b-8gpu.yaml", *grpo_args)
+    assert shown.returncode == 0, shown.stderr
+    line = f"grpo, no critic: {plan.total_gb:.1f} GB of GPU memory planned, {against.ratio:.2f} x PPO's"
+    assert line in shown.stdout
+    as_json = json.loads(_cli("plan", "--config", "jobs/ppo-7b-8gpu.yaml", "--json", *grpo_args).stdout)
+    assert as_json["memory_against_ppo"]["ratio"] == pytest.approx(against.ratio)
