@@ -109,7 +109,8 @@ def train_pm(cfg, train: list[Comparison], held: list[Comparison], name: str) ->
                   lambda step: select(train_enc, batches(len(train), bs, cfg.seed, step - 1)),
                   run_dir / "checkpoints" / name, run_dir / f"{name}-logs", cfg, cfg.pm.log_every,
                   cfg.pm.checkpoint_every, show=("pm/loss", "pm/accuracy", "pm/units_per_s", "pm/heldout_accuracy"),
-                  evaluate=heldout if held else None, eval_every=cfg.pm.eval_every)
+                  evaluate=heldout if held else None, eval_every=cfg.pm.eval_every,
+                  label="test PM" if name == TEST_PM else "PM")
         group.export_hf(str(out))
         if held:
             result = metrics_for(held, group.forward(held_enc, PairScores()))
