@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32)
     _add_config(sub.add_parser("ppo", help="PPO against the PM with a KL penalty to the initial policy"))
     _add_config(sub.add_parser("run", help="the whole pipeline: data -> tokenizer -> SFT -> PM -> PPO -> report"))
+    st = sub.add_parser("status", help="phase, step, last metrics and ETA of a run folder; whether a command runs on it")
+    st.add_argument("run_dir", help="run folder")
+    st.add_argument("--json", action="store_true")
     online = sub.add_parser("online", help="iterated online RLHF: rounds of collect -> retrain PM -> PPO, then Elo")
     online.add_argument("--config", help="online YAML (see jobs/online-quickstart.yaml)")
     online.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. rounds=3")
@@ -268,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     from hh_ray.data.hh import DataError
     from hh_ray.driver import stop
     from hh_ray.driver.stage import ResumeError
+    from hh_ray.driver.status import NotARunFolder
     from hh_ray.files import DamagedFileError, RunFolderBusy
     from hh_ray.ops.plan import PlanError
     from hh_ray.ops.storage import SharedStorageError
@@ -280,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
             return _data_stats(args)
         if args.command == "models":
             return _list_models(args.json)
+        if args.command == "status":  # reads the run folder: no lock
+            from hh_ray.driver.status import format_status, run_status
+
+            status = run_status(args.run_dir)
+            print(json.dumps(status.to_json()) if args.json else format_status(status))
+            return 0
         if args.command == "pm" and args.pm_command == "eval":
             from hh_ray.driver.pm import evaluate_checkpoint
 
@@ -318,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             getattr(importlib.import_module(module), function)(cfg)
         return 0
     except (ConfigError, DataError, FileNotFoundError, PlacementError, StaleWeightsError, SubmitError,
-            ResumeError, PlanError, SharedStorageError, DamagedFileError, RunFolderBusy) as exc:
+            ResumeError, PlanError, SharedStorageError, DamagedFileError, RunFolderBusy, NotARunFolder) as exc:
         print(f"hh-ray: error: {exc}", file=sys.stderr)
         return 2
     except stop.Preempted as exc:  # checkpointed at a step boundary; groups and Ray are down by now
