@@ -262,6 +262,9 @@ CONFIG_LOADERS = {"label": ("hh_ray.label.config", "load_label_config"),
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from hh_ray.driver.progress import quiet_driver_libraries
+
+    quiet_driver_libraries()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["pm"] and (len(argv) == 1 or argv[1] not in ("train", "eval", "-h", "--help")):
         argv.insert(1, "train")  # `hh-ray pm --config X` trains

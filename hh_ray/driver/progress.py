@@ -8,6 +8,8 @@ so a log of a long run stays short and holds no escape codes.
 from __future__ import annotations
 
 import atexit
+import logging
+import os
 import time
 
 from rich.console import Console
@@ -15,6 +17,13 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 PLAIN_LINES_PER_PHASE = 10  # plain mode: one line per tenth of a phase's steps (plus its first and last step)
+
+
+def quiet_driver_libraries() -> None:
+    """Keep library chatter off the driver's console, where the progress display is: Hugging Face's progress bars
+    (hh-ray shows its own) and DeepSpeed's notice that a machine without a GPU runs it on the CPU."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("DeepSpeed").addFilter(lambda record: "Setting accelerator to CPU" not in record.getMessage())
 
 
 def format_metrics(metrics: dict, keys: tuple[str, ...]) -> str:
