@@ -10,6 +10,7 @@ import logging
 import shlex
 import signal
 import sys
+from pathlib import Path
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -155,6 +156,9 @@ def _writer(args, run_dir: str, stop_grace_s: float | None = None):
     lock = RunLock(run_dir, args.command_line).acquire()
     try:
         yield
+    except Exception as exc:
+        _point_at_worker_logs(exc, run_dir)
+        raise
     finally:
         if stop.requested() and "ray" in sys.modules:
             import ray
@@ -162,6 +166,17 @@ def _writer(args, run_dir: str, stop_grace_s: float | None = None):
             ray.shutdown()
         lock.release()
         stop.uninstall()
+
+
+def _point_at_worker_logs(exc: Exception, run_dir: str) -> None:
+    """A Ray error (an actor's exception or death) is printed by the caller; say where the workers' side of it is,
+    since their output goes to the run folder, not the console (hh_ray.driver.cluster)."""
+    from hh_ray.driver.cluster import WORKER_LOGS
+
+    ray = sys.modules.get("ray")
+    logs = Path(run_dir) / WORKER_LOGS
+    if ray is not None and isinstance(exc, ray.exceptions.RayError) and logs.is_dir():
+        print(f"hh-ray: the workers' output around this error is in {logs}/", file=sys.stderr, flush=True)
 
 
 def _run_analysis(args) -> int:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -91,3 +94,39 @@ def test_status_names_what_is_wrong_with_a_folder_that_is_not_a_run(tmp_path, ca
     (tmp_path / "other").mkdir()
     assert main(["status", str(tmp_path / "other")]) == 2
     assert "is not an hh-ray run folder: it holds neither .hh-ray.lock nor config.yaml" in capsys.readouterr().err
+
+
+WORKER_SCRIPT = """
+import sys, types, ray
+from hh_ray.driver.cluster import connect
+
+connect(types.SimpleNamespace(address="local", num_cpus=2), sys.argv[1])
+
+@ray.remote(num_cpus=0.1)
+class Chatty:
+    def talk(self):
+        import logging, os
+        print("chatty stdout line")
+        logging.getLogger("vllm").warning("chatty warning line")
+        return os.getpid()
+
+    def fail(self):
+        raise ValueError("the actor's own error")
+
+actor = Chatty.remote()
+print("pid", ray.get(actor.talk.remote()))
+ray.get(actor.fail.remote())
+"""
+
+
+def test_worker_output_goes_to_the_run_folder_and_errors_to_the_console(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", WORKER_SCRIPT, str(run)], capture_output=True, text=True,
+                          timeout=300, env=os.environ | {"RAY_AUTH_MODE": "disabled"})
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "ValueError: the actor's own error" in console, console[-3000:]
+    assert "chatty" not in console
+    assert console.count(f"worker logs in {run / 'logs'}/") == 1
+    pid = int(proc.stdout.split("pid ")[1].split()[0])
+    log = (run / "logs" / f"worker-{pid}.log").read_text()
+    assert "chatty stdout line" in log and "chatty warning line" in log
