@@ -52,7 +52,8 @@ class PhaseProgress:
         if self.console.is_terminal:
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                TextColumn("{task.fields[metrics]}"), console=self.console)
+                                TextColumn("{task.fields[metrics]}"), console=self.console,
+                                refresh_per_second=2)  # a redraw costs the driver CPU the workers need
             self.task = self.bar.add_task(label, total=self.total, completed=start, metrics="")
             self.bar.start()
             atexit.register(self.close)  # an exception ending the process still restores the terminal
