@@ -21,14 +21,17 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hh-ray", description="Distributed RLHF on Ray (Bai et al. 2022, Anthropic HH)")
+    parser = argparse.ArgumentParser(prog="hh-ray",
+                                     description="Distributed RLHF on Ray (Bai et al. 2022, Anthropic HH)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="inspect HH-RLHF data").add_subparsers(dest="data_command", required=True)
     stats = data.add_parser("stats", help="per subset: kept, rejects by reason, length percentiles")
-    stats.add_argument("--data-dir", default=None, help="HH-layout folder or hub id (default: HH_RLHF_DIR or ../shared/data/hh-rlhf)")
+    stats.add_argument("--data-dir", default=None,
+                       help="HH-layout folder or hub id (default: HH_RLHF_DIR or ../shared/data/hh-rlhf)")
     stats.add_argument("--split", default="test", help="split file to read; 'all' reads every *.jsonl.gz")
-    stats.add_argument("--tokenizer", default=None, help="tokenizer for token lengths (default: BPE trained on the data)")
+    stats.add_argument("--tokenizer", default=None,
+                       help="tokenizer for token lengths (default: BPE trained on the data)")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
 
     models = sub.add_parser("models", help="list the model presets and where each one's weights come from")
@@ -44,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32)
     _add_config(sub.add_parser("ppo", help="PPO against the PM with a KL penalty to the initial policy"))
     _add_config(sub.add_parser("run", help="the whole pipeline: data -> tokenizer -> SFT -> PM -> PPO -> report"))
-    st = sub.add_parser("status", help="phase, step, last metrics and ETA of a run folder; whether a command runs on it")
+    st = sub.add_parser("status", help="phase, step, last metrics and ETA of a run folder; is a command running on it")
     st.add_argument("run_dir", help="run folder")
     st.add_argument("--json", action="store_true")
     online = sub.add_parser("online", help="iterated online RLHF: rounds of collect -> retrain PM -> PPO, then Elo")
@@ -54,20 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://head:8265")
     sm.add_argument("--no-follow", action="store_true", help="print the job id and return")
     sm.add_argument("--token", default=None, help="Ray auth token (default: RAY_AUTH_TOKEN or Ray's token file)")
-    sm.add_argument("--runtime-env", default=None, help="runtime env YAML (default: jobs/runtime_env.yaml when present)")
+    sm.add_argument("--runtime-env", default=None,
+                    help="runtime env YAML (default: jobs/runtime_env.yaml when present)")
     sm.add_argument("--entrypoint", default="run", choices=["run", "sft", "pm", "ppo", "label", "online"],
                     help="the hh-ray command the job runs; label = `hh-ray label serve`")
     sm.add_argument("--cluster", default=None, help="cluster config the capacity plan checks (default: ray.cluster)")
     _add_config(sm)
     pl = sub.add_parser("plan", help="capacity plan: memory per group and GPU, placement on the cluster's node types")
-    pl.add_argument("--cluster", default=None, help="launcher YAML or KubeRay manifest (default: the job's ray.cluster)")
+    pl.add_argument("--cluster", default=None,
+                    help="launcher YAML or KubeRay manifest (default: the job's ray.cluster)")
     pl.add_argument("--gpu-memory-gb", type=float, default=80.0, help="GPU memory where a node type does not say")
     pl.add_argument("--json", action="store_true", help="print one JSON object")
     _add_config(pl)
 
     label = sub.add_parser("label", help="the labeling service (Ray Serve): serve, user add, export")
     label_sub = label.add_subparsers(dest="label_command", required=True)
-    _add_config(label_sub.add_parser("serve", help="start the service; prints its URL and the admin's one-time password"))
+    _add_config(label_sub.add_parser("serve",
+                                     help="start the service; prints its URL and the admin's one-time password"))
     user = label_sub.add_parser("user", help="accounts").add_subparsers(dest="user_command", required=True)
     user_add = user.add_parser("add", help="create an account and print its one-time password")
     user_add.add_argument("name")

@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 import yaml
 
-
 RANDOM_INIT_PRESETS = ("tiny", "small", "medium")  # hh_ray.models.presets builds them; fp32 on CPU under "auto"
 
 

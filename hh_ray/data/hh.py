@@ -188,7 +188,8 @@ def is_local(data_dir: str) -> bool:
 def local_subsets(data_dir: str) -> list[str]:
     """Subset folders present under a local HH-layout folder (any name, not only the four official ones)."""
     root = Path(data_dir).expanduser()
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (any(p.glob("*.jsonl.gz")) or any(p.glob("*.jsonl"))))
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and (any(p.glob("*.jsonl.gz")) or any(p.glob("*.jsonl"))))
 
 
 def load_comparisons(data_dir: str, subsets: Iterable[str] = SUBSETS, split: str | None = "test",

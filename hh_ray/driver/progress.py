@@ -13,8 +13,7 @@ import os
 import time
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 PLAIN_LINES_PER_PHASE = 10  # plain mode: one line per tenth of a phase's steps (plus its first and last step)
 

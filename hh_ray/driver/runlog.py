@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from hh_ray.driver.progress import PhaseProgress, format_metrics
-from hh_ray.files import read_jsonl as read_metrics, write_text_atomic
+from hh_ray.files import read_jsonl as read_metrics
+from hh_ray.files import write_text_atomic
 
 PROGRESS_FILE = "progress.json"
 

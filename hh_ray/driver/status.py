@@ -13,7 +13,6 @@ from hh_ray.driver.progress import format_metrics, format_seconds
 from hh_ray.driver.runlog import PROGRESS_FILE
 from hh_ray.files import LockHolder, RunLock, read_jsonl
 
-
 SHOWN_FROM_LOG = 6  # metrics shown for a phase without progress.json, which names no key metrics
 
 

@@ -57,7 +57,10 @@ def _warn_once(message: str) -> None:
 def load_model(path: str, kind: str, dtype: torch.dtype = torch.float32):
     """`from_pretrained` for a role: causal LM (policy, reference), scalar-head PM, per-token value head."""
     from transformers import (
-        AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification,
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
     )
 
     if kind == "causal_lm":
