@@ -73,6 +73,11 @@ def run_status(run_dir: str | Path) -> RunStatus:
     return RunStatus(str(run), lock.is_held(), lock.holder(), phases)
 
 
+def phase_name(p: PhaseStatus) -> str:
+    """`PPO`, or `PPO (rounds/1/ppo)` where a phase runs more than once in nested folders (online rounds)."""
+    return f"{p.phase} ({p.folder})" if "/" in p.folder else p.phase
+
+
 def format_status(status: RunStatus, now: float | None = None) -> str:
     """A few lines for a person: live or stopped, the current phase and step with ETA, its last key metrics."""
     now = time.time() if now is None else now
@@ -87,9 +92,9 @@ def format_status(status: RunStatus, now: float | None = None) -> str:
         return "\n".join(lines + ["no step logged yet"])
     *earlier, cur = status.phases
     if earlier:
-        lines.append("earlier phases: " + ", ".join(f"{p.phase} {p.step}/{p.total or '?'}" for p in earlier))
+        lines.append("earlier phases: " + ", ".join(f"{phase_name(p)} {p.step}/{p.total or '?'}" for p in earlier))
     of_total = f"/{cur.total} ({100 * cur.step // cur.total}%)" if cur.total else ""
-    line = f"phase {cur.phase}: step {cur.step}{of_total}, last step {format_seconds(now - cur.updated)} ago"
+    line = f"phase {phase_name(cur)}: step {cur.step}{of_total}, last step {format_seconds(now - cur.updated)} ago"
     if status.live and cur.eta_s is not None and cur.total and cur.step < cur.total:
         line += f", ETA {format_seconds(max(0.0, cur.eta_s - (now - cur.updated)))}"
     elif cur.total and cur.step >= cur.total:
