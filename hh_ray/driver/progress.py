@@ -15,6 +15,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+BAR_METRICS = 3  # metrics beside a bar: more would squeeze the bar and its ETA off a 120-column terminal
 PLAIN_LINES_PER_PHASE = 10  # plain mode: one line per tenth of a phase's steps (plus its first and last step)
 
 
@@ -66,7 +67,7 @@ class PhaseProgress:
         """Redraw the bar; in plain mode print a line at the first and last step and at a step that is a multiple
         of `every` in a tenth of the phase not printed yet."""
         if self.bar is not None:
-            self.bar.update(self.task, completed=step, metrics=metrics_text)
+            self.bar.update(self.task, completed=step, metrics=" ".join(metrics_text.split()[:BAR_METRICS]))
             return
         tenth = step * PLAIN_LINES_PER_PHASE // self.total
         if step not in (self.start + 1, self.total) and (step % max(1, every) or tenth == self.printed_tenth):

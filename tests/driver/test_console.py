@@ -36,9 +36,10 @@ def test_plain_progress_prints_a_bounded_number_of_lines(steps, every):
 def test_terminal_progress_draws_a_bar():
     out = io.StringIO()
     bar = PhaseProgress("PPO", 30, start=10, console=Console(file=out, force_terminal=True, width=120))
-    bar.update(11, "kl=0.5")
+    bar.update(11, "kl=0.5 pm_score=0.1 reward=0.2 entropy=7.0 samples_per_s=15")
     bar.close()
     assert "11/30" in out.getvalue() and "kl=0.5" in out.getvalue() and "━" in out.getvalue()
+    assert "reward=0.2" in out.getvalue() and "entropy" not in out.getvalue()  # three metrics keep the bar whole
 
 
 def _hand_built_run(run, steps_done: int = 12):
