@@ -20,7 +20,8 @@ def bench_async(fx: Fixture, quick: bool) -> dict:
         sync_rows, sync_wall, _ = ppo_run(fx, f"sync-{preset}", preset, steps, *ENGINE_LOGPROBS)
         async_rows, async_wall, _ = ppo_run(fx, f"async-{preset}", preset, steps, *ENGINE_LOGPROBS,
                                             "ppo.async_rollout=true")
-        per_s = lambda rows, wall: med([r["perf/samples"] / w for r, w in zip(rows, wall)])
+        def per_s(rows, wall):
+            return med([r["perf/samples"] / w for r, w in zip(rows, wall)])
         s, a = per_s(sync_rows, sync_wall), per_s(async_rows, async_wall)
         png = fx.root / f"async_reward_{preset}.png"
         out[preset] = {"sync_samples_per_s": s, "async_samples_per_s": a, "speedup": a / s, "reward_png": str(png)}

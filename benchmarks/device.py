@@ -113,7 +113,8 @@ def bench_trainer(path: str, size: dict, matmul: int, head: int, device: str, ze
                         gpus_per_rank=1.0 if device == "cuda" else 0.0)
     parameters = worker.setup(0, 1, ("127.0.0.1", free_port()), path, "causal_lm", cfg, 0).parameters
     g = torch.Generator().manual_seed(0)
-    ids = lambda n, t: torch.randint(10, size["vocab_size"], (n, t), generator=g).tolist()
+    def ids(n, t):
+        return torch.randint(10, size["vocab_size"], (n, t), generator=g).tolist()
     seq = P + R
     attention = 12 * layers * width * seq  # per token, forward + backward
     policy = PolicyBatch(prompt=ids(B, P), response=ids(B, R), old_logprobs=[[-5.0] * R] * B,

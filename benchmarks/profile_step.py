@@ -44,7 +44,10 @@ def main(argv=None) -> None:
     if args.compile:
         for layer in model.get_decoder().layers:
             layer.compile(dynamic=True)
-    step = lambda: PolicyObjective().loss(model, batch, tok.pad_token_id)[0].backward()
+
+    def step():
+        PolicyObjective().loss(model, batch, tok.pad_token_id)[0].backward()
+
     t = time.perf_counter()
     step()  # warm-up (and compilation)
     print(f"first step {time.perf_counter() - t:.1f} s")

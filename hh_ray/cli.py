@@ -10,6 +10,7 @@ import logging
 import shlex
 import signal
 import sys
+from pathlib import Path
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -20,14 +21,17 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hh-ray", description="Distributed RLHF on Ray (Bai et al. 2022, Anthropic HH)")
+    parser = argparse.ArgumentParser(prog="hh-ray",
+                                     description="Distributed RLHF on Ray (Bai et al. 2022, Anthropic HH)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="inspect HH-RLHF data").add_subparsers(dest="data_command", required=True)
     stats = data.add_parser("stats", help="per subset: kept, rejects by reason, length percentiles")
-    stats.add_argument("--data-dir", default=None, help="HH-layout folder or hub id (default: HH_RLHF_DIR or ../shared/data/hh-rlhf)")
+    stats.add_argument("--data-dir", default=None,
+                       help="HH-layout folder or hub id (default: HH_RLHF_DIR or ../shared/data/hh-rlhf)")
     stats.add_argument("--split", default="test", help="split file to read; 'all' reads every *.jsonl.gz")
-    stats.add_argument("--tokenizer", default=None, help="tokenizer for token lengths (default: BPE trained on the data)")
+    stats.add_argument("--tokenizer", default=None,
+                       help="tokenizer for token lengths (default: BPE trained on the data)")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
 
     models = sub.add_parser("models", help="list the model presets and where each one's weights come from")
@@ -43,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32)
     _add_config(sub.add_parser("ppo", help="PPO against the PM with a KL penalty to the initial policy"))
     _add_config(sub.add_parser("run", help="the whole pipeline: data -> tokenizer -> SFT -> PM -> PPO -> report"))
+    st = sub.add_parser("status", help="phase, step, last metrics and ETA of a run folder; is a command running on it")
+    st.add_argument("run_dir", help="run folder")
+    st.add_argument("--json", action="store_true")
     online = sub.add_parser("online", help="iterated online RLHF: rounds of collect -> retrain PM -> PPO, then Elo")
     online.add_argument("--config", help="online YAML (see jobs/online-quickstart.yaml)")
     online.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. rounds=3")
@@ -50,20 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://head:8265")
     sm.add_argument("--no-follow", action="store_true", help="print the job id and return")
     sm.add_argument("--token", default=None, help="Ray auth token (default: RAY_AUTH_TOKEN or Ray's token file)")
-    sm.add_argument("--runtime-env", default=None, help="runtime env YAML (default: jobs/runtime_env.yaml when present)")
+    sm.add_argument("--runtime-env", default=None,
+                    help="runtime env YAML (default: jobs/runtime_env.yaml when present)")
     sm.add_argument("--entrypoint", default="run", choices=["run", "sft", "pm", "ppo", "label", "online"],
                     help="the hh-ray command the job runs; label = `hh-ray label serve`")
     sm.add_argument("--cluster", default=None, help="cluster config the capacity plan checks (default: ray.cluster)")
     _add_config(sm)
     pl = sub.add_parser("plan", help="capacity plan: memory per group and GPU, placement on the cluster's node types")
-    pl.add_argument("--cluster", default=None, help="launcher YAML or KubeRay manifest (default: the job's ray.cluster)")
+    pl.add_argument("--cluster", default=None,
+                    help="launcher YAML or KubeRay manifest (default: the job's ray.cluster)")
     pl.add_argument("--gpu-memory-gb", type=float, default=80.0, help="GPU memory where a node type does not say")
     pl.add_argument("--json", action="store_true", help="print one JSON object")
     _add_config(pl)
 
     label = sub.add_parser("label", help="the labeling service (Ray Serve): serve, user add, export")
     label_sub = label.add_subparsers(dest="label_command", required=True)
-    _add_config(label_sub.add_parser("serve", help="start the service; prints its URL and the admin's one-time password"))
+    _add_config(label_sub.add_parser("serve",
+                                     help="start the service; prints its URL and the admin's one-time password"))
     user = label_sub.add_parser("user", help="accounts").add_subparsers(dest="user_command", required=True)
     user_add = user.add_parser("add", help="create an account and print its one-time password")
     user_add.add_argument("name")
@@ -152,6 +162,9 @@ def _writer(args, run_dir: str, stop_grace_s: float | None = None):
     lock = RunLock(run_dir, args.command_line).acquire()
     try:
         yield
+    except Exception as exc:
+        _point_at_worker_logs(exc, run_dir)
+        raise
     finally:
         if stop.requested() and "ray" in sys.modules:
             import ray
@@ -159,6 +172,17 @@ def _writer(args, run_dir: str, stop_grace_s: float | None = None):
             ray.shutdown()
         lock.release()
         stop.uninstall()
+
+
+def _point_at_worker_logs(exc: Exception, run_dir: str) -> None:
+    """A Ray error (an actor's exception or death) is printed by the caller; say where the workers' side of it is,
+    since their output goes to the run folder, not the console (hh_ray.driver.cluster)."""
+    from hh_ray.driver.cluster import WORKER_LOGS
+
+    ray = sys.modules.get("ray")
+    logs = Path(run_dir) / WORKER_LOGS
+    if ray is not None and isinstance(exc, ray.exceptions.RayError) and logs.is_dir():
+        print(f"hh-ray: the workers' output around this error is in {logs}/", file=sys.stderr, flush=True)
 
 
 def _run_analysis(args) -> int:
@@ -259,6 +283,9 @@ CONFIG_LOADERS = {"label": ("hh_ray.label.config", "load_label_config"),
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from hh_ray.driver.progress import quiet_driver_libraries
+
+    quiet_driver_libraries()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["pm"] and (len(argv) == 1 or argv[1] not in ("train", "eval", "-h", "--help")):
         argv.insert(1, "train")  # `hh-ray pm --config X` trains
@@ -268,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     from hh_ray.data.hh import DataError
     from hh_ray.driver import stop
     from hh_ray.driver.stage import ResumeError
+    from hh_ray.driver.status import NotARunFolder
     from hh_ray.files import DamagedFileError, RunFolderBusy
     from hh_ray.ops.plan import PlanError
     from hh_ray.ops.storage import SharedStorageError
@@ -280,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
             return _data_stats(args)
         if args.command == "models":
             return _list_models(args.json)
+        if args.command == "status":  # reads the run folder: no lock
+            from hh_ray.driver.status import format_status, run_status
+
+            status = run_status(args.run_dir)
+            print(json.dumps(status.to_json()) if args.json else format_status(status))
+            return 0
         if args.command == "pm" and args.pm_command == "eval":
             from hh_ray.driver.pm import evaluate_checkpoint
 
@@ -318,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             getattr(importlib.import_module(module), function)(cfg)
         return 0
     except (ConfigError, DataError, FileNotFoundError, PlacementError, StaleWeightsError, SubmitError,
-            ResumeError, PlanError, SharedStorageError, DamagedFileError, RunFolderBusy) as exc:
+            ResumeError, PlanError, SharedStorageError, DamagedFileError, RunFolderBusy, NotARunFolder) as exc:
         print(f"hh-ray: error: {exc}", file=sys.stderr)
         return 2
     except stop.Preempted as exc:  # checkpointed at a step boundary; groups and Ray are down by now

@@ -19,7 +19,6 @@ import yaml
 
 from hh_ray.algo.algorithms import ALGORITHMS
 
-
 RANDOM_INIT_PRESETS = ("tiny", "small", "medium")  # hh_ray.models.presets builds them; fp32 on CPU under "auto"
 
 

@@ -117,6 +117,21 @@ class RunLock:
         except (OSError, ValueError, TypeError):
             return None
 
+    def is_held(self) -> bool:
+        """Whether a live command holds the folder: a shared `flock` probe, released at once (a command starting in
+        that instant would be refused as if the folder were busy)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the probe's lock
+        return False
+
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

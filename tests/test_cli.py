@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ENV = os.environ | {"RAY_AUTH_MODE": "disabled"}
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 # --------------------------------------------------------------------------------------------- sqrt(KL) law
 
 

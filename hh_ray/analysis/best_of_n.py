@@ -62,7 +62,8 @@ def draw_and_score(rollout, score: ScoreFn, prompt_texts: list[str], prompt_ids:
         raise ValueError(f"need prompts: got {len(prompt_texts)} texts and {len(prompt_ids)} id lists")
     sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=n)
     seeds = [seed * 1_000_003 + i for i in range(len(prompt_ids))]
-    samples = [(s.response, s.text) for s in rollout.generate(prompt_ids, sampling, seeds)]  # [i * n + j]: sample j of i
+    # [i * n + j]: sample j of prompt i
+    samples = [(s.response, s.text) for s in rollout.generate(prompt_ids, sampling, seeds)]
     flat_prompts = [prompt_texts[k // n] for k in range(len(samples))]
     scores = score(flat_prompts, [t for _, t in samples], [ids for ids, _ in samples])
     return samples, torch.tensor(scores, dtype=torch.float64).view(len(prompt_ids), n)

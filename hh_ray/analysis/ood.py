@@ -111,7 +111,8 @@ def ood_detection(cfg: OODConfig) -> OOD:
     fit_texts, test_in = inside[: cfg.fit_prompts], inside[cfg.fit_prompts : need]
     test_out = outside[: cfg.test_prompts]
     model, tok = load_backbone(cfg.model)
-    act = lambda texts: activations(model, tok, texts, cfg.layer, cfg.pooling, cfg.max_tokens, cfg.batch_size)
+    def act(texts):
+        return activations(model, tok, texts, cfg.layer, cfg.pooling, cfg.max_tokens, cfg.batch_size)
     gauss = fit_gaussian(act(fit_texts), cfg.shrinkage)
     d_in, d_out = mahalanobis(act(test_in), gauss).tolist(), mahalanobis(act(test_out), gauss).tolist()
     result = OOD(model=cfg.model, layer=cfg.layer, pooling=cfg.pooling, shrinkage=cfg.shrinkage,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import random
 
 from hh_ray.data.hh import (  # noqa: F401  (the data layer's public names)
-    SUBSETS, Comparison, DataError, LoadReport, load_comparisons, local_subsets, mix_subsets, split_holdout,
+    SUBSETS,
+    Comparison,
+    DataError,
+    LoadReport,
+    load_comparisons,
+    local_subsets,
+    mix_subsets,
+    split_holdout,
     unique_prompts,
 )
 

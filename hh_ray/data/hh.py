@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # the malformed-record summaries already warned about in this process
 
 SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
 HUMAN = "\n\nHuman:"
@@ -187,7 +188,8 @@ def is_local(data_dir: str) -> bool:
 def local_subsets(data_dir: str) -> list[str]:
     """Subset folders present under a local HH-layout folder (any name, not only the four official ones)."""
     root = Path(data_dir).expanduser()
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (any(p.glob("*.jsonl.gz")) or any(p.glob("*.jsonl"))))
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and (any(p.glob("*.jsonl.gz")) or any(p.glob("*.jsonl"))))
 
 
 def load_comparisons(data_dir: str, subsets: Iterable[str] = SUBSETS, split: str | None = "test",
@@ -214,8 +216,10 @@ def load_comparisons(data_dir: str, subsets: Iterable[str] = SUBSETS, split: str
             else:
                 report.kept[file] += 1
                 out.append(result)
-    if report.total_rejected():
-        log.warning("skipped %d malformed HH records (%s)", report.total_rejected(), report.summary())
+    if report.total_rejected():  # once per process: every stage of `hh-ray run` loads the same files
+        summary = f"skipped {report.total_rejected()} malformed HH records ({report.summary()})"
+        log.log(logging.DEBUG if summary in _WARNED else logging.WARNING, summary)
+        _WARNED.add(summary)
     return out, report
 
 

@@ -26,7 +26,8 @@ def data_stats(data_dir: str, subsets: list[str], split: str | None, tokenizer) 
             rejected.update(counts)
         responses = [r for c in items for r in (c.chosen, c.rejected)]
         prompts = [c.prompt for c in items]
-        tok = lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        def tok(texts):
+            return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
         out[subset] = {
             "kept": len(items),
             "rejected": dict(sorted(rejected.items())),

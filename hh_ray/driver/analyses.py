@@ -14,14 +14,14 @@ from pathlib import Path
 from hh_ray.analysis.alignment_tax import AlignmentTaxConfig, alignment_tax, hh_task_folder
 from hh_ray.analysis.best_of_n import BestOfNConfig, best_of_n, scorer_for_one_call, write_best_of_n
 from hh_ray.analysis.ood import OODConfig, ood_detection
-from hh_ray.analysis.tradeoff import HARMLESS, policy_point_from_samples, policy_tradeoff, pm_tradeoff, write_tradeoff
+from hh_ray.analysis.tradeoff import HARMLESS, pm_tradeoff, policy_point_from_samples, policy_tradeoff, write_tradeoff
 from hh_ray.config import train_dtype
 from hh_ray.data import load_train_holdout, unique_prompts
 from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver.cluster import connect
 from hh_ray.driver.pm import resolve_backbone, run_pm
-from hh_ray.models.presets import resolve_model
 from hh_ray.driver.sft import starting_policy
+from hh_ray.models.presets import resolve_model
 from hh_ray.report.results import OOD, AlignmentTax, BestOfN, PolicyTradeoff, Tradeoff
 from hh_ray.workers.rollout import RolloutGroup
 from hh_ray.workers.scorer import ScorerGroup
@@ -43,7 +43,8 @@ def _heldout_prompts(cfg, count: int, harmless: tuple[bool | None, ...] = (None,
     train, held, _ = load_train_holdout(cfg.data, cfg.seed)
     out = []
     for want in harmless:
-        keep = lambda items: [c for c in items if want is None or (c.subset == HARMLESS) == want]
+        def keep(items):
+            return [c for c in items if want is None or (c.subset == HARMLESS) == want]
         prompts = unique_prompts(keep(held))[:count] or unique_prompts(keep(train))[-count:]
         if len(prompts) < 2:
             raise ValueError(f"fewer than 2 {'harmless-base' if want else 'helpful'} prompts in data.subsets "

@@ -3,20 +3,27 @@
 A local cluster lives as long as its driver. A driver killed with SIGKILL cannot stop it, so the driver
 records the cluster's session in the run folder, and the next driver on that folder first ends every process
 of a recorded session whose driver is gone (Ray's dashboard and agents would otherwise linger for minutes).
+
+The workers of a local cluster write their output to `<run_dir>/logs/` (hh_ray.workers.logs), not the console:
+their INFO and WARNING lines would bury the progress display. Errors still reach the console: an actor's
+exception or death is raised in the driver, and Ray prints its own error reports there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 from pathlib import Path
 
 from hh_ray.driver import stop
 from hh_ray.workers.group import actor_env
+from hh_ray.workers.logs import LOG_DIR_ENV, SETUP_HOOK
 
 SESSION_FILE = ".ray-local-session.json"
+WORKER_LOGS = "logs"
 
 
 def session_processes(session_name: str) -> list:
@@ -64,14 +71,17 @@ def connect(ray_cfg, run_dir: str | os.PathLike | None = None) -> None:
             killed = end_stale_session(run)
             if killed:
                 print(f"[ray] ended {killed} processes of a local cluster whose driver died")
+            env["env_vars"][LOG_DIR_ENV] = str((run / WORKER_LOGS).resolve())
+            env["worker_process_setup_hook"] = SETUP_HOOK
         # A small machine still hosts every group: fractional CPUs per bundle, a floor of 4 logical CPUs.
         num_cpus = ray_cfg.num_cpus or max(4, os.cpu_count() or 1)
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True,
-                 _node_ip_address="127.0.0.1")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env,
+                 log_to_driver=run is None, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
         if run is not None:
             run.mkdir(parents=True, exist_ok=True)
             session = ray._private.worker._global_node.session_name  # names every process of this cluster
             (run / SESSION_FILE).write_text(json.dumps({"session": session, "driver_pid": os.getpid()}))
+            print(f"[ray] local cluster up; worker logs in {run / WORKER_LOGS}/", flush=True)
     else:
         ray.init(address=address)  # a submitted job keeps its own runtime env; groups set their env vars
     stop.rearm()  # ray.init replaced the command's SIGTERM handler with its own `sys.exit`

@@ -28,14 +28,19 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hh_ray.config import ConfigError, ExtraData, JobConfig, load_section, validate as validate_job
+from hh_ray.config import ConfigError, ExtraData, JobConfig, load_section
+from hh_ray.config import validate as validate_job
 from hh_ray.driver import stop
 from hh_ray.files import write_text_atomic
 from hh_ray.label.config import HELPFUL, RED_TEAM, CampaignConfig, LabelConfig, ServerConfig, SourceConfig
 from hh_ray.label.config import validate as validate_label
 from hh_ray.label.export import export_records
 from hh_ray.label.simulated import (
-    HELPFUL_PROMPTS, RED_TEAM_PROMPTS, LabelerSpec, held_out_dialogues, run_labelers,
+    HELPFUL_PROMPTS,
+    RED_TEAM_PROMPTS,
+    LabelerSpec,
+    held_out_dialogues,
+    run_labelers,
 )
 from hh_ray.report.online import OnlineSummary, RoundResult, ratings, write_summary
 
@@ -244,7 +249,8 @@ def collect(run: OnlineRun, out_dir: Path, versions: list[int], campaigns: list[
                 judge_max_tokens=cfg.job.pm.max_tokens, work_dir=str(out_dir), parent_pid=os.getpid()))
         out_dir.mkdir(parents=True, exist_ok=True)
         target = sum(a.quota for a in work) or cfg.comparisons_per_round
-        count = lambda: sum(1 for r in store.comparisons() if r.campaign in names)
+        def count():
+            return sum(1 for r in store.comparisons() if r.campaign in names)
 
         shown = {"n": -1, "t": 0.0}
 

@@ -48,14 +48,14 @@ def run_pipeline(cfg) -> Path:
               "ood": lambda: print(f"[ood] AUROC {run_ood(cfg).auroc:.3f}"), "report": lambda: write_report(run_dir)}
     t0 = time.perf_counter()
     stage_s: dict[str, float] = {}
-    for name, fn in stages.items():
-        if name in cfg.stages:
-            if stop.requested():  # a signal during a stage without steps (data, report, ...): stop before the next
-                stop.stop(f"before stage {name}; every earlier stage is saved")
-            t = time.perf_counter()
-            print(f"== {name} ==", flush=True)
-            fn()
-            stage_s[name] = time.perf_counter() - t
+    chosen = [name for name in stages if name in cfg.stages]
+    for i, name in enumerate(chosen, 1):
+        if stop.requested():  # a signal during a stage without steps (data, report, ...): stop before the next
+            stop.stop(f"before stage {name}; every earlier stage is saved")
+        t = time.perf_counter()
+        print(f"== stage {i}/{len(chosen)}: {name} ==", flush=True)
+        stages[name]()
+        stage_s[name] = time.perf_counter() - t
     summary = ", ".join(f"{k} {v:.0f}s" for k, v in stage_s.items())
     print(f"[run] done in {time.perf_counter() - t0:.0f}s ({summary}); report: {run_dir / 'report.md'}")
     return run_dir / "report.md"

@@ -90,8 +90,9 @@ def train_pm(cfg, train: list[Comparison], held: list[Comparison], name: str) ->
     out = run_dir / name
     backbone = resolve_backbone(cfg)
     tok = load_tokenizer(backbone, cfg.data.format)
-    encode = lambda items: PairBatch([pm_input_ids(tok, c.prompt, c.chosen, cfg.pm.max_tokens) for c in items],
-                                     [pm_input_ids(tok, c.prompt, c.rejected, cfg.pm.max_tokens) for c in items])
+    def encode(items):
+        return PairBatch([pm_input_ids(tok, c.prompt, c.chosen, cfg.pm.max_tokens) for c in items],
+                         [pm_input_ids(tok, c.prompt, c.rejected, cfg.pm.max_tokens) for c in items])
     train_enc, held_enc = encode(train), encode(held)
     t = cfg.pm.trainer
     bs = t.micro_batch_size * t.grad_accum_steps * t.num_ranks
@@ -109,7 +110,8 @@ def train_pm(cfg, train: list[Comparison], held: list[Comparison], name: str) ->
                   lambda step: select(train_enc, batches(len(train), bs, cfg.seed, step - 1)),
                   run_dir / "checkpoints" / name, run_dir / f"{name}-logs", cfg, cfg.pm.log_every,
                   cfg.pm.checkpoint_every, show=("pm/loss", "pm/accuracy", "pm/units_per_s", "pm/heldout_accuracy"),
-                  evaluate=heldout if held else None, eval_every=cfg.pm.eval_every)
+                  evaluate=heldout if held else None, eval_every=cfg.pm.eval_every,
+                  label="test PM" if name == TEST_PM else "PM")
         group.export_hf(str(out))
         if held:
             result = metrics_for(held, group.forward(held_enc, PairScores()))
@@ -125,8 +127,8 @@ def train_pm(cfg, train: list[Comparison], held: list[Comparison], name: str) ->
 
 
 def format_eval(m: dict) -> str:
-    lines = [f"PM accuracy {m['accuracy']:.3f} on {m['pairs']} pairs (length baseline {m['length_baseline_accuracy']:.3f}), "
-             f"ECE {m['ece']:.3f}"]
+    lines = [f"PM accuracy {m['accuracy']:.3f} on {m['pairs']} pairs "
+             f"(length baseline {m['length_baseline_accuracy']:.3f}), ECE {m['ece']:.3f}"]
     for name, s in m["per_subset"].items():
         lines.append(f"  {name:28s} accuracy {s['accuracy']:.3f}  length baseline "
                      f"{s.get('length_baseline_accuracy', float('nan')):.3f}  pairs {s['pairs']}")

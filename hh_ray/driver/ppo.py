@@ -43,13 +43,14 @@ from hh_ray.driver.stage import ResumeError
 from hh_ray.models.objectives import PolicyObjective, TokenLogprobs, TokenValues, ValueObjective
 from hh_ray.ops.autoscale import RolloutAutoscaler
 from hh_ray.ops.metrics import PPOMetrics
-from hh_ray.workers.checkpoint import has_checkpoints, intact_tags
 from hh_ray.ops.storage import check_shared_folder
+from hh_ray.workers.checkpoint import has_checkpoints, intact_tags
 from hh_ray.workers.reference import ReferenceGroup
 from hh_ray.workers.rollout import NoEnginesError, RolloutGroup, Sampling
 from hh_ray.workers.scorer import ScorerGroup
 from hh_ray.workers.trainer import TrainerGroup
 from hh_ray.workers.weight_sync import WeightSync
+
 
 class Timer:
     """`with timer("phase"):` records that phase's seconds as `time/phase`."""
@@ -394,7 +395,8 @@ class PPOSetup:
                             f"{cfg.data.holdout_fraction} left none); set data.holdout_fraction > 0, e.g. 0.1")
         policy_path = starting_policy(cfg)
         tok = load_tokenizer(policy_path, cfg.data.format)
-        encode = lambda texts: Prompts([truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in texts], texts)
+        def encode(texts):
+            return Prompts([truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in texts], texts)
         kl_ctl = KLController(p.kl_coef, p.adaptive_kl_target, p.adaptive_kl_horizon)
         return cls(policy_path, pm_path, encode(train_texts), encode(held_texts), kl_ctl)
 

@@ -1,5 +1,5 @@
-"""A run's record: one JSON line per step in `metrics.jsonl` (plus TensorBoard, and W&B when asked), and a
-progress line with rate and ETA.
+"""A run's record: one JSON line per step in `metrics.jsonl` (plus TensorBoard, and W&B when asked), the
+phase's progress on the console (`progress.py`), and `progress.json` beside the log, which `hh-ray status` reads.
 
 Metric names are namespaced as TRL and cleanRL do (`objective/kl`, `policy/clipfrac`, `time/generate`), so
 TensorBoard groups them. A resumed stage first drops the rows after the step it resumes from, so every step is
@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
-from hh_ray.files import read_jsonl as read_metrics, write_text_atomic
+from hh_ray.driver.progress import PhaseProgress, format_metrics
+from hh_ray.files import read_jsonl as read_metrics
+from hh_ray.files import write_text_atomic
+
+PROGRESS_FILE = "progress.json"
 
 
 class RunLog:
-    """Writes each step's metrics to `<dir>/metrics.jsonl` and the configured sinks; prints progress."""
+    """Writes each step's metrics to `<dir>/metrics.jsonl` and the configured sinks; shows the phase's progress.
+
+    `label` names the phase on the console and in `progress.json` (default: `name`, the metrics' namespace,
+    upper-cased: SFT, PM, PPO).
+    """
 
     def __init__(self, out_dir: str | Path, name: str, total_steps: int, every: int = 1, resume_step: int = 0,
-                 logging_cfg=None, run_name: str = ""):
+                 logging_cfg=None, run_name: str = "", label: str = ""):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
@@ -29,8 +36,10 @@ class RunLog:
         kept = [r for r in read_metrics(self.path, repair=True) if r["step"] <= resume_step] if resume_step else []
         write_jsonl_atomic(self.path, kept)
         self.name, self.total, self.every = name, total_steps, max(1, every)
+        self.label = label or name.upper()
+        self.resume_step = resume_step
         self.t0 = time.perf_counter()
-        self.first_step: int | None = None
+        self.progress = PhaseProgress(self.label, total_steps, start=resume_step)
         self.tb = self.wandb = None
         if logging_cfg is not None and logging_cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -58,18 +67,14 @@ class RunLog:
             self.tb.flush()
         if self.wandb:
             self.wandb.log(numbers, step=step)
-        if self.first_step is None:
-            self.first_step = step
-        if step % self.every == 0 or step == self.total:
-            done = step - self.first_step + 1
-            elapsed = time.perf_counter() - self.t0
-            eta = elapsed / done * (self.total - step) if done else 0.0
-            parts = " ".join(f"{k.split('/')[-1]}={metrics[k]:.4g}" if isinstance(metrics.get(k), float)
-                             else f"{k.split('/')[-1]}={metrics.get(k)}" for k in show if k in metrics)
-            print(f"[{self.name}] step {step}/{self.total} {parts} elapsed={elapsed:.0f}s ETA={eta:.0f}s",
-                  file=sys.stderr, flush=True)
+        self.progress.update(step, format_metrics(metrics, show), self.every)
+        write_json_atomic(self.dir / PROGRESS_FILE, {
+            "phase": self.label, "step": step, "total": self.total, "resumed_from": self.resume_step,
+            "elapsed_s": round(time.perf_counter() - self.t0, 1), "eta_s": round(self.progress.eta_s(step), 1),
+            "updated": time.time(), "metrics": {k: metrics[k] for k in show if k in metrics}})
 
     def close(self) -> None:
+        self.progress.close()
         if self.tb:
             self.tb.close()
         if self.wandb:

@@ -61,7 +61,8 @@ def run_sft(cfg) -> str:
     max_tokens = cfg.data.max_prompt_tokens + cfg.data.max_response_tokens
     encoded = [encode_dialogue(tok, c.chosen_dialogue, max_tokens) for c in train]
     held_enc = [encode_dialogue(tok, c.chosen_dialogue, max_tokens) for c in held[:256]]
-    as_batch = lambda items: TokenBatch([e.input_ids for e in items], [e.loss_mask for e in items])
+    def as_batch(items):
+        return TokenBatch([e.input_ids for e in items], [e.loss_mask for e in items])
     t = cfg.sft.trainer
     bs = t.micro_batch_size * t.grad_accum_steps * t.num_ranks
 

@@ -35,16 +35,17 @@ def resume_step(ckpt: Path, log_dir: Path, fresh: bool, load) -> int:
 
 def run_stage(name: str, group, objective, steps: int, batch_at: Callable[[int], object], ckpt: Path, log_dir: Path,
               cfg, log_every: int, checkpoint_every: int, show: tuple[str, ...],
-              evaluate: Callable[[], dict] | None = None, eval_every: int = 0) -> None:
+              evaluate: Callable[[], dict] | None = None, eval_every: int = 0, label: str = "") -> None:
     """Train `steps` optimizer steps, resuming after the last complete checkpoint under `ckpt`.
 
     `batch_at(step)` must be a pure function of the step (resumed runs see the same data); the stage is
-    checkpointed every `checkpoint_every` steps and at its end.
+    checkpointed every `checkpoint_every` steps and at its end. `label` names the stage on the console.
     """
     start = resume_step(ckpt, log_dir, cfg.fresh, group.load_checkpoint)
     if start:
         print(f"[{name}] resumed from {ckpt} at step {start}")
-    log = RunLog(log_dir, name, steps, log_every, resume_step=start, logging_cfg=cfg.logging, run_name=cfg.name)
+    log = RunLog(log_dir, name, steps, log_every, resume_step=start, logging_cfg=cfg.logging, run_name=cfg.name,
+                 label=label)
     saved = start
     try:
         for step in range(start + 1, steps + 1):

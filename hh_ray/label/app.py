@@ -26,13 +26,23 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.templating import Jinja2Templates
 
-from .auth import (CSRF_FIELD, CSRF_HEADER, LOGIN_COOKIE, LOGIN_TOKEN_TTL_S, MIN_PASSWORD_CHARS, SESSION_COOKIE,
-                   Auth, PasswordChangeRequired, Unauthorized, create_user, tokens_match)
+from .auth import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    LOGIN_COOKIE,
+    LOGIN_TOKEN_TTL_S,
+    MIN_PASSWORD_CHARS,
+    SESSION_COOKIE,
+    Auth,
+    PasswordChangeRequired,
+    Unauthorized,
+    create_user,
+    tokens_match,
+)
 from .config import HELPFUL, STRENGTHS, LabelConfig
 from .export import export_records
 from .progress import progress_png, summarize
-from .store import (Forbidden, Invalid, LabelError, NotFound, Sample, SessionInfo, Store, TaskView,
-                    TurnPlan, UserInfo)
+from .store import Forbidden, Invalid, LabelError, NotFound, Sample, SessionInfo, Store, TaskView, TurnPlan, UserInfo
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent

@@ -137,7 +137,8 @@ def validate(cfg: LabelConfig) -> None:
         raise ConfigError(f"test_fraction: must be in [0, 1), got {cfg.test_fraction}")
 
 
-def load_label_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> LabelConfig:
+def load_label_config(path: str | os.PathLike | None = None,
+                      overrides: list[str] | tuple[str, ...] = ()) -> LabelConfig:
     cfg = load_section(LabelConfig, path, overrides)
     validate(cfg)
     return cfg

@@ -15,6 +15,7 @@ from pathlib import Path
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from hh_ray.config import ConfigError
 from hh_ray.data.hh import ASSISTANT, HUMAN
 from hh_ray.data.tokenize import truncate_prompt
 from hh_ray.models.presets import resolve_model as preset_folder
@@ -22,8 +23,6 @@ from hh_ray.workers.group import actor_env
 
 from .app import create_app
 from .auth import create_user
-from hh_ray.config import ConfigError
-
 from .config import LabelConfig, SourceConfig
 from .store import ADMIN, Sample, Store
 
@@ -111,7 +110,8 @@ class PolicyModel:
             ids = truncate_prompt(self.tokenizer, context, keep)  # the model's format; long dialogues: newest turns
             prompts.append(TokensPrompt(prompt_token_ids=ids))
             params.append(SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
-                                         seed=seed, stop=[HUMAN, ASSISTANT], stop_token_ids=[self.tokenizer.eos_token_id],
+                                         seed=seed, stop=[HUMAN, ASSISTANT],
+                                         stop_token_ids=[self.tokenizer.eos_token_id],
                                          include_stop_str_in_output=False))
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         return [[clean_response(c.text) for c in out.outputs] for out in outs]

@@ -16,8 +16,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import (Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, case,
-                        create_engine, delete, event, false, func, or_, select, update)
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    case,
+    create_engine,
+    delete,
+    event,
+    false,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -326,7 +343,8 @@ def check_choice(choice: object, strength: object) -> tuple[str, int]:
     if choice not in CHOICES:
         raise Invalid(f"choice must be 'A' or 'B', got {choice!r}")
     if isinstance(strength, bool) or not isinstance(strength, int) or strength not in STRENGTHS:
-        raise Invalid(f"strength must be one of {sorted(STRENGTHS)} ({', '.join(STRENGTHS.values())}), got {strength!r}")
+        raise Invalid(f"strength must be one of {sorted(STRENGTHS)} ({', '.join(STRENGTHS.values())}), "
+                      f"got {strength!r}")
     return choice, strength
 
 
@@ -588,8 +606,10 @@ class Store:
             turns = [TurnView(t.role, t.text) for t in
                      s.scalars(select(Turn).where(Turn.conversation_id == conv.id).order_by(Turn.position))]
             task = s.scalar(select(Task).where(Task.conversation_id == conv.id, Task.decided.is_(False)))
-            pending = TaskView(task.id, task.context, task.response_a, task.response_b, task.created_at) if task else None
-            return ConversationView(conv.id, camp.name, camp.mode, conv.user_id, conv.ended_at is not None, turns, pending)
+            pending = (TaskView(task.id, task.context, task.response_a, task.response_b, task.created_at)
+                       if task else None)
+            return ConversationView(conv.id, camp.name, camp.mode, conv.user_id, conv.ended_at is not None, turns,
+                                    pending)
 
     def conversations_of(self, user: UserInfo, limit: int = 50) -> list[tuple[int, str, bool, int]]:
         """(id, campaign, ended, turns) of the user's newest conversations."""

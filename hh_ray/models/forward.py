@@ -57,7 +57,10 @@ def _warn_once(message: str) -> None:
 def load_model(path: str, kind: str, dtype: torch.dtype = torch.float32):
     """`from_pretrained` for a role: causal LM (policy, reference), scalar-head PM, per-token value head."""
     from transformers import (
-        AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification,
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
     )
 
     if kind == "causal_lm":
@@ -162,8 +165,8 @@ def response_logprobs(
     device = next(model.parameters()).device
     lay = layout(prompts, responses, pad_id, pack_to).to(device)
     # No KV cache (use_cache=False): hh-ray never generates with these models, and a cache filled on every
-    # training forward is copies for nothing. The LM head runs only where it predicts a response token: prompts are long and the vocabulary wide,
-    # so full-sequence logits would cost several times the rest of the forward pass.
+    # training forward is copies for nothing. The LM head runs only where it predicts a response token: prompts
+    # are long and the vocabulary wide, so full-sequence logits would cost several times the rest of the forward.
     base = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
     hidden = base.get_decoder()(input_ids=lay.ids, use_cache=False, **lay.model_kwargs).last_hidden_state
     picked = base.get_output_embeddings()(hidden[lay.rows, lay.cols]).float() / temperature  # [B, T, V]

@@ -210,8 +210,8 @@ def check_model(name: str, key: str = "model.policy") -> str:
         AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0][:160]
-        raise ConfigError(f"{key}: '{name}' is not a preset ({', '.join([*PRESETS, *PRETRAINED])}), a local folder, or a hub id that "
-                          f"loads here (offline?): {reason}") from None
+        raise ConfigError(f"{key}: '{name}' is not a preset ({', '.join([*PRESETS, *PRETRAINED])}), a local folder, "
+                          f"or a hub id that loads here (offline?): {reason}") from None
     return name
 
 

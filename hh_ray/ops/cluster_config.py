@@ -20,7 +20,8 @@ def validate_launcher_config(path: str | Path) -> dict:
     raw = yaml.safe_load(p.read_text())
     try:
         for name, node in (raw.get("available_node_types") or {}).items():
-            if name != raw.get("head_node_type") and "resources" in node and not any((node["resources"] or {}).values()):
+            declares_none = "resources" in node and not any((node["resources"] or {}).values())
+            if name != raw.get("head_node_type") and declares_none:
                 raise ClusterConfigError(f"worker type '{name}' declares no resources (CPU/GPU/custom), "
                                          "so the autoscaler could never place work on it")
         config = prepare_config(raw)

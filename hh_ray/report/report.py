@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from hh_ray.algo.analysis import divergence_index, mean_se, sqrt_kl_law
 from hh_ray.algo.ppo import sqrt_kl
@@ -14,7 +13,14 @@ from hh_ray.files import read_jsonl, write_text_atomic
 from hh_ray.report import plots
 from hh_ray.report.online import online_section
 from hh_ray.report.results import (
-    OOD, AlignmentTax, BestOfN, Elo, PolicyTradeoff, Tradeoff, read_result, result_path,
+    OOD,
+    AlignmentTax,
+    BestOfN,
+    Elo,
+    PolicyTradeoff,
+    Tradeoff,
+    read_result,
+    result_path,
 )
 
 
@@ -67,7 +73,8 @@ def write_report(run_dir: str | Path) -> Path:
         ev = _read_json(run / "sft-logs" / "eval.json")
         lines += ["## SFT (initial policy)", "",
                   f"{len(sft_log)} steps; final train NLL {sft_log[-1]['sft/loss']:.3f}; "
-                  f"held-out NLL {ev.get('heldout_nll', float('nan')):.3f} on {ev.get('heldout_dialogues', 0)} dialogues.",
+                  f"held-out NLL {ev.get('heldout_nll', float('nan')):.3f} on {ev.get('heldout_dialogues', 0)} "
+                  "dialogues.",
                   "", f"![SFT loss]({png.name})", ""]
     pm = _read_json(run / "pm" / "pm_eval.json")
     if pm:
@@ -82,7 +89,8 @@ def write_report(run_dir: str | Path) -> Path:
     ppo = read_jsonl(run / "ppo" / "metrics.jsonl")
     if ppo:
         steps = [r["step"] for r in ppo]
-        col = lambda k: [r[k] for r in ppo]
+        def col(k):
+            return [r[k] for r in ppo]
         plots.score_vs_sqrt_kl([sqrt_kl(k) for k in col("objective/kl")], col("objective/pm_score"), steps,
                                run / "ppo_score_vs_sqrt_kl.png")
         plots.line_plot(steps, {"reward": col("objective/reward"), "PM score": col("objective/pm_score")},
@@ -93,7 +101,8 @@ def write_report(run_dir: str | Path) -> Path:
         before, after = _read_json(run / "ppo" / "eval_before.json"), _read_json(run / "ppo" / "eval_after.json")
         lines += ["## PPO", "",
                   f"{len(ppo)} steps, {ppo[-1]['perf/samples']} samples per step, "
-                  f"lambda_KL {ppo[0]['objective/kl_coef']:g}. KL is per sample, summed over the response's tokens.", ""]
+                  f"lambda_KL {ppo[0]['objective/kl_coef']:g}. KL is per sample, summed over the response's "
+                  "tokens.", ""]
         if before and after:
             lines += ["| held-out prompts | before PPO | after PPO |", "|---|---|---|",
                       f"| PM score (normalized) | {before['eval/pm_score']:+.3f} | {after['eval/pm_score']:+.3f} |",
@@ -107,7 +116,8 @@ def write_report(run_dir: str | Path) -> Path:
                                 f"{after['eval/test_pm_score']:+.3f} |"]
         sb, sa = _read_json(run / "ppo" / "samples_before.json"), _read_json(run / "ppo" / "samples_after.json")
         lines += _change_md(sb or [], sa or [])
-        mean = lambda k: sum(r.get(k, 0.0) for r in ppo) / len(ppo)
+        def mean(k):
+            return sum(r.get(k, 0.0) for r in ppo) / len(ppo)
         lines += ["Mean seconds per step by phase: " + ", ".join(f"{k[5:]} {mean(k):.2f}" for k in phases)
                   + f"; whole step {mean('time/step'):.2f}; {mean('perf/samples_per_s'):.1f} samples/s, "
                   f"{mean('rollout/tokens_per_s'):.0f} generated tokens/s.", ""]

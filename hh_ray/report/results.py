@@ -111,7 +111,8 @@ class Elo(EloRatings):
         return cls(**dataclasses.asdict(r), versions=list(range(len(r.elo))))
 
 
-RESULT_FILES = {BestOfN: "bon", Tradeoff: "tradeoff", PolicyTradeoff: "tradeoff_policies", AlignmentTax: "alignment_tax", OOD: "ood", Elo: "elo"}
+RESULT_FILES = {BestOfN: "bon", Tradeoff: "tradeoff", PolicyTradeoff: "tradeoff_policies",
+                AlignmentTax: "alignment_tax", OOD: "ood", Elo: "elo"}
 
 
 def result_path(run_dir: str | Path, cls: type) -> Path:

@@ -11,7 +11,6 @@ from hh_ray.models.objectives import TokenLogprobs
 from hh_ray.workers.device import gpu_worker_device
 from hh_ray.workers.group import STATELESS_RESTARTS, GroupOwner, Worker, WorkerGroup
 
-
 MICRO_BATCH_ROWS = 16  # samples per forward pass (the capacity plan sizes activations by it)
 
 

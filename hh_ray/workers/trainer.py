@@ -27,7 +27,14 @@ from hh_ray.models.presets import save_atomic
 from hh_ray.workers.checkpoint import checkpoint_problem, latest_tag, missing_checkpoint_files, write_manifest
 from hh_ray.workers.device import check_device, device_from_config, local_rank, ray_gpu_ids, synchronized_clock
 from hh_ray.workers.group import (
-    GroupOwner, Worker, WorkerGroup, exclusive_build, extensions_dir, free_port, get_all, node_ip,
+    GroupOwner,
+    Worker,
+    WorkerGroup,
+    exclusive_build,
+    extensions_dir,
+    free_port,
+    get_all,
+    node_ip,
 )
 from hh_ray.workers.weight_sync import BucketSender, ParamMeta, buckets, make_group
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+
 @dataclass(frozen=True)
 class ParamMeta:
     name: str
@@ -89,7 +90,8 @@ def receive_buckets(group, metas: list[ParamMeta], bucket_bytes: int, device: st
     plan = buckets(metas, bucket_bytes)
 
     def post(bucket):
-        flat = torch.empty(sum(math.prod(m.shape) for m in bucket), dtype=getattr(torch, bucket[0].dtype), device=device)
+        flat = torch.empty(sum(math.prod(m.shape) for m in bucket), dtype=getattr(torch, bucket[0].dtype),
+                           device=device)
         return flat, _broadcast(group, flat)
 
     waited = 0.0

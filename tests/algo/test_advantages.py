@@ -7,8 +7,7 @@ import pytest
 import torch
 from pytest import approx
 
-from hh_ray.algo.advantages import (ADVANTAGE_ESTIMATORS, AdvantageConfig, compute_advantages,
-                                    group_relative_advantages)
+from hh_ray.algo.advantages import ADVANTAGE_ESTIMATORS, AdvantageConfig, compute_advantages, group_relative_advantages
 from hh_ray.algo.algorithms import ALGORITHMS
 from hh_ray.algo.batch import Experience
 

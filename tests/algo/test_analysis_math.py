@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from hh_ray.algo.analysis import (
-    auroc, best_of_n_indices, divergence_index, fit_gaussian, kl_best_of_n, linear_fit, mahalanobis, mean_se,
-    paired_gap, sqrt_kl_law,
+    auroc,
+    best_of_n_indices,
+    divergence_index,
+    fit_gaussian,
+    kl_best_of_n,
+    linear_fit,
+    mahalanobis,
+    mean_se,
+    paired_gap,
+    sqrt_kl_law,
 )
 
 

@@ -8,11 +8,21 @@ import pytest
 import torch
 
 from hh_ray.algo.ppo import (
-    KLController, behaviour_weights, clipped_policy_loss, clipped_value_loss, gae, kl_k1,
-    kl_k3, token_logprobs, token_rewards, whiten,
+    KLController,
+    behaviour_weights,
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae,
+    kl_k1,
+    kl_k3,
+    token_logprobs,
+    token_rewards,
+    whiten,
 )
 
-approx = lambda x, **kw: pytest.approx(x, abs=1e-5, **kw)
+
+def approx(x, **kw):
+    return pytest.approx(x, abs=1e-5, **kw)
 
 
 def test_gae_by_hand():

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from hh_ray.analysis.alignment_tax import (
-    AlignmentTaxConfig, ChoiceDoc, alignment_tax, evaluate_model, hh_choice_docs, write_choice_task,
+    AlignmentTaxConfig,
+    ChoiceDoc,
+    alignment_tax,
+    evaluate_model,
+    hh_choice_docs,
+    write_choice_task,
 )
 from hh_ray.report.results import AlignmentTax, read_result, result_path
 
@@ -21,9 +26,10 @@ def _choice_loglik(model, tok, context: str, choice: str) -> float:
 
 
 def test_lm_eval_accuracy_matches_direct_loglikelihood(tmp_path, tiny_model_dir, tokenizer_dir, hh_dir):
-    from hh_ray.models.presets import build_preset
-    from hh_ray.data.tokenize import load_tokenizer
     from transformers import AutoModelForCausalLM
+
+    from hh_ray.data.tokenize import load_tokenizer
+    from hh_ray.models.presets import build_preset
 
     docs = hh_choice_docs(str(hh_dir), "harmless-base", 12, seed=3)
     assert {d.answer for d in docs} == {0, 1}  # chosen is not always first

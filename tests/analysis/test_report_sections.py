@@ -8,7 +8,16 @@ import math
 from hh_ray.algo.elo import Comparison, elo_ratings
 from hh_ray.cli import main
 from hh_ray.report.results import (
-    OOD, AlignmentTax, BestOfN, Elo, PolicyTradeoff, TaskScore, Tradeoff, TradeoffPoint, result_path, write_result,
+    OOD,
+    AlignmentTax,
+    BestOfN,
+    Elo,
+    PolicyTradeoff,
+    TaskScore,
+    Tradeoff,
+    TradeoffPoint,
+    result_path,
+    write_result,
 )
 
 
@@ -16,8 +25,9 @@ def _ppo_run(run, train: list[float], test: list[float], kls: list[float]):
     """A PPO folder as the driver writes it: eval before (step 0), evals in metrics.jsonl, eval after."""
     ppo = run / "ppo"
     ppo.mkdir(parents=True)
-    ev = lambda i: {"eval/pm_score": train[i], "eval/kl": kls[i], "eval/kl_k1": kls[i], "eval/response_length": 10.0,
-                    "eval/test_pm_score": test[i], "eval/pm_gap_se": 0.05}
+    def ev(i):
+        return {"eval/pm_score": train[i], "eval/kl": kls[i], "eval/kl_k1": kls[i], "eval/response_length": 10.0,
+                "eval/test_pm_score": test[i], "eval/pm_gap_se": 0.05}
     (ppo / "eval_before.json").write_text(json.dumps(ev(0)))
     rows = []
     for step in range(1, len(kls) - 1):

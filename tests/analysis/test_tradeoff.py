@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from hh_ray.analysis.tradeoff import policy_point, policy_tradeoff, pm_tradeoff, write_tradeoff
+from hh_ray.analysis.tradeoff import pm_tradeoff, policy_point, policy_tradeoff, write_tradeoff
 from hh_ray.report.results import Tradeoff, read_result, result_path
 
 

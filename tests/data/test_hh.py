@@ -10,8 +10,20 @@ from pathlib import Path
 import pytest
 
 from hh_ray.data.hh import (
-    BAD_JSON, EMPTY_RESPONSE, IDENTICAL, MISSING_KEY, NO_FINAL_ASSISTANT, PROMPT_MISMATCH, REASONS, SUBSETS,
-    DataError, load_comparisons, mix_subsets, split_holdout, split_prompt, split_turns,
+    BAD_JSON,
+    EMPTY_RESPONSE,
+    IDENTICAL,
+    MISSING_KEY,
+    NO_FINAL_ASSISTANT,
+    PROMPT_MISMATCH,
+    REASONS,
+    SUBSETS,
+    DataError,
+    load_comparisons,
+    mix_subsets,
+    split_holdout,
+    split_prompt,
+    split_turns,
 )
 
 

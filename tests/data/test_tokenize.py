@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from hh_ray.data.hh import SUBSETS, load_comparisons
 from hh_ray.data.tokenize import (
-    END_OF_CONTEXT, encode_dialogue, end_of_context_id, pm_input_ids, truncate_prompt,
+    END_OF_CONTEXT,
+    encode_dialogue,
+    end_of_context_id,
+    pm_input_ids,
+    truncate_prompt,
 )
 
 

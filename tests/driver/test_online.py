@@ -74,9 +74,12 @@ def test_online_rounds_resume_after_kills(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     assert _run_until(_cmd(a, free_port()), None, tmp_path / "a.log") == 0, (tmp_path / "a.log").read_text()[-3000:]
     shared = [f"init_run={a}", f"labelers.judge_pm={a / 'judge' / 'pm'}"]
-    acks = lambda: list((b / "rounds" / "1" / "online").glob("acks-*.jsonl"))
-    in_collection = lambda: any(f.read_text().strip() for f in acks())
-    in_ppo = lambda: any((b / "rounds" / "1" / "checkpoints" / "ppo").glob("state-*.json"))
+    def acks():
+        return list((b / "rounds" / "1" / "online").glob("acks-*.jsonl"))
+    def in_collection():
+        return any(f.read_text().strip() for f in acks())
+    def in_ppo():
+        return any((b / "rounds" / "1" / "checkpoints" / "ppo").glob("state-*.json"))
     log = tmp_path / "b.log"
     assert _run_until(_cmd(b, free_port(), *shared), in_collection, log) is None
     assert _run_until(_cmd(b, free_port(), *shared), in_ppo, log) is None
@@ -96,7 +99,8 @@ def test_online_rounds_resume_after_kills(tmp_path):
         assert "## Online rounds" in (run / "report.md").read_text()
     # b started from a's SFT, PM and judge, so every round must match a's: the comparisons of round 1, which b's
     # labelers were killed in the middle of, and the PPO metrics of round 1, which b was killed in the middle of
-    key = lambda r: (r.context, r.response_a, r.response_b, r.choice)
+    def key(r):
+        return (r.context, r.response_a, r.response_b, r.choice)
     for campaign in ("r0-helpful", "r1-helpful"):
         assert [key(r) for r in _rows(a) if r.campaign == campaign] == \
             [key(r) for r in _rows(b) if r.campaign == campaign], campaign

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
+CONSOLE_LINE_BUDGET = 40  # stdout and stderr of a short `hh-ray run` together
 
 
 def test_run_writes_the_run_folder(tmp_path):
@@ -22,6 +23,16 @@ def test_run_writes_the_run_folder(tmp_path):
                           env=os.environ | {"RAY_AUTH_MODE": "disabled"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"report: {run / 'report.md'}" in proc.stdout
+    # the console: progress lines and the driver's own, no worker output (that is in <run>/logs, named once)
+    console = (proc.stdout + proc.stderr).splitlines()
+    assert len(console) <= CONSOLE_LINE_BUDGET, "\n".join(console)
+    assert not [line for line in console if "pid=" in line or " INFO " in line or "[WARNING]" in line], console
+    assert sum("malformed HH records" in line for line in console) == 1  # one warning, not one per stage
+    assert sum(f"worker logs in {run / 'logs'}" in line for line in console) == 1
+    assert any(line.startswith("[PPO] step 2/2 (100%)") for line in console), console
+    worker_logs = list((run / "logs").glob("worker-*.log"))
+    assert worker_logs and any("vllm" in f.read_text(errors="replace").lower() for f in worker_logs)
+    assert json.loads((run / "ppo" / "progress.json").read_text())["step"] == 2
     for f in ("config.yaml", "sft/config.json", "pm/pm_eval.json", "pm/pm_stats.json", "pm/reliability.png",
               "ppo/metrics.jsonl", "ppo/samples_before.json", "ppo/samples_after.json", "ppo/policy/config.json",
               "ppo_score_vs_sqrt_kl.png", "ppo_reward.png", "ppo_kl.png", "sft_loss.png", "report.md"):

@@ -120,7 +120,8 @@ def test_smollm2_ppo_with_lora_in_bf16_end_to_end(ray_local, smollm2_dir, tmp_pa
     the engine answers in the chat format, its logprobs agree with the trainer's to bf16 rounding after every
     merged-weight sync, and the policy moves (KL > 0) while the reward does not fall."""
     evals, rows = _run(tmp_path, "smollm2", "model.policy=smollm2-135m", "data.max_prompt_tokens=96",
-                       "ppo.steps=3", "ppo.prompts_per_step=8", "ppo.eval_prompts=8", "ppo.rollout.samples_per_prompt=1",
+                       "ppo.steps=3", "ppo.prompts_per_step=8", "ppo.eval_prompts=8",
+                       "ppo.rollout.samples_per_prompt=1",
                        "ppo.rollout.max_new_tokens=24", "ppo.scorer=substring:!", "pm.max_tokens=128",
                        "ppo.policy_trainer.micro_batch_size=8", "ppo.critic_trainer.micro_batch_size=8",
                        "ppo.policy_trainer.lr=1e-3", "ppo.critic_trainer.lr=1e-3", "ppo.epochs=1",

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port  # tests/label/conftest.py (pytest puts this folder on sys.path)
 
 from hh_ray.cli import main as cli_main
 from hh_ray.label.client import LabelAPIError, LabelClient
-
-from conftest import free_port  # tests/label/conftest.py (pytest puts this folder on sys.path)
 
 
 def _read_until(proc, pattern: str, timeout_s: float, seen: list[str]) -> re.Match:
@@ -124,9 +123,9 @@ def test_serve_refuses_a_missing_model_folder(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"dir": str(tmp_path / "svc"),
                                     "sources": [{"name": "v0", "model": str(tmp_path / "no-such-run")}],
                                     "campaigns": [{"name": "c", "sources": ["v0", "v0"]}]}))
-    from hh_ray.label.serve import check_models
-    from hh_ray.label.config import load_label_config
     from hh_ray.config import ConfigError
+    from hh_ray.label.config import load_label_config
+    from hh_ray.label.serve import check_models
 
     with pytest.raises(ConfigError, match="sources.v0.model: no model at .*no-such-run"):
         check_models(load_label_config(path))

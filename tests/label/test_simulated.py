@@ -18,7 +18,13 @@ from hh_ray.config import DataConfig, ExtraData
 from hh_ray.data import load_train_holdout
 from hh_ray.label.export import export_records
 from hh_ray.label.simulated import (
-    HELPFUL_PROMPTS, RED_TEAM_PROMPTS, Judge, LabelerSpec, held_out_dialogues, labeler_main, run_labelers,
+    HELPFUL_PROMPTS,
+    RED_TEAM_PROMPTS,
+    Judge,
+    LabelerSpec,
+    held_out_dialogues,
+    labeler_main,
+    run_labelers,
 )
 
 
@@ -69,7 +75,8 @@ def test_killed_labelers_resume_without_loss_or_repeat_and_pm_data_is_the_http_d
     before = len(_acks(tmp_path, "sim-h"))
     assert 1 <= before < 5, "the kill should land mid-collection"
 
-    mine = lambda: [r for r in svc.store.comparisons() if r.labeler in ("sim-h", "sim-t", "sim-h2")]
+    def mine():
+        return [r for r in svc.store.comparisons() if r.labeler in ("sim-h", "sim-t", "sim-h2")]
     ticks = []
     result = run_labelers(specs, lambda: len(mine()), 13, poll_s=1.0, progress=lambda n, t, s: ticks.append(n))
     assert result.finished, result.exit_codes
@@ -82,7 +89,8 @@ def test_killed_labelers_resume_without_loss_or_repeat_and_pm_data_is_the_http_d
                     if not a["duplicate"])
     assert acked == Counter(r.id for r in rows)
     # the killed labeler finished its open conversation on restart: it labeled exactly what its twin did
-    labeled = lambda name: [(r.context, r.response_a, r.response_b, r.choice) for r in rows if r.labeler == name]
+    def labeled(name):
+        return [(r.context, r.response_a, r.response_b, r.choice) for r in rows if r.labeler == name]
     assert labeled("sim-h") == labeled("sim-h2")
     rows = [r for r in rows if r.labeler != "sim-h2"]
     # decisions follow the judge: helpful keeps the higher score, red team picked the lower (stored as rejected)

@@ -13,8 +13,19 @@ from hh_ray.data.hh import load_comparisons
 from hh_ray.label.auth import create_user
 from hh_ray.label.config import CampaignConfig, LabelConfig, SourceConfig, validate
 from hh_ray.label.export import export_campaign
-from hh_ray.label.store import (ComparisonRow, Conflict, Invalid, NotFound, Sample, SchemaError, Store, Task, Turn,
-                                 UserInfo, utcnow)
+from hh_ray.label.store import (
+    ComparisonRow,
+    Conflict,
+    Invalid,
+    NotFound,
+    Sample,
+    SchemaError,
+    Store,
+    Task,
+    Turn,
+    UserInfo,
+    utcnow,
+)
 
 INJECTIONS = ["'; DROP TABLE comparisons; --", "\" OR 1=1 --", "Robert'); DELETE FROM users WHERE ('1'='1"]
 

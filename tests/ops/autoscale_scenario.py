@@ -34,15 +34,15 @@ if not example.is_file():
 
 from ray.cluster_utils import AutoscalingCluster  # noqa: E402
 
+from hh_ray.algo.batch import PolicyBatch  # noqa: E402
 from hh_ray.config import RolloutConfig, TrainerConfig  # noqa: E402
 from hh_ray.data.tokenize import train_tokenizer  # noqa: E402
+from hh_ray.models.objectives import PolicyObjective  # noqa: E402
 from hh_ray.models.presets import build_preset  # noqa: E402
 from hh_ray.ops.autoscale import RolloutAutoscaler  # noqa: E402
-from hh_ray.algo.batch import PolicyBatch  # noqa: E402
-from hh_ray.models.objectives import PolicyObjective  # noqa: E402
 from hh_ray.workers.rollout import RolloutGroup, Sampling  # noqa: E402
-from hh_ray.workers.weight_sync import WeightSync  # noqa: E402
 from hh_ray.workers.trainer import TrainerGroup  # noqa: E402
+from hh_ray.workers.weight_sync import WeightSync  # noqa: E402
 
 
 def alive_nodes() -> int:
@@ -51,7 +51,8 @@ def alive_nodes() -> int:
 
 def main() -> None:
     tmp = Path(tempfile.mkdtemp())
-    texts = [f"\n\nHuman: question {i} about bread and dogs\n\nAssistant: answer {i} with some words" for i in range(200)]
+    texts = [f"\n\nHuman: question {i} about bread and dogs\n\nAssistant: answer {i} with some words"
+             for i in range(200)]
     tok = train_tokenizer(texts, 400, tmp / "tok")
     model = str(build_preset("tiny", tok, tmp / "tiny"))
     cluster = AutoscalingCluster(
@@ -65,8 +66,8 @@ def main() -> None:
     try:
         ray.init("auto")
         obs["nodes_start"] = alive_nodes()
-        trainer = TrainerGroup("policy-trainer", model, "causal_lm", TrainerConfig(cpus_per_rank=0.5, micro_batch_size=4,
-                                                                                 lr=5e-3))
+        trainer = TrainerGroup("policy-trainer", model, "causal_lm",
+                               TrainerConfig(cpus_per_rank=0.5, micro_batch_size=4, lr=5e-3))
         cfg = RolloutConfig(num_engines=1, min_engines=1, max_engines=3, cpus_per_engine=1.0, kv_cache_gb=0.1)
         rollout = RolloutGroup(model, cfg, 128)
         sync = WeightSync(trainer, rollout, 1 << 20, timeout_s=60)

@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ray  # noqa: E402
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group  # noqa: E402
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # noqa: E402
+from ray_nodes import start_node, wait_for_nodes  # noqa: E402
 
 from hh_ray.config import load_config  # noqa: E402
 from hh_ray.workers.placement import ppo_group_placements  # noqa: E402
-from ray_nodes import start_node, wait_for_nodes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -76,6 +76,6 @@ def run_scenario(script: Path, timeout_s: float) -> tuple[dict, subprocess.Compl
                         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(script)],
                           capture_output=True, text=True, timeout=timeout_s, env=env)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("SCENARIO ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("SCENARIO ")]
     assert lines, f"scenario printed nothing (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
     return json.loads(lines[-1].removeprefix("SCENARIO ")), proc

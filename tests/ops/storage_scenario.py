@@ -14,9 +14,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ray  # noqa: E402
+from ray_nodes import start_node, wait_for_nodes  # noqa: E402
 
 from hh_ray.ops.storage import SharedStorageError, check_shared_folder  # noqa: E402
-from ray_nodes import start_node, wait_for_nodes  # noqa: E402
 
 
 def main() -> None:

@@ -76,7 +76,8 @@ def test_broken_kuberay_manifest_is_rejected(crd_dir, tmp_path):
     m["spec"]["workerGroupSpecs"][0]["maxReplicas"] = "two"
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(m))
-    with pytest.raises(ClusterConfigError, match=r"spec.workerGroupSpecs.0.maxReplicas: 'two' is not of type 'integer'"):
+    with pytest.raises(ClusterConfigError,
+                       match=r"spec.workerGroupSpecs.0.maxReplicas: 'two' is not of type 'integer'"):
         validate_kuberay(p, crd_dir)
     del m["spec"]["headGroupSpec"]
     p.write_text(yaml.safe_dump(m))

@@ -138,7 +138,7 @@ def test_plan_and_submit_commands():
     refused = _cli("submit", "--address", "http://127.0.0.1:9", "--config", "jobs/ppo-7b-8gpu.yaml",
                    "ppo.critic_trainer.num_ranks=1")
     assert refused.returncode == 2
-    line = [l for l in refused.stderr.splitlines() if l.startswith("hh-ray: error:")]
+    line = [x for x in refused.stderr.splitlines() if x.startswith("hh-ray: error:")]
     assert len(line) == 1 and "critic-trainer on trainer-8gpu#0 GPU" in line[0] and "> 80 GB" in line[0]
 
 

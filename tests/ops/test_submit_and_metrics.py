@@ -127,7 +127,8 @@ def test_metrics_reach_prometheus_and_every_panel_shows_one_run(ray_head, hh_dir
             time.sleep(5)
         assert want <= set(seen), (f"missing {sorted(want - set(seen))}; PPO job "
                                    f"{client.get_job_status(ppo_job)}: {client.get_job_logs(ppo_job)[-3000:]}")
-        value = lambda name: max(v for tags, v in seen[name] if 'run="quickstart"' in tags)
+        def value(name):
+            return max(v for tags, v in seen[name] if 'run="quickstart"' in tags)
         assert value("ray_hh_ray_generated_tokens_per_s") > 10
         assert 0 < value("ray_hh_ray_samples_per_s") < 1000
         assert value("ray_hh_ray_engines") == 1

@@ -24,7 +24,7 @@ def _submit(address: str, env: dict, *extra: str) -> subprocess.CompletedProcess
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
-    lines = [l for l in proc.stderr.splitlines() if l.strip() and "WARNING" not in l and "INFO" not in l]
+    lines = [x for x in proc.stderr.splitlines() if x.strip() and "WARNING" not in x and "INFO" not in x]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("hh-ray: error:"), proc.stderr[-2000:]
     for w in words:

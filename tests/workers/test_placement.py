@@ -6,11 +6,22 @@ import pytest
 
 from hh_ray.config import ConfigError, PPOConfig, RolloutConfig, TrainerConfig, load_config
 from hh_ray.workers.device import (
-    DeviceError, check_device, device_from_config, local_rank, process_env, torch_device,
+    DeviceError,
+    check_device,
+    device_from_config,
+    local_rank,
+    process_env,
+    torch_device,
 )
 from hh_ray.workers.placement import (
-    NODE_MARKER, engine_env_to_clear, engine_placement, executor_backend, per_request_seeds, ppo_group_placements,
-    vllm_engine_kwargs, worker_placement,
+    NODE_MARKER,
+    engine_env_to_clear,
+    engine_placement,
+    executor_backend,
+    per_request_seeds,
+    ppo_group_placements,
+    vllm_engine_kwargs,
+    worker_placement,
 )
 
 

