@@ -176,7 +176,7 @@ def test_streamed_turn_arrives_in_chunks_and_is_what_is_stored(label_service, lo
     cid = c.start("helpful-ab")
     with pytest.raises(LabelAPIError) as refused:  # bad input: a plain 4xx with a message, before any event
         list(c.stream_turn(cid, "x" * (label_service.cfg.server.max_turn_chars + 1)))
-    assert refused.value.status == 400 and "limit" in refused.value.message
+    assert refused.value.status == 422 and "limit is" in refused.value.message
     events = list(c.stream_turn(cid, "How do I keep basil alive on a windowsill?"))
     names = [e for e, _ in events]
     assert names[-1] == "task" and set(names[:-1]) == {"text"}, names
