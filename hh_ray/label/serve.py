@@ -17,10 +17,10 @@ from pathlib import Path
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from hh_ray.config import ConfigError
 from hh_ray.data.hh import ASSISTANT, HUMAN
 from hh_ray.data.tokenize import truncate_prompt
 from hh_ray.models.presets import resolve_model as preset_folder
-from hh_ray.config import ConfigError
 from hh_ray.workers.group import actor_env
 from hh_ray.workers.placement import engine_kwargs
 
@@ -96,7 +96,7 @@ class PolicyModel:
         return self.source.version
 
     async def generate(self, context: str, n: int, seed: int) -> list[str]:
-        """`n` responses to `context` (an HH transcript ending in "\n\nAssistant:"), each one turn long."""
+        """`n` responses to `context` (an HH transcript ending in "\\n\\nAssistant:"), each one turn long."""
         texts: list[str] = []
         async for texts in self._responses(context, n, seed, stream=False):
             pass
@@ -113,8 +113,9 @@ class PolicyModel:
             return
         from vllm.inputs import TokensPrompt
 
+        # the model's format; a long dialogue keeps its newest turns
         ids = truncate_prompt(self.tokenizer, context, self.source.max_model_len - self.source.max_new_tokens)
-        texts = [""] * n  # the model's format; long dialogues keep their newest turns
+        texts = [""] * n
         params = sampling_params(self.source, n, seed, self.tokenizer.eos_token_id, stream)
         async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params, uuid.uuid4().hex):
             for c in out.outputs:  # a streamed step of n > 1 may carry only the samples that grew
