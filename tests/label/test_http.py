@@ -21,7 +21,7 @@ import yaml
 from hh_ray.cli import main as cli_main
 from hh_ray.data.hh import ASSISTANT, HUMAN, load_comparisons
 from hh_ray.label.client import LabelAPIError, LabelClient
-from hh_ray.label.store import ComparisonRow
+from hh_ray.label.store import ComparisonRow, Sample
 
 
 def _mine(svc, labeler: str):
@@ -216,3 +216,39 @@ def test_two_requests_stream_from_one_engine_at_once(label_service):
     order = asyncio.run(both())
     switches = sum(a != b for a, b in itertools.pairwise(order))
     assert switches >= 2, order  # served one after the other, the steps would switch from x to y only once
+
+
+class Scripted:
+    """A response source that streams fixed answers word by word: tries listed per source name, in order."""
+
+    def __init__(self, tries: dict[str, list[str]]):
+        self.tries = {name: list(texts) for name, texts in tries.items()}
+
+    async def generate(self, name, context, n, seed):
+        raise AssertionError("the streamed route must not call generate")
+
+    async def stream(self, name, context, n, seed):
+        words = self.tries[name].pop(0).split()
+        for i in range(1, len(words) + 1):
+            yield [Sample(" ".join(words[:i]), name, 0)] * n
+
+
+def test_streamed_turn_retries_an_unusable_pair_and_says_when_none_is_left(label_config):
+    """Without Ray: identical answers are drawn again (the page's columns start over with `attempt` 1), and
+    when every try is unusable the stream ends in an `error` event naming why; nothing is stored then."""
+    from conftest import app_on_uvicorn  # tests/label/conftest.py
+
+    retries = label_config.server.generate_retries
+    source = Scripted({"v0": ["same words"] + ["one answer here"] + ["same"] * retries,
+                       "v1": ["same words"] + ["another answer"] + ["same"] * retries})
+    with app_on_uvicorn(label_config, source) as (url, store, password), LabelClient(url) as c:
+        c.login("u", password)
+        cid = c.start("helpful-ab")
+        events = list(c.stream_turn(cid, "Hello?"))
+        assert [d["attempt"] for e, d in events if e == "text"] == [0] * 4 + [1] * 5  # one per word grown
+        name, task = events[-1]
+        assert name == "task" and {task["response_a"], task["response_b"]} == {"one answer here", "another answer"}
+        c.choose(task["task_id"], "B", 1)
+        *_, (name, failure) = c.stream_turn(cid, "Again?")
+        assert name == "error" and failure["status"] == 503 and "identical" in failure["error"]
+        assert len(c.conversation(cid)["turns"]) == 2 and c.conversation(cid)["pending"] is None
