@@ -241,7 +241,7 @@ def test_streamed_turn_retries_an_unusable_pair_and_says_when_none_is_left(label
     retries = label_config.server.generate_retries
     source = Scripted({"v0": ["same words"] + ["one answer here"] + ["same"] * retries,
                        "v1": ["same words"] + ["another answer"] + ["same"] * retries})
-    with app_on_uvicorn(label_config, source) as (url, store, password), LabelClient(url) as c:
+    with app_on_uvicorn(label_config, source) as (url, _, password), LabelClient(url) as c:
         c.login("u", password)
         cid = c.start("helpful-ab")
         events = list(c.stream_turn(cid, "Hello?"))
