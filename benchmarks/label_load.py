@@ -219,7 +219,7 @@ def comparison(before: dict, after: dict) -> dict:
         turn = r["latency_s"]["turn"]
         return {"comparisons_per_s": r["comparisons_per_s"], "turn_p50_s": turn["p50"], "turn_p95_s": turn["p95"],
                 "http_5xx": r["http_5xx"], "every_ack_stored_once": r["every_ack_stored_once"],
-                "max_running_replicas": r["max_running_replicas"]}
+                "max_running_replicas": r["max_running_replicas"], "load_average_1min": r["load_average_1min"]}
 
     return {"clients": after["clients"], "seconds": after["seconds"], "before": side(before), "after": side(after),
             "async_over_sync": round(after["comparisons_per_s"] / max(before["comparisons_per_s"], 1e-9), 3),
