@@ -1,12 +1,16 @@
 """A bounded load run of the labeling service: N concurrent labeler clients for T seconds on loopback.
 
-    python -m benchmarks.label_load --out bench-out/label [--clients 20] [--seconds 60] [--model DIR]
+    python -m benchmarks.label_load --out bench-out/label [--clients 20] [--seconds 60] [--model DIR|PRESET]
+        [--before-tree /work/main --results benchmarks/results/<machine>/results.json]
 
 Starts the service on a local Ray (two vLLM-CPU deployments of one model as versions 0 and 1, SQLite), makes one
 account per client, and lets every client hold conversations through the JSON API (`LabelClient`): start, 1-3
 turns each answered with a choice (a fifth of them submitted twice, as a double-click would), end. Afterwards it
 checks the database: every acknowledged comparison is stored exactly once. Writes `<out>/label_load.json`:
 comparisons/s, p50/p95 latency per call, HTTP statuses (no 5xx expected), replicas seen per deployment.
+With `--before-tree` another checkout's service (e.g. `main`) takes the same load first, in its own process
+and Ray, and `<out>/label_load_compare.json` (recorded under `label.<key>` of `--results`) holds both sides'
+comparisons/s, turn p50/p95 and `async_over_sync`, the ratio of comparisons/s.
 Not a test: nothing here runs in CI. Issues no request after the deadline; in-flight calls finish.
 """
 
@@ -17,6 +21,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -197,18 +202,67 @@ def run(out: Path, clients: int, seconds: float, model: str | None, max_replicas
     return result
 
 
+def run_before_tree(tree: Path, out: Path, clients: int, seconds: float, model: str | None,
+                    max_replicas: int) -> dict:
+    """The same load on another checkout's service (e.g. `main` before a change): its own benchmark module, its
+    own code on PYTHONPATH, its own local Ray; in a child process, finished before the current tree's run."""
+    args = [sys.executable, "-m", "benchmarks.label_load", "--out", str(out), "--clients", str(clients),
+            "--seconds", str(seconds), "--max-replicas", str(max_replicas)] + (["--model", model] if model else [])
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    subprocess.run(args, cwd=tree, env=env, check=False, timeout=seconds + 900)
+    return json.loads((out / "label_load.json").read_text())
+
+
+def comparison(before: dict, after: dict) -> dict:
+    """The figures `results.json` keeps: comparisons/s and turn latency of both sides, and their ratio."""
+    def side(r: dict) -> dict:
+        turn = r["latency_s"]["turn"]
+        return {"comparisons_per_s": r["comparisons_per_s"], "turn_p50_s": turn["p50"], "turn_p95_s": turn["p95"],
+                "http_5xx": r["http_5xx"], "every_ack_stored_once": r["every_ack_stored_once"],
+                "max_running_replicas": r["max_running_replicas"], "load_average_1min": r["load_average_1min"]}
+
+    return {"clients": after["clients"], "seconds": after["seconds"], "before": side(before), "after": side(after),
+            "async_over_sync": round(after["comparisons_per_s"] / max(before["comparisons_per_s"], 1e-9), 3),
+            "turn_p95_before_over_after": round(before["latency_s"]["turn"]["p95"]
+                                                / max(after["latency_s"]["turn"]["p95"], 1e-9), 3)}
+
+
+def record(results_json: Path, key: str, figures: dict) -> None:
+    """Put `figures` under label.<key> of a benchmarks results.json, keeping every other key."""
+    results = json.loads(results_json.read_text()) if results_json.is_file() else {}
+    results.setdefault("label", {})[key] = figures
+    results_json.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(results_json, json.dumps(results, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--model", default=None, help="HF model folder (default: the tiny preset, built under --out)")
+    ap.add_argument("--model", default=None, help="HF model folder or preset name (default: the tiny preset, "
+                                                  "built under --out)")
     ap.add_argument("--max-replicas", type=int, default=2, help="autoscaling ceiling per model deployment")
+    ap.add_argument("--before-tree", default=None, help="a checkout of the code to compare with (e.g. /work/main): "
+                                                        "its service runs the same load first")
+    ap.add_argument("--results", default=None, help="a benchmarks results.json to record the comparison in")
+    ap.add_argument("--key", default="smollm2", help="the comparison's key under `label` in --results")
     args = ap.parse_args(argv)
     if not 1 <= args.clients <= 200 or not 1 <= args.seconds <= 600:
         ap.error("keep the run bounded: 1..200 clients, 1..600 seconds")
-    result = run(Path(args.out), args.clients, args.seconds, args.model, args.max_replicas)
+    out = Path(args.out)
+    before = None
+    if args.before_tree:
+        before = run_before_tree(Path(args.before_tree).resolve(), out.resolve() / "before", args.clients,
+                                 args.seconds, args.model, args.max_replicas)
+    result = run(out, args.clients, args.seconds, args.model, args.max_replicas)
     print(json.dumps(result, indent=2))
+    if before is not None:
+        figures = comparison(before, result)
+        write_text_atomic(out / "label_load_compare.json", json.dumps(figures, indent=2))
+        print(json.dumps(figures, indent=2))
+        if args.results:
+            record(Path(args.results), args.key, figures)
     ok = result["every_ack_stored_once"] and result["http_5xx"] == 0
     return 0 if ok else 1
 

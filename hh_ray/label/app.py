@@ -15,13 +15,14 @@ import random
 import re
 import tempfile
 import zipfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
 import jinja2
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.templating import Jinja2Templates
@@ -62,6 +63,10 @@ class ResponseSource(Protocol):
     """Where responses come from: `n` samples of source `name` for an HH context ending in "Assistant:"."""
 
     async def generate(self, name: str, context: str, n: int, seed: int) -> list[Sample]: ...
+
+    def stream(self, name: str, context: str, n: int, seed: int) -> AsyncIterator[list[Sample]]:
+        """The `n` samples so far, again each time they grow; the last ones are what `generate` returns."""
+        ...
 
 
 class Unavailable(LabelError):
@@ -127,22 +132,84 @@ def context_seed(context: str) -> int:
     return int.from_bytes(hashlib.sha256(context.encode("utf-8")).digest()[:4], "big")
 
 
-async def two_responses(sources: ResponseSource, plan: TurnPlan, retries: int) -> tuple[Sample, Sample]:
-    """Responses A and B for one task: two sources, or two samples of one; non-empty and different.
+def attempt_seed(plan: TurnPlan, attempt: int) -> tuple[int, bool]:
+    """The seed of one try at a task's pair, and whether its second sample is shown as A (drawn from the seed, so
+    neither source always sits on one side; known before generating, so a stream fills the right columns)."""
+    s = context_seed(plan.context) + 7919 * attempt
+    return s, random.Random(s).random() < 0.5
 
-    Which source is shown as A is drawn from the context's seed, so neither source always sits on one side.
-    """
-    seed = context_seed(plan.context)
+
+def usable(a: Sample, b: Sample) -> bool:
+    return bool(a.text.strip() and b.text.strip() and a.text != b.text)
+
+
+async def two_responses(sources: ResponseSource, plan: TurnPlan, retries: int) -> tuple[Sample, Sample]:
+    """Responses A and B for one task: two sources, or two samples of one; non-empty and different."""
     for attempt in range(retries):
-        s = seed + 7919 * attempt
+        s, swap = attempt_seed(plan, attempt)
         if plan.source_a == plan.source_b:
             a, b = (await sources.generate(plan.source_a, plan.context, 2, s))[:2]
         else:
             (a,), (b,) = await asyncio.gather(sources.generate(plan.source_a, plan.context, 1, s),
                                               sources.generate(plan.source_b, plan.context, 1, s + 1))
-        if a.text.strip() and b.text.strip() and a.text != b.text:
-            return (b, a) if random.Random(s).random() < 0.5 else (a, b)
+        if usable(a, b):
+            return (b, a) if swap else (a, b)
     raise Unavailable(f"the sources gave empty or identical responses {retries} times; try another turn")
+
+
+async def merged(streams: list[AsyncIterator[list[Sample]]]) -> AsyncIterator[list[Sample | None]]:
+    """One sample from each stream, the latest of all of them, again each time one grows (None: not started)."""
+    latest: list[Sample | None] = [None] * len(streams)
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncIterator[list[Sample]]) -> None:
+        try:
+            async for samples in stream:
+                queue.put_nowait((i, samples[0]))
+        finally:
+            queue.put_nowait((i, None))
+
+    tasks = [asyncio.create_task(pump(i, st)) for i, st in enumerate(streams)]
+    try:
+        for _ in range(len(streams)):
+            while (item := await queue.get())[1] is not None:
+                latest[item[0]] = item[1]
+                yield list(latest)
+        await asyncio.gather(*tasks)  # a stream that failed raises here
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def streamed_responses(sources: ResponseSource, plan: TurnPlan,
+                             retries: int) -> AsyncIterator[tuple[int, str, str, tuple[Sample, Sample] | None]]:
+    """As `two_responses`, streamed: (attempt, text A so far, text B so far, None) as the samples grow, and last
+    (attempt, A, B, the pair) once a try gave a usable pair."""
+    for attempt in range(retries):
+        s, swap = attempt_seed(plan, attempt)
+        if plan.source_a == plan.source_b:
+            steps = sources.stream(plan.source_a, plan.context, 2, s)
+        else:
+            steps = merged([sources.stream(plan.source_a, plan.context, 1, s),
+                            sources.stream(plan.source_b, plan.context, 1, s + 1)])
+        a = b = None
+        async for step in steps:
+            a, b = (step[1], step[0]) if swap else (step[0], step[1])
+            yield attempt, a.text if a else "", b.text if b else "", None
+        if a is not None and b is not None and usable(a, b):
+            yield attempt, a.text, b.text, (a, b)
+            return
+    raise Unavailable(f"the sources gave empty or identical responses {retries} times; try another turn")
+
+
+def task_json(task: TaskView) -> dict:
+    return {"task_id": task.id, "context": task.context, "response_a": task.response_a,
+            "response_b": task.response_b}
+
+
+def sse(event: str, data: dict) -> str:
+    """One server-sent event (JSON data on one line)."""
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
 def _templates() -> Jinja2Templates:
@@ -241,6 +308,22 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
         stored, plan = await run_in_threadpool(store.plan_turn, conv_id, user, text, srv.max_turn_chars)
         a, b = await two_responses(sources, plan, srv.generate_retries)
         return await run_in_threadpool(store.add_task, plan, user, stored, a, b)
+
+    async def turn_events(user: UserInfo, stored: str, plan: TurnPlan) -> AsyncIterator[str]:
+        """Server-sent events of a streamed turn: `text` (A and B so far) as they grow, then `task` (the stored
+        task, as the JSON API returns it) or `error` (message and HTTP status: the response itself is a 200)."""
+        try:
+            async for attempt, a, b, pair in streamed_responses(sources, plan, srv.generate_retries):
+                if pair is None:
+                    yield sse("text", {"attempt": attempt, "response_a": a, "response_b": b})
+                else:
+                    task = await run_in_threadpool(store.add_task, plan, user, stored, *pair)
+                    yield sse("task", task_json(task))
+        except LabelError as exc:
+            yield sse("error", {"error": str(exc), "status": exc.status})
+        except Exception:  # noqa: BLE001 - the stream has begun: the error goes in it, the details in the log
+            log.exception("streamed turn failed")
+            yield sse("error", {"error": "internal error; the service log has the details", "status": 500})
 
     def int_or_raw(value: object) -> object:
         """Form fields arrive as text; a JSON body keeps its types (so "2" stays invalid there)."""
@@ -446,9 +529,16 @@ def create_app(cfg: LabelConfig, store: Store, sources: ResponseSource) -> FastA
     @app.post("/api/conversations/{conv_id}/turns")
     async def api_turn(request: Request, conv_id: str):
         session, body = await changing(request)
-        task = await post_turn(session.user, conv_id_of(conv_id), body.get("text"))
-        return {"task_id": task.id, "context": task.context, "response_a": task.response_a,
-                "response_b": task.response_b}
+        return task_json(await post_turn(session.user, conv_id_of(conv_id), body.get("text")))
+
+    @app.post("/api/conversations/{conv_id}/turns/stream")
+    async def api_turn_stream(request: Request, conv_id: str):
+        """The turn with its answers streamed as server-sent events (the page's script reads them)."""
+        session, body = await changing(request)
+        stored, plan = await run_in_threadpool(store.plan_turn, conv_id_of(conv_id), session.user, body.get("text"),
+                                               srv.max_turn_chars)  # bad input: a plain 4xx, before any event
+        return StreamingResponse(turn_events(session.user, stored, plan), media_type="text/event-stream",
+                                 headers={"X-Accel-Buffering": "no"})
 
     @app.post("/api/choices")
     async def api_choose(request: Request):

@@ -6,6 +6,8 @@ sends the CSRF token on every state-changing request.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -98,6 +100,23 @@ class LabelClient:
     def post_turn(self, conversation_id: int, text: str) -> TaskPair:
         r = self._post(f"/api/conversations/{conversation_id}/turns", {"text": text})
         return TaskPair(r["task_id"], r["context"], r["response_a"], r["response_b"])
+
+    def stream_turn(self, conversation_id: int, text: str) -> Iterator[tuple[str, dict]]:
+        """The turn with its answers streamed: (event, data) as the service sends them, `text` events (both
+        answers so far) then one `task` (the stored pair, as `post_turn` returns it) or `error`."""
+        headers = {CSRF_HEADER: self.csrf_token} if self.csrf_token else {}
+        with self.http.stream("POST", f"/api/conversations/{conversation_id}/turns/stream", json={"text": text},
+                              headers=headers) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._json(response)
+            event = None
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    event = line[len("event: "):]
+                elif line.startswith("data: ") and event:
+                    yield event, json.loads(line[len("data: "):])
+                    event = None
 
     def choose(self, task_id: str, choice: str, strength: int) -> ChoiceAck:
         r = self._post("/api/choices", {"task_id": task_id, "choice": choice, "strength": strength})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from hh_ray.config import ConfigError, RayConfig, load_section
 
@@ -33,12 +34,17 @@ class SourceConfig:
     max_model_len: int = 512  # the context is cut from the left to fit max_model_len - max_new_tokens
     kv_cache_gb: float = 0.25  # CPU engines only
     gpu_memory_utilization: float = 0.4  # GPU engines only
+    # bf16 where the device runs it natively (a GPU, a CPU with AVX512-BF16/AMX), else fp32; as the rollout
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
+    enforce_eager: bool = False  # GPU: False captures CUDA graphs (fast decode); CPU engines always run eager
     cpus_per_replica: float = 0.5
     gpus_per_replica: float = 0.0
     min_replicas: int = 1
     max_replicas: int = 2
     target_ongoing_requests: float = 2.0  # Serve's autoscaler keeps about this many requests per replica
-    max_batch_size: int = 8  # concurrent requests folded into one engine call
+    # sequences one engine decodes at once (vLLM's max_num_seqs, continuous batching); Serve routes up to twice
+    # as many requests to a replica, the rest wait in the engine's queue
+    max_batch_size: int = 16
 
     @property
     def echo_text(self) -> str | None:

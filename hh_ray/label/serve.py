@@ -1,14 +1,16 @@
 """The labeling service on Ray Serve: one FastAPI ingress deployment, one model deployment per policy version.
 
-Each model replica holds a vLLM engine (CPU or GPU build) and folds concurrent requests into one engine call
-(`serve.batch`); replicas of both kinds autoscale with load through Serve's `autoscaling_config`. The ingress
-builds the web app of app.py at replica start and reaches the models through DeploymentHandles.
+Each model replica holds a vLLM async engine (CPU or GPU build) that batches the requests in flight at every
+step (continuous batching) and can stream each answer as it grows; replicas of both kinds autoscale with load
+through Serve's `autoscaling_config`. The ingress builds the web app of app.py at replica start and reaches the
+models through DeploymentHandles.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from hh_ray.data.hh import ASSISTANT, HUMAN
 from hh_ray.data.tokenize import truncate_prompt
 from hh_ray.models.presets import resolve_model as preset_folder
 from hh_ray.workers.group import actor_env
+from hh_ray.workers.placement import engine_kwargs
 
 from .app import create_app
 from .auth import create_user
@@ -59,62 +62,76 @@ def clean_response(text: str) -> str:
     return text.strip()
 
 
+def engine_args(source: SourceConfig, model: str, on_gpu: bool) -> dict:
+    """AsyncEngineArgs of one source: the settings every hh-ray engine shares (placement.engine_kwargs), and how
+    many sequences it decodes at once."""
+    return engine_kwargs(source, on_gpu, model, source.max_model_len, seed=0, dtype=source.dtype) | dict(
+        max_num_seqs=source.max_batch_size, disable_log_stats=True)
+
+
 @serve.deployment
 class PolicyModel:
-    """One policy version: a vLLM engine (or a fixed `echo:` reply) answering HH contexts."""
+    """One policy version: a vLLM async engine (or a fixed `echo:` reply) answering HH contexts.
+
+    Every request awaits its own stream from the one engine, which batches whatever is in flight at each step
+    (continuous batching): a labeler's turn does not wait for the turns sent before it.
+    """
 
     def __init__(self, source: SourceConfig):
         self.source = source
-        self.llm = None
-        if source.echo_text is None:
-            self._load_engine(resolve_model(source.model))
-        self.generate_batch.set_max_batch_size(source.max_batch_size)
+        self.engine = None
+        if source.echo_text is None:  # Serve runs this on the replica's event loop: the engine's output task
+            self._load_engine(resolve_model(source.model))  # starts on the loop the requests come in on
 
     def _load_engine(self, model: str) -> None:
         import torch
-        from vllm import LLM
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
 
-        s = self.source
         on_gpu = torch.cuda.is_available()
-        kwargs = dict(model=model, tokenizer=model, enforce_eager=True, max_model_len=s.max_model_len, seed=0,
-                      dtype="bfloat16" if on_gpu else "float32")
-        if on_gpu:
-            kwargs["gpu_memory_utilization"] = s.gpu_memory_utilization
-        else:  # as hh_ray.workers.rollout: whole prefills (seeded requests on CPU), a fixed KV budget
-            kwargs.update(kv_cache_memory_bytes=int(s.kv_cache_gb * 2**30), enable_chunked_prefill=False,
-                          max_num_batched_tokens=max(8192, s.max_model_len))
-        self.llm = LLM(**kwargs)
-        self.tokenizer = self.llm.get_tokenizer()
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(self.source, model, on_gpu)))
+        self.tokenizer = self.engine.tokenizer
 
     def version(self) -> int:
         return self.source.version
 
     async def generate(self, context: str, n: int, seed: int) -> list[str]:
         """`n` responses to `context` (an HH transcript ending in "\\n\\nAssistant:"), each one turn long."""
-        return await self.generate_batch((context, n, seed))
+        texts: list[str] = []
+        async for texts in self._responses(context, n, seed, stream=False):
+            pass
+        return texts
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def generate_batch(self, requests: list[tuple[str, int, int]]) -> list[list[str]]:
-        if self.llm is None:
-            return [[self.source.echo_text] * n for _, n, _ in requests]
-        return await asyncio.to_thread(self._generate, requests)
+    async def stream(self, context: str, n: int, seed: int) -> AsyncIterator[list[str]]:
+        """As `generate`, yielding the `n` texts so far each time the engine adds tokens; the last are final."""
+        async for texts in self._responses(context, n, seed, stream=True):
+            yield texts
 
-    def _generate(self, requests: list[tuple[str, int, int]]) -> list[list[str]]:
-        from vllm import SamplingParams
+    async def _responses(self, context: str, n: int, seed: int, stream: bool) -> AsyncIterator[list[str]]:
+        if self.engine is None:
+            yield [self.source.echo_text] * n
+            return
         from vllm.inputs import TokensPrompt
 
-        s = self.source
-        keep = s.max_model_len - s.max_new_tokens
-        prompts, params = [], []
-        for context, n, seed in requests:
-            ids = truncate_prompt(self.tokenizer, context, keep)  # the model's format; long dialogues: newest turns
-            prompts.append(TokensPrompt(prompt_token_ids=ids))
-            params.append(SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
-                                         seed=seed, stop=[HUMAN, ASSISTANT],
-                                         stop_token_ids=[self.tokenizer.eos_token_id],
-                                         include_stop_str_in_output=False))
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [[clean_response(c.text) for c in out.outputs] for out in outs]
+        # the model's format; a long dialogue keeps its newest turns
+        ids = truncate_prompt(self.tokenizer, context, self.source.max_model_len - self.source.max_new_tokens)
+        texts = [""] * n
+        params = sampling_params(self.source, n, seed, self.tokenizer.eos_token_id, stream)
+        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params, uuid.uuid4().hex):
+            for c in out.outputs:  # a streamed step of n > 1 may carry only the samples that grew
+                texts[c.index] = clean_response(c.text)
+            yield list(texts)
+
+
+def sampling_params(s: SourceConfig, n: int, seed: int, eos_id: int, stream: bool):
+    """One turn of `n` samples; streamed requests report the whole text so far at every step."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    kind = RequestOutputKind.CUMULATIVE if stream else RequestOutputKind.FINAL_ONLY
+    return SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens, seed=seed,
+                          stop=[HUMAN, ASSISTANT], stop_token_ids=[eos_id], include_stop_str_in_output=False,
+                          output_kind=kind)
 
 
 class ServeSources:
@@ -125,6 +142,13 @@ class ServeSources:
 
     async def generate(self, name: str, context: str, n: int, seed: int) -> list[Sample]:
         texts = await self.models[name].generate.remote(context, n, seed)
+        return self._samples(name, texts)
+
+    async def stream(self, name: str, context: str, n: int, seed: int) -> AsyncIterator[list[Sample]]:
+        async for texts in self.models[name].options(stream=True).stream.remote(context, n, seed):
+            yield self._samples(name, texts)
+
+    def _samples(self, name: str, texts: list[str]) -> list[Sample]:
         version = self.cfg.source(name).version
         return [Sample(t, name, version) for t in texts]
 

@@ -92,31 +92,39 @@ def per_request_seeds(rollout_cfg, on_gpu: bool) -> bool:
     return rollout_cfg.seed_mode == "request"
 
 
-def vllm_engine_kwargs(rollout_cfg, on_gpu: bool, model_path: str, max_model_len: int, seed: int,
-                       dtype: str = "auto") -> dict:
-    """Arguments of `vllm.LLM` for one engine: executor, eager or CUDA graphs, dtype (`model.dtype`) and memory."""
+def engine_kwargs(engine_cfg, on_gpu: bool, model_path: str, max_model_len: int, seed: int,
+                  dtype: str = "auto") -> dict:
+    """vLLM engine arguments every hh-ray engine shares (rollout and labeling service): eager or CUDA graphs,
+    dtype and memory. `engine_cfg` has `enforce_eager`, `gpu_memory_utilization` and `kv_cache_gb`."""
     from hh_ray.models.forward import resolve_dtype
 
     kwargs = dict(
-        model=model_path, tokenizer=model_path, seed=seed,
+        model=model_path, tokenizer=model_path, seed=seed, max_model_len=max_model_len,
         # CUDA graphs on GPU unless asked otherwise; a CPU engine stays eager (compiling costs minutes there)
-        enforce_eager=rollout_cfg.enforce_eager or not on_gpu,
-        tensor_parallel_size=rollout_cfg.tensor_parallel_size,
-        distributed_executor_backend=executor_backend(rollout_cfg, on_gpu),
-        max_model_len=max_model_len,
-        worker_extension_cls=WEIGHT_SYNC_EXTENSION,
-        logprobs_mode="processed_logprobs",  # logprobs after temperature, as the trainer computes them
+        enforce_eager=engine_cfg.enforce_eager or not on_gpu,
         dtype=str(resolve_dtype(dtype, on_gpu)).removeprefix("torch."),
     )
     if on_gpu:
-        kwargs["gpu_memory_utilization"] = rollout_cfg.gpu_memory_utilization
+        kwargs["gpu_memory_utilization"] = engine_cfg.gpu_memory_utilization
     else:
-        kwargs["kv_cache_memory_bytes"] = int(rollout_cfg.kv_cache_gb * 2**30)
+        kwargs["kv_cache_memory_bytes"] = int(engine_cfg.kv_cache_gb * 2**30)
         # vLLM 0.32 on CPU: a chunked prefill of a seeded request rewinds its generator with set_offset,
         # which CPU generators lack ("CPU Generator does not use offset"). Whole prefills avoid that path.
         kwargs["enable_chunked_prefill"] = False
         kwargs["max_num_batched_tokens"] = max(8192, max_model_len)
     return kwargs
+
+
+def vllm_engine_kwargs(rollout_cfg, on_gpu: bool, model_path: str, max_model_len: int, seed: int,
+                       dtype: str = "auto") -> dict:
+    """Arguments of `vllm.LLM` for one rollout engine: the shared `engine_kwargs` plus its executor, the weight
+    sync extension and the logprobs the trainer compares with."""
+    return engine_kwargs(rollout_cfg, on_gpu, model_path, max_model_len, seed, dtype) | dict(
+        tensor_parallel_size=rollout_cfg.tensor_parallel_size,
+        distributed_executor_backend=executor_backend(rollout_cfg, on_gpu),
+        worker_extension_cls=WEIGHT_SYNC_EXTENSION,
+        logprobs_mode="processed_logprobs",  # logprobs after temperature, as the trainer computes them
+    )
 
 
 def engine_env_to_clear(rollout_cfg, on_gpu: bool) -> tuple[str, ...]:

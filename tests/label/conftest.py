@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,35 @@ class LabelService:
         """An account as `hh-ray label user add` makes it, by default with its first password change done (so tests
         reach the pages); returns the password."""
         return create_user(self.store, name, role, one_time=one_time)[1]
+
+
+@contextmanager
+def app_on_uvicorn(cfg: LabelConfig, sources) -> Iterator[tuple[str, Store, str]]:
+    """The web app alone (no Ray) over `sources`, served by uvicorn on cfg's port, with a labeler "u": yields
+    (url, store, u's password)."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from hh_ray.label.app import create_app
+
+    store = Store(cfg.db_url)
+    store.migrate()
+    store.sync_campaigns(cfg)
+    password = create_user(store, "u", "labeler", one_time=False)[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg, store, sources), host="127.0.0.1",
+                                           port=cfg.server.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{cfg.server.port}", store, password
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        store.dispose()
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
 """A real headless Chromium (Debian's, driven by Playwright) labels through the pages of the Serve app: after an
 outsider on another address has locked its own (address, name) pair out, the labeler logs in with a one-time
-password, is made to change it, and labels."""
+password, is made to change it, and labels; the answers stream onto the page as the engine writes them."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -66,6 +67,10 @@ def test_browser_logs_in_labels_continues_and_ends(label_service, tmp_path):
         page.press("#turn-text", "Control+Enter")
         expect(page.locator("#response-b")).to_be_visible()
         response_b = page.locator("#response-b .text").inner_text()
+        streamed = json.loads(page.evaluate("sessionStorage.getItem('hh-ray-stream')") or "null")
+        assert streamed and streamed["chunks"] > 1, streamed  # the answers appeared on the page as they grew ...
+        assert [" ".join(streamed[f"shown_{x}"].split()) for x in "ab"] == [  # ... and are the pair to pick from
+            " ".join(page.locator(f"#response-{x} .text").inner_text().split()) for x in "ab"]
         page.screenshot(path=str(tmp_path / "1-pair.png"), full_page=True)
         page.wait_for_load_state("load")
         page.keyboard.press("6")

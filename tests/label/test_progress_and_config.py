@@ -91,3 +91,27 @@ def test_submit_runs_label_serve_on_a_cluster():
     args = build_parser().parse_args(["submit", "--address", "http://h:8265", "--entrypoint", "label",
                                       "--config", "jobs/label.yaml"])
     assert args.entrypoint == "label"
+
+
+def test_label_engine_shares_the_rollout_engine_settings():
+    """One function (placement.engine_kwargs) configures both engines: eager and dtype follow the config and the
+    device, never a constant; only the executor, weight sync and logprobs are the rollout's own."""
+    from hh_ray.config import RolloutConfig
+    from hh_ray.label.config import SourceConfig
+    from hh_ray.label.serve import engine_args
+    from hh_ray.models.forward import cpu_has_native_bf16
+    from hh_ray.workers.placement import vllm_engine_kwargs
+
+    source = SourceConfig(model="/m", max_model_len=300, kv_cache_gb=0.5, max_batch_size=12)
+    cpu, gpu = engine_args(source, "/m", on_gpu=False), engine_args(source, "/m", on_gpu=True)
+    assert cpu["enforce_eager"] is True and gpu["enforce_eager"] is False  # CUDA graphs on a GPU by default
+    assert engine_args(SourceConfig(model="/m", enforce_eager=True), "/m", on_gpu=True)["enforce_eager"] is True
+    assert gpu["dtype"] == "bfloat16" and cpu["dtype"] == ("bfloat16" if cpu_has_native_bf16() else "float32")
+    assert engine_args(SourceConfig(model="/m", dtype="float32"), "/m", on_gpu=True)["dtype"] == "float32"
+    assert (cpu["kv_cache_memory_bytes"], cpu["enable_chunked_prefill"], cpu["max_num_seqs"]) == (2**29, False, 12)
+    assert gpu["gpu_memory_utilization"] == source.gpu_memory_utilization and "kv_cache_memory_bytes" not in gpu
+    rollout = RolloutConfig(kv_cache_gb=0.5)
+    shared = vllm_engine_kwargs(rollout, False, "/m", 300, 0, "bfloat16")
+    own = {"tensor_parallel_size", "distributed_executor_backend", "worker_extension_cls", "logprobs_mode"}
+    assert {k: v for k, v in shared.items() if k not in own} == {k: v for k, v in cpu.items()
+                                                                  if k not in ("max_num_seqs", "disable_log_stats")}

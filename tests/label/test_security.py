@@ -347,38 +347,15 @@ def test_request_bodies_are_limited_before_parsing_on_every_route(label_service,
 def test_an_unexpected_error_is_a_generic_500_with_the_security_headers(label_config):
     """A bug (here a response source that raises) answers one generic 500 carrying the same headers as any page,
     over real HTTP from a uvicorn server."""
-    import threading
-    import time
-
-    import uvicorn
-
-    from hh_ray.label.app import create_app
-    from hh_ray.label.auth import create_user
-    from hh_ray.label.store import Store
+    from conftest import app_on_uvicorn  # tests/label/conftest.py
 
     class Broken:
         async def generate(self, name, context, n, seed):
             raise RuntimeError("a bug in a source")
 
-    cfg = label_config
-    store = Store(cfg.db_url)
-    store.migrate()
-    store.sync_campaigns(cfg)
-    password = create_user(store, "u", "labeler", one_time=False)[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg, store, Broken()), host="127.0.0.1",
-                                           port=cfg.server.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.05)
-        with LabelClient(f"http://127.0.0.1:{cfg.server.port}") as c:
-            c.login("u", password)
-            r = c.http.post(f"/api/conversations/{c.start('helpful-ab')}/turns", json={"text": "Hello?"},
-                            headers={"X-CSRF-Token": c.csrf_token})
-        assert r.status_code == 500 and r.json() == {"error": "internal error; the service log has the details"}
-        _headers_ok(r)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        store.dispose()
+    with app_on_uvicorn(label_config, Broken()) as (url, _, password), LabelClient(url) as c:
+        c.login("u", password)
+        r = c.http.post(f"/api/conversations/{c.start('helpful-ab')}/turns", json={"text": "Hello?"},
+                        headers={"X-CSRF-Token": c.csrf_token})
+    assert r.status_code == 500 and r.json() == {"error": "internal error; the service log has the details"}
+    _headers_ok(r)
