@@ -114,14 +114,16 @@ def test_resumed_async_run_regenerates_its_first_batch(ray_local, shared_run_roo
     assert [r["rollout/policy_lag"] for r in resumed] == [0, 1, 1, 0, 1]
 
 
-@pytest.mark.slow  # SmolLM2 in every group: about 5 minutes on 2 cores
-def test_smollm2_ppo_with_lora_in_bf16_end_to_end(ray_local, smollm2_dir, tmp_path):
-    """The real chat model as policy, reference and critic (LoRA, bf16 where the CPU has it) with a known reward:
-    the engine answers in the chat format, its logprobs agree with the trainer's to bf16 rounding after every
-    merged-weight sync, and the policy moves (KL > 0) while the reward does not fall."""
+@pytest.mark.slow  # SmolLM2 in every group: about 5 minutes on 2 cores each
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_smollm2_with_lora_in_bf16_end_to_end(ray_local, smollm2_dir, tmp_path, algorithm):
+    """The real chat model as policy, reference and (PPO) critic (LoRA, bf16 where the CPU has it) with a known
+    reward: the engine answers in the chat format, its logprobs agree with the trainer's to bf16 rounding after
+    every merged-weight sync, and the policy moves (KL > 0). GRPO does the same work: 4 prompts x 2 samples."""
+    shape = (["ppo.prompts_per_step=8", "ppo.rollout.samples_per_prompt=1"] if algorithm == "ppo" else
+             ["ppo.prompts_per_step=4", "ppo.rollout.samples_per_prompt=2"])
     evals, rows = _run(tmp_path, "smollm2", "model.policy=smollm2-135m", "data.max_prompt_tokens=96",
-                       "ppo.steps=3", "ppo.prompts_per_step=8", "ppo.eval_prompts=8",
-                       "ppo.rollout.samples_per_prompt=1",
+                       f"ppo.algorithm={algorithm}", *shape, "ppo.steps=3", "ppo.eval_prompts=8",
                        "ppo.rollout.max_new_tokens=24", "ppo.scorer=substring:!", "pm.max_tokens=128",
                        "ppo.policy_trainer.micro_batch_size=8", "ppo.critic_trainer.micro_batch_size=8",
                        "ppo.policy_trainer.lr=1e-3", "ppo.critic_trainer.lr=1e-3", "ppo.epochs=1",
@@ -136,6 +138,8 @@ def test_smollm2_ppo_with_lora_in_bf16_end_to_end(ray_local, smollm2_dir, tmp_pa
     words = " ".join(s["response"] for s in samples).split()
     assert sum(w.isalpha() for w in words) > 0.5 * len(words)  # English, not token salad
     assert (tmp_path / "smollm2" / "ppo" / "policy" / "config.json").is_file()
+    memory = json.loads((tmp_path / "smollm2" / "ppo" / "memory.json").read_text())
+    assert ("critic" in memory) == (algorithm == "ppo")
 
 
 def test_grpo_raises_a_known_reward_without_a_critic(ray_local, shared_run_root):
