@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from hh_ray.workers.group import free_port
+
 pytestmark = pytest.mark.slow
 
 SMALL = [
@@ -23,14 +25,6 @@ SMALL = [
     "job.ppo.checkpoint_every=1", "job.ppo.prompts_per_step=8", "job.ppo.eval_prompts=8",
     "job.ppo.policy_trainer.micro_batch_size=16", "job.ppo.critic_trainer.micro_batch_size=16",
 ]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cmd(run_dir: Path, port: int, *extra: str) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,15 +12,10 @@ import pytest
 from hh_ray.label.auth import create_user
 from hh_ray.label.config import CampaignConfig, LabelConfig, ServerConfig, SourceConfig, validate
 from hh_ray.label.store import Store
+from hh_ray.workers.group import free_port
 
 # A model "response" that tries to run script in the page; the echo source returns it verbatim.
 XSS_RESPONSE = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def service_config(model_dir: Path, folder: Path, port: int, chat_model: str = "smollm2-135m") -> LabelConfig:
@@ -60,7 +54,7 @@ class LabelService:
 
 
 @contextmanager
-def app_on_uvicorn(cfg: LabelConfig, sources) -> Iterator[tuple[str, Store, str]]:
+def _app_on_uvicorn(cfg: LabelConfig, sources) -> Iterator[tuple[str, Store, str]]:
     """The web app alone (no Ray) over `sources`, served by uvicorn on cfg's port, with a labeler "u": yields
     (url, store, u's password)."""
     import threading
@@ -86,6 +80,13 @@ def app_on_uvicorn(cfg: LabelConfig, sources) -> Iterator[tuple[str, Store, str]
         server.should_exit = True
         thread.join(timeout=10)
         store.dispose()
+
+
+@pytest.fixture
+def app_on_uvicorn():
+    """app_on_uvicorn(cfg, sources): a fixture, not an import, since pytest puts several test folders on sys.path
+    and `from conftest import ...` may find another folder's conftest."""
+    return _app_on_uvicorn
 
 
 @pytest.fixture

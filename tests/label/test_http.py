@@ -233,11 +233,9 @@ class Scripted:
             yield [Sample(" ".join(words[:i]), name, 0)] * n
 
 
-def test_streamed_turn_retries_an_unusable_pair_and_says_when_none_is_left(label_config):
+def test_streamed_turn_retries_an_unusable_pair_and_says_when_none_is_left(label_config, app_on_uvicorn):
     """Without Ray: identical answers are drawn again (the page's columns start over with `attempt` 1), and
     when every try is unusable the stream ends in an `error` event naming why; nothing is stored then."""
-    from conftest import app_on_uvicorn  # tests/label/conftest.py
-
     retries = label_config.server.generate_retries
     source = Scripted({"v0": ["same words"] + ["one answer here"] + ["same"] * retries,
                        "v1": ["same words"] + ["another answer"] + ["same"] * retries})

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port  # tests/label/conftest.py (pytest puts this folder on sys.path)
 
 from hh_ray.cli import main as cli_main
 from hh_ray.label.client import LabelAPIError, LabelClient
+from hh_ray.workers.group import free_port
 
 
 def _read_until(proc, pattern: str, timeout_s: float, seen: list[str]) -> re.Match:

@@ -344,11 +344,9 @@ def test_request_bodies_are_limited_before_parsing_on_every_route(label_service,
     _headers_ok(r)
 
 
-def test_an_unexpected_error_is_a_generic_500_with_the_security_headers(label_config):
+def test_an_unexpected_error_is_a_generic_500_with_the_security_headers(label_config, app_on_uvicorn):
     """A bug (here a response source that raises) answers one generic 500 carrying the same headers as any page,
     over real HTTP from a uvicorn server."""
-    from conftest import app_on_uvicorn  # tests/label/conftest.py
-
     class Broken:
         async def generate(self, name, context, n, seed):
             raise RuntimeError("a bug in a source")
