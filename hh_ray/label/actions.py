@@ -61,7 +61,8 @@ def zip_export(records: list[ComparisonRecord], test_fraction: float) -> tuple[b
 
 
 class Actions:
-    """The service's actions over one store and one response source."""
+    """The service's actions over one store and one response source. Each takes the caller's live session (the
+    web layer found it and, for a change, checked its CSRF token), also where only being logged in matters."""
 
     def __init__(self, cfg: LabelConfig, store: Store, sources: ResponseSource, auth: Auth):
         self.cfg, self.store, self.sources, self.auth = cfg, store, sources, auth
