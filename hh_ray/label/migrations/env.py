@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from hh_ray.label.store import Base
+from hh_ray.label.schema import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:
