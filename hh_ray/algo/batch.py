@@ -107,6 +107,24 @@ class Experience:
         return batch_type(**{f.name: getattr(self, f.name) for f in dataclasses.fields(batch_type)})
 
 
+@dataclass
+class ScoreBatch:
+    """PM scoring: prompt and response texts (a PM may read them with its own tokenizer) and the response ids
+    (what the substring scorer counts). Named as `Experience`'s columns, so `exp.view(ScoreBatch)` is one."""
+
+    prompt_text: list[str]
+    response_text: list[str]
+    response: list[list[int]]
+
+
+@dataclass
+class PromptBatch:
+    """Generation: prompt ids and each prompt's sampling seed (an engine seeds sample j with seed + j)."""
+
+    prompt: list[list[int]]
+    seed: list[int]
+
+
 def minibatches(n: int, parts: int, rng) -> list[list[int]]:
     """One epoch's minibatches: a shuffled order cut into `parts` nearly equal pieces; every sample is in one."""
     order = list(range(n))

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 
-from hh_ray.algo.batch import cut
+from hh_ray.algo.batch import PromptBatch
 from hh_ray.data.hh import HUMAN
 from hh_ray.workers.device import device_from_config
-from hh_ray.workers.group import Worker, WorkerGroup, largest_peaks
+from hh_ray.workers.group import NoActorsError, Worker, WorkerGroup, fan_out, largest_peaks
 from hh_ray.workers.placement import engine_env_to_clear, engine_placement, per_request_seeds, vllm_engine_kwargs
 from hh_ray.workers.weight_sync import SyncStats, WeightSync
 
@@ -23,7 +23,7 @@ class StaleWeightsError(RuntimeError):
     """An engine was asked to generate with a policy version it does not hold."""
 
 
-class NoEnginesError(RuntimeError):
+class NoEnginesError(NoActorsError):
     """Every engine died before the batch was done; the caller starts new ones (`replenish`) and retries."""
 
 
@@ -99,7 +99,7 @@ class RolloutWorker(Worker):
 
         return ray.get_runtime_context().get_node_id()
 
-    def generate(self, prompt_ids: list[list[int]], sampling: Sampling, version: int, seeds: list[int]) -> list[Sample]:
+    def generate(self, batch: PromptBatch, sampling: Sampling, version: int) -> list[Sample]:
         """Per prompt, `n` samples: response ids, their logprobs, text and why generation stopped."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -113,10 +113,10 @@ class RolloutWorker(Worker):
                            stop=None if sampling.ignore_eos else [HUMAN], ignore_eos=sampling.ignore_eos,
                            stop_token_ids=None if sampling.ignore_eos else [self.eos],
                            include_stop_str_in_output=True, detokenize=True)
-            for seed in seeds
+            for seed in batch.seed
         ]
         t0 = time.perf_counter()
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in batch.prompt], params, use_tqdm=False)
         results = []
         for out in outs:
             for c in out.outputs:
@@ -154,8 +154,8 @@ class RolloutWorker(Worker):
 class RolloutGroup:
     """Elastic vLLM engines, each in its own placement group so a new one can land on a new node.
 
-    `generate` hands the prompts out in chunks, one per engine, and re-queues a chunk whose engine died, so
-    every prompt's samples come back exactly once and in prompt order.
+    `generate` hands the prompts out in chunks, one per engine (`group.fan_out`), and re-queues a chunk whose
+    engine died, so every prompt's samples come back exactly once and in prompt order.
 
     It is the one owner of the engines' policy version: `ensure(version)` is the only way weights move into
     the engines (driver, autoscaler and fault recovery all call it), and it pushes only when an engine is behind.
@@ -258,35 +258,20 @@ class RolloutGroup:
 
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[Sample]:
         """n samples per prompt, flattened prompt-major: result[i * n + j] is sample j of prompt i."""
-        import ray
-        from ray.exceptions import RayActorError
+        version = self.version
+        try:
+            samples = fan_out(self.engines, "generate", PromptBatch(prompt_ids, seeds), sampling, version,
+                              skip_empty=True, on_dead=self._lost)()
+        except NoActorsError as exc:
+            raise NoEnginesError("every rollout engine died; no engine left to generate") from exc
+        for seed in seeds:
+            self.generated[(version, seed)] += 1
+        return samples
 
-        queue = deque(c for c in cut(list(range(len(prompt_ids))), max(1, len(self.engines))) if c)
-        idle = list(self.engines)
-        in_flight: dict = {}
-        results: dict[int, list[Sample]] = {}
-        while queue or in_flight:
-            while queue and idle:
-                engine, idx = idle.pop(), queue.popleft()
-                ref = engine.generate.remote([prompt_ids[i] for i in idx], sampling, self.version,
-                                             [seeds[i] for i in idx])
-                in_flight[ref] = (engine, idx)
-            if not in_flight:
-                raise NoEnginesError("every rollout engine died; no engine left to generate")
-            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
-            engine, idx = in_flight.pop(ref)
-            try:
-                out = ray.get(ref)
-            except RayActorError:
-                self.drop_dead([engine])  # the engine died mid-batch: its prompts go back in the queue
-                queue.append(idx)
-                self.requeued_chunks += 1
-                continue
-            for k, i in enumerate(idx):
-                results[i] = out[k * sampling.n:(k + 1) * sampling.n]
-                self.generated[(self.version, seeds[i])] += 1
-            idle.append(engine)
-        return [r for i in range(len(prompt_ids)) for r in results[i]]
+    def _lost(self, engine) -> None:
+        """An engine died mid-batch: it is dropped, and its prompts go to another engine."""
+        self.drop_dead([engine])
+        self.requeued_chunks += 1
 
     def peak_memory_mb(self) -> dict[str, float]:
         import ray

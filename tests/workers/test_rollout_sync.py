@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from hh_ray.algo.batch import PolicyBatch, SequenceBatch
+from hh_ray.algo.batch import PolicyBatch, PromptBatch, SequenceBatch
 from hh_ray.algo.ppo import logprob_gap
 from hh_ray.config import RolloutConfig, TrainerConfig
 from hh_ray.models.objectives import PolicyObjective, TokenLogprobs
@@ -40,7 +40,7 @@ def test_engine_matches_trainer_before_and_after_sync(ray_local, tiny_model_dir,
         policy.train(PolicyBatch(seqs.prompt, seqs.response, lp, [[1.0] * len(r) for r in seqs.response]),
                      PolicyObjective())
         with pytest.raises(StaleWeightsError):  # the driver asked for v1 before syncing it
-            ray.get(engine.generate.remote(prompts, Sampling(max_new_tokens=4), 1, [1, 2]))
+            ray.get(engine.generate.remote(PromptBatch(prompts, [1, 2]), Sampling(max_new_tokens=4), 1))
         stats = rollout.ensure(1)
         assert stats.bytes == 4 * policy.num_parameters  # every fp32 parameter crossed, once
         assert 0 < stats.load_seconds <= stats.seconds
