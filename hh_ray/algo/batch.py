@@ -85,7 +85,8 @@ class Experience:
     Every field but `version` is a per-sample column.
 
     `behaviour_logprobs` are the engine's sampling logprobs; `old_logprobs` are the policy trainer's own on the
-    same tokens (the PPO ratio's denominator and the policy side of the KL penalty).
+    same tokens (the PPO ratio's denominator and the policy side of the KL penalty). A per-token row is a list of
+    floats or, as the trainer and reference probes return it, a float32 array (`pad_ragged` reads either).
     """
 
     prompt: list[list[int]]
