@@ -55,7 +55,6 @@ def bench_sync(fx: Fixture, quick: bool) -> dict:
     from hh_ray.config import PPOConfig, RolloutConfig, TrainerConfig
     from hh_ray.workers.rollout import RolloutGroup
     from hh_ray.workers.trainer import TrainerGroup
-    from hh_ray.workers.weight_sync import WeightSync
 
     ppo = PPOConfig()
     out = {}
@@ -64,10 +63,9 @@ def bench_sync(fx: Fixture, quick: bool) -> dict:
         trainer = TrainerGroup(f"bench-sync-{name}", path, "causal_lm",
                                TrainerConfig(cpus_per_rank=1.0, gpus_per_rank=fx.gpu))
         rollout = RolloutGroup(path, RolloutConfig(cpus_per_engine=1.0, gpus_per_engine=fx.gpu, kv_cache_gb=0.25), 256)
-        sync = WeightSync(trainer, rollout, ppo.sync_bucket_mb * 2**20, ppo.sync_timeout_s)
-        sync.connect()
-        sync.push(1)  # warm-up: the engine's first reload
-        runs = [sync.push(v) for v in range(2, 5 if quick else 7)]
+        rollout.connect(trainer, ppo.sync_bucket_mb * 2**20, ppo.sync_timeout_s)
+        rollout.ensure(1)  # warm-up: the engine's first reload
+        runs = [rollout.ensure(v) for v in range(2, 5 if quick else 7)]
         rollout.shutdown()
         trainer.shutdown()
         nbytes = runs[0].bytes

@@ -85,7 +85,8 @@ class Experience:
     Every field but `version` is a per-sample column.
 
     `behaviour_logprobs` are the engine's sampling logprobs; `old_logprobs` are the policy trainer's own on the
-    same tokens (the PPO ratio's denominator and the policy side of the KL penalty).
+    same tokens (the PPO ratio's denominator and the policy side of the KL penalty). A per-token row is a list of
+    floats or, as the trainer and reference probes return it, a float32 array (`pad_ragged` reads either).
     """
 
     prompt: list[list[int]]
@@ -105,6 +106,24 @@ class Experience:
     def view(self, batch_type: type[B]) -> B:
         """The columns a trainer batch type (SequenceBatch, PolicyBatch, ValueBatch) declares, and no others."""
         return batch_type(**{f.name: getattr(self, f.name) for f in dataclasses.fields(batch_type)})
+
+
+@dataclass
+class ScoreBatch:
+    """PM scoring: prompt and response texts (a PM may read them with its own tokenizer) and the response ids
+    (what the substring scorer counts). Named as `Experience`'s columns, so `exp.view(ScoreBatch)` is one."""
+
+    prompt_text: list[str]
+    response_text: list[str]
+    response: list[list[int]]
+
+
+@dataclass
+class PromptBatch:
+    """Generation: prompt ids and each prompt's sampling seed (an engine seeds sample j with seed + j)."""
+
+    prompt: list[list[int]]
+    seed: list[int]
 
 
 def minibatches(n: int, parts: int, rng) -> list[list[int]]:

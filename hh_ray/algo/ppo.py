@@ -11,8 +11,9 @@ import math
 import torch
 
 
-def pad_ragged(rows: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token lists of unequal length -> left-aligned zero-padded [B, T] tensor and its 0/1 mask."""
+def pad_ragged(rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rows of unequal length (lists or float32 arrays) -> left-aligned zero-padded [B, T] tensor and its
+    0/1 mask."""
     T = max(max((len(r) for r in rows), default=1), 1)
     out = torch.zeros(len(rows), T)
     mask = torch.zeros(len(rows), T)

@@ -5,7 +5,7 @@ ids, texts and small per-token tensors (one typed `Experience`) between them:
 
     generate (vLLM) -> old logprobs + reference logprobs + PM scores + critic values (concurrently)
     -> per-token KL, rewards, advantages -> clipped-surrogate epochs (policy and critic concurrently)
-    -> weight sync trainer rank 0 -> engines
+    -> weight sync trainer rank 0 -> engines (`RolloutGroup.ensure`, the one place weights move)
 
 `ppo.algorithm` picks the spec (`hh_ray.algo.algorithms`): PPO (GAE, a critic) or GRPO (group-relative
 advantages, no critic). The loop asks the spec for its trainer roles and estimator and assumes neither.
@@ -49,7 +49,6 @@ from hh_ray.workers.reference import ReferenceGroup
 from hh_ray.workers.rollout import NoEnginesError, RolloutGroup, Sampling
 from hh_ray.workers.scorer import ScorerGroup
 from hh_ray.workers.trainer import TrainerGroup
-from hh_ray.workers.weight_sync import WeightSync
 
 
 class Timer:
@@ -76,16 +75,20 @@ class Prompts:
 
 @dataclass
 class PPOWorkers:
-    """The actor groups of a PPO run, each in its own placement group, and the weight sync between them."""
+    """The actor groups of a PPO run, each in its own placement group (the rollout pool owns the weight sync).
+
+    `policy_version` is the version the policy trainers hold (PPO updates since the start); the engines' version
+    is the pool's, and `RolloutGroup.ensure` brings it up to this one.
+    """
 
     rollout: RolloutGroup
     reference: ReferenceGroup
     scorer: ScorerGroup
     policy: TrainerGroup
     critic: TrainerGroup | None  # None: the algorithm trains without one (GRPO)
-    sync: WeightSync
     autoscaler: RolloutAutoscaler | None = None
     test_scorer: ScorerGroup | None = None  # the held-out test PM (pm.test_split): evaluation only
+    policy_version: int = 0
 
     @classmethod
     def start(cls, cfg, policy_path: str, pm_path: str) -> "PPOWorkers":
@@ -116,20 +119,18 @@ class PPOWorkers:
             for g in started:
                 g.shutdown()
             raise
-        sync = WeightSync(policy, rollout, p.sync_bucket_mb * 2**20, p.sync_timeout_s)
         r = p.rollout
-        autoscaler = (RolloutAutoscaler(rollout, sync, r.min_engines, r.max_engines, r.backlog_per_engine,
+        autoscaler = (RolloutAutoscaler(rollout, r.min_engines, r.max_engines, r.backlog_per_engine,
                                         r.latency_threshold_s, r.scale_down_idle_s)
                       if r.max_engines > r.min_engines else None)
-        return cls(rollout, reference, scorer, policy, critic, sync, autoscaler, test_scorer)
+        return cls(rollout, reference, scorer, policy, critic, autoscaler, test_scorer)
 
     def restart_trainers(self, cfg, policy_path: str) -> None:
         """Replace the trainer groups (after a rank died) and rejoin the new rank 0 to the engines."""
         for g in self.trainers().values():
             g.shutdown()
         self.policy, self.critic = start_trainers(cfg, policy_path, lambda g: g)
-        self.sync.policy = self.policy
-        self.sync.connect()
+        self.rollout.connect(self.policy)
 
     def trainers(self) -> dict[str, TrainerGroup]:
         """The trainer groups by role (`AlgorithmSpec.roles`): what a step trains and a checkpoint saves."""
@@ -139,12 +140,11 @@ class PPOWorkers:
         return ({"rollout": self.rollout, "reference": self.reference, "scorer": self.scorer} | self.trainers()
                 | ({"test_scorer": self.test_scorer} if self.test_scorer else {}))
 
-    def ready_engines(self, pending_prompts: int, version: int, last_generate_s: float = 0.0):
-        """Replace dead engines and give every engine policy `version`, the trainers' own (so call it only while
-        they are idle), then size the pool for the coming batch (engines it adds get the same weights before they
-        serve). Returns the stats of the push to `version`, or None when every engine held it already."""
-        replaced = self.rollout.replenish()  # first, so that the push never goes to a pool whose engines all died
-        sync = self.sync.push(version) if replaced or self.rollout.version != version else None
+    def ready_engines(self, pending_prompts: int, last_generate_s: float = 0.0):
+        """Replace dead engines and give every engine the trainers' policy (so call it only while they are idle),
+        then size the pool for the coming batch (engines it adds get the same weights before they serve).
+        Returns the stats of the push, or None when every engine held the trainers' version already."""
+        sync = self.rollout.ensure(self.policy_version)
         if self.autoscaler:
             self.autoscaler.adjust(pending_prompts, last_generate_s)
         return sync
@@ -184,8 +184,7 @@ def generate(w: PPOWorkers, prompts: Prompts, sampling: Sampling, seeds: list[in
             if attempt == 2 or not recover:
                 raise
             print("[ppo] every rollout engine died; starting new ones", file=sys.stderr, flush=True)
-            w.rollout.replenish()
-            w.sync.push(w.rollout.version)
+            w.rollout.ensure()  # new engines, given the version the pool serves
     owner = [i // sampling.n for i in range(len(samples))]
     return Experience(prompt=[prompts.ids[i] for i in owner], response=[s.response for s in samples],
                       prompt_text=[prompts.texts[i] for i in owner], response_text=[s.text for s in samples],
@@ -251,11 +250,11 @@ class Rollouts:
         self.last_generate_s = time.perf_counter() - t0
         return exp
 
-    def ready(self, step: int):
-        """Engines sized for step `step`'s batch and holding the trainers' policy (version step - 1). Only on the
-        driver's thread at a step boundary, while the trainers are idle and nothing is generating, so that no
-        engine ever receives weights from the middle of an update. Returns the push's stats (None: no push)."""
-        return self.w.ready_engines(self.cfg.ppo.prompts_per_step * self.sampling.n, step - 1, self.last_generate_s)
+    def ready(self):
+        """Engines sized for a step's batch and holding the trainers' policy. Only on the driver's thread at a step
+        boundary, while the trainers are idle and nothing is generating, so that no engine ever receives weights
+        from the middle of an update. Returns the push's stats (None: no push)."""
+        return self.w.ready_engines(self.cfg.ppo.prompts_per_step * self.sampling.n, self.last_generate_s)
 
     def take(self, step: int) -> Experience:
         """Step `step`'s batch: the prefetched one if there is one, else generated now by the trainers' policy."""
@@ -266,7 +265,7 @@ class Rollouts:
             except NoEnginesError:  # every engine died while generating ahead: this batch is regenerated (lag 0)
                 print("[ppo] every rollout engine died generating ahead; regenerating the batch with the current "
                       "policy", file=sys.stderr, flush=True)
-        self.ready(step)
+        self.ready()
         return self._generate(step)
 
     def prefetch(self, step: int) -> None:
@@ -305,27 +304,29 @@ def advantage_config(p) -> AdvantageConfig:
 def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg, kl_ctl, rng: random.Random) -> dict:
     """One PPO step: generate, experience, advantages, update, sync. Returns the step's metrics.
 
-    The trainers hold policy version step - 1 when the step starts and version `step` when it ends. Async:
-    the engines are given version step - 1 as soon as this step's batch is out of them, and generate the next
-    batch with it while the trainers train.
+    The trainers hold `w.policy_version` when the step starts and one more when it ends. Async: the engines are
+    given the trainers' version as soon as this step's batch is out of them, and generate the next batch with it
+    while the trainers train.
     """
     p, timer = cfg.ppo, Timer()
     with timer("generate"):
         exp = rollouts.take(step)
     if p.async_rollout:
         with timer("sync"):
-            sync = rollouts.ready(step)
+            sync = rollouts.ready()
         rollouts.prefetch(step + 1)
     with timer("experience"):
         make_experience(w, exp, p)
-    stale = exp.version != step - 1  # generated by an older policy than the trainers hold (async)
+    lag = w.policy_version - exp.version
+    stale = lag != 0  # generated by an older policy than the trainers hold (async)
     with timer("advantages"):
         stats = compute_advantages(exp, kl_ctl.coef, advantage_config(p), stale)
     with timer("train"):
         stats |= ppo_update(w, exp, p, p.rollout.temperature, rng, decoupled=stale and p.old_logprobs == "trainer")
+    w.policy_version += 1
     if not p.async_rollout:
         with timer("sync"):
-            sync = w.sync.push(step)
+            sync = w.rollout.ensure(w.policy_version)
     stats["objective/kl_coef"] = kl_ctl.coef
     kl_ctl.update(stats["objective/kl"], batch_size(exp))
     if p.old_logprobs == "trainer":
@@ -335,19 +336,18 @@ def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg, kl_ctl, rng: ran
     return stats | timer.seconds | {
         "time/step": step_s, "perf/samples": batch_size(exp), "perf/samples_per_s": batch_size(exp) / step_s,
         "rollout/tokens_per_s": sum(map(len, exp.response)) / max(rollouts.last_generate_s, 1e-9),
-        "rollout/engines": len(w.rollout.engines), "rollout/policy_lag": step - 1 - exp.version,
+        "rollout/engines": len(w.rollout.engines), "rollout/policy_lag": lag,
         "rollout/queue_depth": rollouts.queue_depth,
         "sync/bytes": sync.bytes if sync else 0, "sync/load_seconds": sync.load_seconds if sync else 0.0,
     }
 
 
-def evaluate(w: PPOWorkers, prompts: Prompts, cfg, version: int) -> tuple[dict, list[dict]]:
-    """Held-out PM score and KL (the training estimator, and k1) of policy `version`, the trainers' (so the engines
-    get it first: in async mode they hold one version behind), one sample per prompt with fixed seeds."""
+def evaluate(w: PPOWorkers, prompts: Prompts, cfg) -> tuple[dict, list[dict]]:
+    """Held-out PM score and KL (the training estimator, and k1) of the trainers' policy (so the engines get it
+    first: in async mode they hold one version behind), one sample per prompt with fixed seeds."""
     r = cfg.ppo.rollout
     sampling = Sampling(r.temperature, r.top_p, r.max_new_tokens, 1)
-    if w.rollout.version != version:
-        w.sync.push(version)
+    w.rollout.ensure(w.policy_version)
     exp = generate(w, prompts, sampling, sample_seeds(cfg.seed, 10**6, len(prompts.ids), 1))
     test = w.test_scorer.score_async(exp.prompt_text, exp.response_text, exp.response) if w.test_scorer else None
     make_experience(w, exp, cfg.ppo, with_values=False)
@@ -435,7 +435,9 @@ def resume_point(ckpt: Path, fresh: bool, algorithm: str = "ppo") -> dict | None
 
 
 def resume(w: PPOWorkers, ckpt: Path, state: dict | None, kl_ctl) -> int:
-    """Load a saved step's trainers (every role) and KL controller; returns that step (0 when there is none)."""
+    """Load a saved step's trainers (every role) and KL controller; returns that step (0 when there is none), the
+    trainers' policy version from then on."""
+    w.policy_version = state["step"] if state else 0
     if state is None:
         return 0
     for role, group in w.trainers().items():
@@ -469,13 +471,13 @@ def run_ppo(cfg) -> dict:
     try:
         if cfg.ray.check_shared_storage:  # now that autoscaled nodes are up: every rank writes checkpoint shards here
             check_shared_folder(run_dir)
-        w.sync.connect()
+        w.rollout.connect(w.policy, p.sync_bucket_mb * 2**20, p.sync_timeout_s)
         start = resume(w, ckpt, resume_state, setup.kl_ctl)
-        w.sync.push(start)
+        w.rollout.ensure(w.policy_version)
         print(f"[ppo] {len(setup.train.ids)} train prompts, {len(setup.held_out.ids)} held-out prompts; groups up in "
               f"{time.perf_counter() - t_start:.0f}s")
         if start == 0:
-            before, samples = evaluate(w, setup.held_out, cfg, start)
+            before, samples = evaluate(w, setup.held_out, cfg)
             write_json_atomic(out / "samples_before.json", samples)
             write_json_atomic(out / "eval_before.json", before)
             print(f"[ppo] before: held-out PM score {before['eval/pm_score']:.3f}")
@@ -508,13 +510,13 @@ def run_ppo(cfg) -> dict:
                 if state is None:  # no checkpoint yet: the new trainers start from the initial weights
                     setup.kl_ctl.load_state_dict(kl_at_start)
                 step = saved = resume(w, ckpt, state, setup.kl_ctl)
-                w.sync.push(step)
+                w.rollout.ensure(w.policy_version)
                 log.truncate(step)
                 continue
             step += 1
             if p.eval_every and step % p.eval_every == 0 and step < p.steps:
                 rollouts.settle()
-                metrics |= evaluate(w, setup.held_out, cfg, step)[0]
+                metrics |= evaluate(w, setup.held_out, cfg)[0]
             log.log(step, metrics, show=("objective/pm_score", "objective/kl", "objective/reward", "policy/entropy",
                                          "rollout/logprob_gap_mean", "perf/samples_per_s"))
             dashboard.record(metrics)
@@ -523,7 +525,7 @@ def run_ppo(cfg) -> dict:
                 saved = step
         log.close()
         rollouts.close()
-        after, samples = evaluate(w, setup.held_out, cfg, p.steps)
+        after, samples = evaluate(w, setup.held_out, cfg)
         write_json_atomic(out / "samples_after.json", samples)
         write_json_atomic(out / "eval_after.json", after)
         write_json_atomic(out / "memory.json", w.peak_memory_mb())

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from hh_ray.algo.batch import PairBatch, PolicyBatch, SequenceBatch, TokenBatch, ValueBatch
@@ -192,6 +193,13 @@ class ValueObjective:
 
 
 # ---- probes: forward passes without a step, one output per sample ---------------------------------------------
+def token_rows(padded: torch.Tensor, responses: list[list[int]]) -> list[np.ndarray]:
+    """One float32 array per sample, its response's tokens only: what travels back to the driver (Ray ships numpy
+    arrays as buffers, not as lists of Python floats) and what `pad_ragged` pads again, to the same values."""
+    rows = padded.detach().float().cpu().numpy()
+    return [rows[i, : len(r)].copy() for i, r in enumerate(responses)]
+
+
 @dataclass(frozen=True)
 class TokenLogprobs:
     """log pi(response token | context) per response token, at the sampling temperature."""
@@ -199,10 +207,10 @@ class TokenLogprobs:
     temperature: float = 1.0
     pack_to: int = 0
 
-    def __call__(self, model, batch: SequenceBatch, pad_id: int) -> list[list[float]]:
+    def __call__(self, model, batch: SequenceBatch, pad_id: int) -> list[np.ndarray]:
         lp, _, _ = response_logprobs(model, batch.prompt, batch.response, pad_id, self.temperature,
                                      pack_to=self.pack_to)
-        return [row[: len(r)].tolist() for row, r in zip(lp.cpu(), batch.response)]
+        return token_rows(lp, batch.response)
 
 
 @dataclass(frozen=True)
@@ -211,9 +219,9 @@ class TokenValues:
 
     pack_to: int = 0
 
-    def __call__(self, model, batch: SequenceBatch, pad_id: int) -> list[list[float]]:
+    def __call__(self, model, batch: SequenceBatch, pad_id: int) -> list[np.ndarray]:
         v, _ = response_values(model, batch.prompt, batch.response, pad_id, self.pack_to)
-        return [row[: len(r)].tolist() for row, r in zip(v.cpu(), batch.response)]
+        return token_rows(v, batch.response)
 
 
 @dataclass(frozen=True)

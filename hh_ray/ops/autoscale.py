@@ -1,8 +1,8 @@
 """Rollout pool sizing: grow engines with the generation backlog (or latency), shrink after a quiet period.
 
 Growth asks Ray's autoscaler for the engines' bundles (`request_resources`), so nodes start before the
-placement groups wait on them; a new engine receives the current policy before it serves. Shrinking lowers
-that request again, and the autoscaler retires idle nodes.
+placement groups wait on them; a new engine receives the pool's current policy (`RolloutGroup.ensure`) before it
+serves. Shrinking lowers that request again, and the autoscaler retires idle nodes.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ log = logging.getLogger(__name__)
 
 
 class RolloutAutoscaler:
-    def __init__(self, rollout, sync, min_engines: int, max_engines: int, backlog_per_engine: int,
+    def __init__(self, rollout, min_engines: int, max_engines: int, backlog_per_engine: int,
                  latency_threshold_s: float = 0.0, scale_down_idle_s: float = 30.0, placement_timeout_s: float = 300.0):
-        self.rollout, self.sync = rollout, sync
+        self.rollout = rollout
         self.min, self.max = min_engines, max_engines
         self.backlog_per_engine = max(1, backlog_per_engine)
         self.latency_threshold_s, self.scale_down_idle_s = latency_threshold_s, scale_down_idle_s
@@ -54,8 +54,8 @@ class RolloutAutoscaler:
                 except PlacementError as exc:  # the cluster is at its limit: serve with what we have
                     log.warning("rollout autoscaler: %s", exc)
                     break
-            if added:  # new engines serve only once they hold the current policy (the sync reconnects first)
-                self.sync.push(self.rollout.version)
+            if added:  # new engines serve only once they hold the pool's current policy (the sync reconnects first)
+                self.rollout.ensure()
         elif want < n:
             now = time.monotonic()
             self.quiet_since = self.quiet_since or now

@@ -1,4 +1,5 @@
-"""Worker groups: N Ray actors of one role in one placement group, with fan-out and gather.
+"""Worker groups: N Ray actors of one role in one placement group, with fan-out and gather (`fan_out`: the one way
+a batch is sharded over a group's actors and the results come back in batch order).
 
 Every role (trainer, rollout, reference, scorer) is a `WorkerGroup`; the driver only ever talks to groups,
 never to models, which is what keeps the driver a plain PPO loop (veRL's single-controller split).
@@ -13,8 +14,11 @@ import hashlib
 import os
 import socket
 import sys
+from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from hh_ray.algo.batch import batch_size, split
 
 if TYPE_CHECKING:
     import ray
@@ -159,9 +163,10 @@ class WorkerGroup:
     def call(self, method: str, *args, **kwargs) -> list[Any]:
         return get_all(self.call_async(method, *args, **kwargs))
 
-    def call_each_async(self, method: str, per_actor: Sequence[tuple[tuple, dict]]) -> list[ray.ObjectRef]:
-        """One (args, kwargs) per actor, e.g. a shard of a batch each."""
-        return [getattr(a, method).remote(*args, **kw) for a, (args, kw) in zip(self.actors, per_actor)]
+    def fan_out(self, method: str, batch, *args, skip_empty: bool = False,
+                join: Callable[[list], Any] | None = None) -> Callable[[], Any]:
+        """`fan_out` over this group's actors (shard k to rank k)."""
+        return fan_out(self.actors, method, batch, *args, skip_empty=skip_empty, join=join)
 
     def peak_memory_mb(self) -> dict[str, float]:
         return largest_peaks(self.call("peak_memory_mb"))
@@ -192,6 +197,57 @@ class GroupOwner:
         self.group.shutdown()
 
 
+class NoActorsError(RuntimeError):
+    """Every actor of an elastic fan-out died before the batch was done."""
+
+
+def fan_out(actors: Sequence, method: str, batch, *args, skip_empty: bool = False,
+            join: Callable[[list], Any] | None = None, on_dead: Callable[[Any], None] | None = None
+            ) -> Callable[[], Any]:
+    """The one driver-to-group fan-out: `batch` (a typed column batch, `hh_ray.algo.batch`) cut into one contiguous
+    shard per actor, `method(shard, *args)` started on each (shard k on actor k); returns a callable that waits
+    and joins the per-shard results in batch order (concatenated lists, or `join(results)`).
+
+    Any failure rises as soon as it happens (when one rank of a collective dies the others block in it, and
+    waiting for them in order would wait out its timeout). With `on_dead`, an elastic pool's: a shard whose actor
+    died is told to `on_dead(actor)` and goes to the next idle survivor, so every shard's result comes back once;
+    NoActorsError when none is left. `skip_empty` leaves out empty shards (a batch smaller than the group);
+    trainer ranks all run, since a ZeRO-3 forward gathers parameters from every rank.
+    """
+    import ray
+    from ray.exceptions import RayActorError
+
+    shards = split(batch, max(1, len(actors)))
+    todo = deque(k for k, s in enumerate(shards) if batch_size(s) or not skip_empty)
+    idle, in_flight, results = list(actors), {}, {}
+
+    def start() -> None:
+        while todo and idle:
+            actor, k = idle.pop(0), todo.popleft()
+            in_flight[getattr(actor, method).remote(shards[k], *args)] = (actor, k)
+
+    def wait():
+        while todo or in_flight:
+            start()
+            if not in_flight:
+                raise NoActorsError(f"every actor died; none left to run `{method}`")
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            actor, k = in_flight.pop(ref)
+            try:
+                results[k] = ray.get(ref)
+            except RayActorError:
+                if on_dead is None:
+                    raise
+                on_dead(actor)
+                todo.append(k)
+                continue
+            idle.append(actor)
+        return (join or concat)([results[k] for k in sorted(results)])
+
+    start()
+    return wait
+
+
 def get_all(refs: list) -> list:
     """`ray.get` that fails as soon as any call fails: when one rank of a collective dies, the others block in the
     collective, and waiting for them in order would wait out the collective's timeout."""
@@ -202,6 +258,11 @@ def get_all(refs: list) -> list:
         done, pending = ray.wait(pending, num_returns=1)
         ray.get(done)  # raises the first failure now
     return ray.get(list(refs))
+
+
+def concat(parts: Sequence[list]) -> list:
+    """Per-shard result lists joined into one, in shard order."""
+    return [x for part in parts for x in part]
 
 
 def largest_peaks(reports: Sequence[dict[str, float]]) -> dict[str, float]:

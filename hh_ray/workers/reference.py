@@ -42,8 +42,4 @@ class ReferenceGroup(GroupOwner):
 
     def logprobs_async(self, batch: SequenceBatch, temperature: float, pack_to: int = 0):
         """Start the pass on every worker's shard; returns a callable that waits and concatenates in order."""
-        import ray
-
-        refs = [a.logprobs.remote(s, temperature, pack_to)
-                for a, s in zip(self.group.actors, split(batch, len(self.group))) if s.prompt]
-        return lambda: [row for part in ray.get(refs) for row in part]
+        return self.group.fan_out("logprobs", batch, temperature, pack_to, skip_empty=True)

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 
-from hh_ray.algo.batch import cut
+from hh_ray.algo.batch import PromptBatch
 from hh_ray.data.hh import HUMAN
 from hh_ray.workers.device import device_from_config
-from hh_ray.workers.group import Worker, WorkerGroup, largest_peaks
+from hh_ray.workers.group import NoActorsError, Worker, WorkerGroup, fan_out, largest_peaks
 from hh_ray.workers.placement import engine_env_to_clear, engine_placement, per_request_seeds, vllm_engine_kwargs
+from hh_ray.workers.weight_sync import SyncStats, WeightSync
 
 
 class StaleWeightsError(RuntimeError):
     """An engine was asked to generate with a policy version it does not hold."""
 
 
-class NoEnginesError(RuntimeError):
+class NoEnginesError(NoActorsError):
     """Every engine died before the batch was done; the caller starts new ones (`replenish`) and retries."""
 
 
@@ -98,7 +99,7 @@ class RolloutWorker(Worker):
 
         return ray.get_runtime_context().get_node_id()
 
-    def generate(self, prompt_ids: list[list[int]], sampling: Sampling, version: int, seeds: list[int]) -> list[Sample]:
+    def generate(self, batch: PromptBatch, sampling: Sampling, version: int) -> list[Sample]:
         """Per prompt, `n` samples: response ids, their logprobs, text and why generation stopped."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -112,10 +113,10 @@ class RolloutWorker(Worker):
                            stop=None if sampling.ignore_eos else [HUMAN], ignore_eos=sampling.ignore_eos,
                            stop_token_ids=None if sampling.ignore_eos else [self.eos],
                            include_stop_str_in_output=True, detokenize=True)
-            for seed in seeds
+            for seed in batch.seed
         ]
         t0 = time.perf_counter()
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in batch.prompt], params, use_tqdm=False)
         results = []
         for out in outs:
             for c in out.outputs:
@@ -153,8 +154,11 @@ class RolloutWorker(Worker):
 class RolloutGroup:
     """Elastic vLLM engines, each in its own placement group so a new one can land on a new node.
 
-    `generate` hands the prompts out in chunks, one per engine, and re-queues a chunk whose engine died, so
-    every prompt's samples come back exactly once and in prompt order.
+    `generate` hands the prompts out in chunks, one per engine (`group.fan_out`), and re-queues a chunk whose
+    engine died, so every prompt's samples come back exactly once and in prompt order.
+
+    It is the one owner of the engines' policy version: `ensure(version)` is the only way weights move into
+    the engines (driver, autoscaler and fault recovery all call it), and it pushes only when an engine is behind.
     """
 
     def __init__(self, model_path: str, rollout_cfg, max_model_len: int, seed: int = 0, name: str = "rollout",
@@ -163,8 +167,10 @@ class RolloutGroup:
         self.model_path, self.max_model_len, self.seed, self.name = model_path, max_model_len, seed, name
         self.placement_timeout_s = placement_timeout_s
         self._groups: list[WorkerGroup] = []
+        self._held: dict[str, int | None] = {}  # engine name -> the version it holds (None: unknown, a push broke)
         self._next_id = 0
-        self.version = 0
+        self.version = 0  # the version the pool serves: what `generate` asks every engine for
+        self.sync: WeightSync | None = None
         self.generated = Counter()  # prompt key -> times its samples were delivered (an invariant, checked in tests)
         self.requeued_chunks = 0
         for _ in range(rollout_cfg.num_engines):
@@ -182,7 +188,8 @@ class RolloutGroup:
         return engine_placement(self.cfg).bundles
 
     def add_engine(self, timeout_s: float | None = None):
-        """Start one more engine (it holds version 0 until synced; `generate` refuses it until then)."""
+        """Start one more engine (it holds version 0, the starting policy, until `ensure` brings it up to date;
+        `generate` refuses it until then)."""
         i = self._next_id
         self._next_id += 1
         plan = engine_placement(self.cfg)
@@ -193,60 +200,78 @@ class RolloutGroup:
                                                max_model_len=self.max_model_len, seed=self.seed + i,
                                                dtype=self.dtype)], rank_suffix=False)
         self._groups.append(group)
+        self._held[group.name] = 0
         return group.actors[0]
 
     def remove_engine(self) -> None:
         """Stop the newest engine and free its placement group."""
-        self._groups.pop().shutdown()
+        group = self._groups.pop()
+        self._held.pop(group.name, None)
+        group.shutdown()
 
     def drop_dead(self, actors) -> None:
         """Forget engines found dead (mid-batch, or during a weight sync) and free their placement groups."""
         for g in [g for g in self._groups if g.actors and g.actors[0] in actors]:
             self._groups.remove(g)
+            self._held.pop(g.name, None)
             with contextlib.suppress(Exception):  # the actor is already gone; its placement group still goes
                 g.shutdown()
 
     def replenish(self) -> int:
         """Start engines until `num_engines` serve again (after deaths); returns how many were started.
 
-        New engines hold version 0 and are refused until the weight sync gives them the current policy.
+        New engines hold version 0 and are refused until `ensure` gives them the current policy.
         """
         missing = max(0, self.cfg.num_engines - len(self._groups))
         for _ in range(missing):
             self.add_engine()
         return missing
 
+    def connect(self, policy, bucket_bytes: int = 0, timeout_s: float = 0.0) -> None:
+        """Join trainer group `policy`'s rank 0 to the engines, the source `ensure` pushes from; called again with
+        the new group after the trainers were rebuilt (the first call sets bucket size and timeout)."""
+        if self.sync is None:
+            self.sync = WeightSync(policy, self, bucket_bytes, timeout_s)
+        self.sync.policy = policy
+        self.sync.connect()
+
+    def behind(self, version: int) -> list[str]:
+        """The engines that do not (or may not) hold `version`."""
+        return [g.name for g in self._groups if self._held.get(g.name) != version]
+
+    def ensure(self, version: int | None = None) -> SyncStats | None:
+        """Every engine holds policy `version` (default: the version the pool serves, e.g. for engines just
+        added) once this returns: dead engines are replaced first, and the trainer's weights are pushed only when
+        some engine is behind. Call it only while the trainers are idle and nothing generates. Returns the push's
+        stats, or None when no push was needed."""
+        version = self.version if version is None else version
+        self.replenish()  # first, so that a push never goes to a pool whose engines all died
+        if self._groups and not self.behind(version):
+            return None
+        if self.sync is None:
+            raise RuntimeError("rollout pool: `connect` a policy trainer before `ensure` can push weights")
+        self._held = dict.fromkeys(self._held)  # a push that breaks off leaves every engine's weights unknown
+        stats = self.sync.push(version)
+        self._held = {g.name: version for g in self._groups}
+        self.version = version
+        return stats
+
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[Sample]:
         """n samples per prompt, flattened prompt-major: result[i * n + j] is sample j of prompt i."""
-        import ray
-        from ray.exceptions import RayActorError
+        version = self.version
+        try:
+            samples = fan_out(self.engines, "generate", PromptBatch(prompt_ids, seeds), sampling, version,
+                              skip_empty=True, on_dead=self._lost)()
+        except NoActorsError as exc:
+            raise NoEnginesError("every rollout engine died; no engine left to generate") from exc
+        for seed in seeds:
+            self.generated[(version, seed)] += 1
+        return samples
 
-        queue = deque(c for c in cut(list(range(len(prompt_ids))), max(1, len(self.engines))) if c)
-        idle = list(self.engines)
-        in_flight: dict = {}
-        results: dict[int, list[Sample]] = {}
-        while queue or in_flight:
-            while queue and idle:
-                engine, idx = idle.pop(), queue.popleft()
-                ref = engine.generate.remote([prompt_ids[i] for i in idx], sampling, self.version,
-                                             [seeds[i] for i in idx])
-                in_flight[ref] = (engine, idx)
-            if not in_flight:
-                raise NoEnginesError("every rollout engine died; no engine left to generate")
-            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
-            engine, idx = in_flight.pop(ref)
-            try:
-                out = ray.get(ref)
-            except RayActorError:
-                self.drop_dead([engine])  # the engine died mid-batch: its prompts go back in the queue
-                queue.append(idx)
-                self.requeued_chunks += 1
-                continue
-            for k, i in enumerate(idx):
-                results[i] = out[k * sampling.n:(k + 1) * sampling.n]
-                self.generated[(self.version, seeds[i])] += 1
-            idle.append(engine)
-        return [r for i in range(len(prompt_ids)) for r in results[i]]
+    def _lost(self, engine) -> None:
+        """An engine died mid-batch: it is dropped, and its prompts go to another engine."""
+        self.drop_dead([engine])
+        self.requeued_chunks += 1
 
     def peak_memory_mb(self) -> dict[str, float]:
         import ray

@@ -9,7 +9,7 @@ normalized with the mean/std the PM measured on its own eval set (`pm_stats.json
 
 from __future__ import annotations
 
-from hh_ray.algo.batch import cut
+from hh_ray.algo.batch import ScoreBatch
 from hh_ray.data.hh import HUMAN
 from hh_ray.data.tokenize import load_tokenizer
 from hh_ray.models.forward import load_model, read_pm_stats, resolve_dtype, score_texts
@@ -37,12 +37,12 @@ class ScorerWorker(Worker):
         self.mean, self.std = stats["mean"], stats["std"]
         self.max_tokens = min(max_tokens, getattr(self.model.config, "max_position_embeddings", max_tokens))
 
-    def score(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]) -> list[float]:
+    def score(self, batch: ScoreBatch) -> list[float]:
         if self.kind == "substring":
-            return [sum(t in self.targets for t in ids) / max(len(ids), 1) for ids in response_ids]
+            return [sum(t in self.targets for t in ids) / max(len(ids), 1) for ids in batch.response]
         # the engine keeps the "\n\nHuman:" that ended the turn; the PM sees the turn alone
-        responses = [r.removesuffix(HUMAN) for r in responses]
-        raw = score_texts(self.model, self.tokenizer, prompts, responses, self.max_tokens)
+        responses = [r.removesuffix(HUMAN) for r in batch.response_text]
+        raw = score_texts(self.model, self.tokenizer, batch.prompt_text, responses, self.max_tokens)
         return ((raw - self.mean) / self.std).tolist()
 
 
@@ -57,9 +57,4 @@ class ScorerGroup(GroupOwner):
 
     def score_async(self, prompts: list[str], responses: list[str], response_ids: list[list[int]]):
         """Start scoring on every worker's shard; returns a callable that waits and concatenates in order."""
-        import ray
-
-        n = len(self.group)
-        refs = [a.score.remote(p, r, i) for a, p, r, i in
-                zip(self.group.actors, cut(prompts, n), cut(responses, n), cut(response_ids, n)) if p]
-        return lambda: [s for part in ray.get(refs) for s in part]
+        return self.group.fan_out("score", ScoreBatch(prompts, responses, response_ids), skip_empty=True)

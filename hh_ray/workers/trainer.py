@@ -319,17 +319,13 @@ class TrainerGroup(GroupOwner):
         need = self.world * self.cfg.grad_accum_steps
         if batch_size(batch) < need:
             raise ValueError(f"batch of {batch_size(batch)} is smaller than ranks x grad_accum_steps = {need}")
-        units = objective.units(batch)
-        refs = self.group.call_each_async("train", [((s, objective, units), {}) for s in split(batch, self.world)])
-        return lambda: merge_results(get_all(refs))
+        return self.group.fan_out("train", batch, objective, objective.units(batch), join=merge_results)
 
     def forward_async(self, batch, probe):
         """Start a probe on every rank (each on its shard, all with the same number of forward calls)."""
-        shards = split(batch, self.world)
-        calls = forward_micro_batches([probe_tokens(s) for s in shards], self.cfg.forward_micro_batch_size,
-                                      self.cfg.forward_token_budget)
-        refs = self.group.call_each_async("forward", [((s, probe, calls), {}) for s in shards])
-        return lambda: [o for part in get_all(refs) for o in part]
+        calls = forward_micro_batches([probe_tokens(s) for s in split(batch, self.world)],
+                                      self.cfg.forward_micro_batch_size, self.cfg.forward_token_budget)
+        return self.group.fan_out("forward", batch, probe, calls)
 
     def forward(self, batch, probe) -> list:
         """One output per sample, in batch order."""

@@ -119,10 +119,11 @@ class SyncStats:
 
 
 class WeightSync:
-    """The one owner of moving the policy into the engines: trainer rank 0, the engines, the layout, the version.
+    """The transport that moves the policy into the engines: trainer rank 0, the engines, the layout.
 
-    It rebuilds the private group whenever the engine set changed (an engine added, removed or dead), so a
-    broadcast never waits on a peer that is gone. Engines report the version they hold; `push` checks them.
+    Only the rollout pool calls it (`RolloutGroup.ensure`, which decides whether a push is needed and records the
+    version). It rebuilds the private group whenever the engine set changed (an engine added, removed or dead), so
+    a broadcast never waits on a peer that is gone. Engines report the version they hold; `push` checks them.
     """
 
     def __init__(self, policy, rollout, bucket_bytes: int, timeout_s: float):
@@ -185,7 +186,6 @@ class WeightSync:
                 self.rollout.replenish()
         sent = ray.get(send)[0]
         loads = ray.get(recv)
-        self.rollout.version = version
         held = [x["version"] for x in loads]  # reported by each receive: no second call an engine could die in
         if any(v != version for v in held):
             raise RuntimeError(f"weight sync to version {version} left engines at versions {held}")

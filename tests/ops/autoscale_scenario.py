@@ -42,7 +42,6 @@ from hh_ray.models.presets import build_preset  # noqa: E402
 from hh_ray.ops.autoscale import RolloutAutoscaler  # noqa: E402
 from hh_ray.workers.rollout import RolloutGroup, Sampling  # noqa: E402
 from hh_ray.workers.trainer import TrainerGroup  # noqa: E402
-from hh_ray.workers.weight_sync import WeightSync  # noqa: E402
 
 
 def alive_nodes() -> int:
@@ -70,16 +69,15 @@ def main() -> None:
                                TrainerConfig(cpus_per_rank=0.5, micro_batch_size=4, lr=5e-3))
         cfg = RolloutConfig(num_engines=1, min_engines=1, max_engines=3, cpus_per_engine=1.0, kv_cache_gb=0.1)
         rollout = RolloutGroup(model, cfg, 128)
-        sync = WeightSync(trainer, rollout, 1 << 20, timeout_s=60)
-        sync.connect()
+        rollout.connect(trainer, 1 << 20, timeout_s=60)
         prompts = [tok(f"\n\nHuman: question {i}\n\nAssistant:")["input_ids"] for i in range(24)]
         s = Sampling(max_new_tokens=24, n=1)
         out = rollout.generate(prompts[:4], s, list(range(4)))
         trainer.train(PolicyBatch(prompts[:4], [o.response for o in out], [o.logprobs for o in out],
                                   [[1.0] * len(o.response) for o in out]), PolicyObjective())
-        sync.push(1)
+        rollout.ensure(1)
 
-        scaler = RolloutAutoscaler(rollout, sync, 1, 3, backlog_per_engine=8, scale_down_idle_s=2.0,
+        scaler = RolloutAutoscaler(rollout, 1, 3, backlog_per_engine=8, scale_down_idle_s=2.0,
                                    placement_timeout_s=240)
         t0 = time.time()
         obs["grow"] = scaler.adjust(24)
@@ -98,7 +96,7 @@ def main() -> None:
         obs["requeued_chunks"] = rollout.requeued_chunks
         obs["engines_after_kill"] = len(rollout.engines)
         # the dead engine left the sync group: the next sync rebuilds it and reaches every engine left
-        obs["sync_after_kill_bytes"] = sync.push(2).bytes
+        obs["sync_after_kill_bytes"] = rollout.ensure(2).bytes
         obs["versions_after_kill"] = ray.get([e.policy_version.remote() for e in rollout.engines])
         out2 = rollout.generate(prompts[:8], s, list(range(200, 208)))
         obs["generated_counts"] = sorted(set(rollout.generated.values()))

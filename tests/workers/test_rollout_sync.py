@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import ray
 
-from hh_ray.algo.batch import PolicyBatch, SequenceBatch
+from hh_ray.algo.batch import PolicyBatch, PromptBatch, SequenceBatch
 from hh_ray.algo.ppo import logprob_gap
 from hh_ray.config import RolloutConfig, TrainerConfig
 from hh_ray.models.objectives import PolicyObjective, TokenLogprobs
 from hh_ray.workers.rollout import RolloutGroup, Sampling, StaleWeightsError
 from hh_ray.workers.trainer import TrainerGroup
-from hh_ray.workers.weight_sync import WeightSync
 
 QUESTIONS = ("\n\nHuman: How do I bake bread?\n\nAssistant:", "\n\nHuman: hi\n\nAssistant:")
 
@@ -32,8 +31,7 @@ def test_engine_matches_trainer_before_and_after_sync(ray_local, tiny_model_dir,
         mean_gap, max_gap = logprob_gap(policy.forward(seqs, TokenLogprobs()), [o.logprobs for o in out])
         assert max_gap < 1e-3 and mean_gap < 1e-3
 
-        sync = WeightSync(policy, rollout, 1 << 20, timeout_s=60)
-        sync.connect()
+        rollout.connect(policy, 1 << 20, timeout_s=60)
         engine = rollout.engines[0]
         full = [p + r for p, r in zip(seqs.prompt, seqs.response)]
         starts = [len(p) for p in seqs.prompt]
@@ -42,8 +40,8 @@ def test_engine_matches_trainer_before_and_after_sync(ray_local, tiny_model_dir,
         policy.train(PolicyBatch(seqs.prompt, seqs.response, lp, [[1.0] * len(r) for r in seqs.response]),
                      PolicyObjective())
         with pytest.raises(StaleWeightsError):  # the driver asked for v1 before syncing it
-            ray.get(engine.generate.remote(prompts, Sampling(max_new_tokens=4), 1, [1, 2]))
-        stats = sync.push(1)
+            ray.get(engine.generate.remote(PromptBatch(prompts, [1, 2]), Sampling(max_new_tokens=4), 1))
+        stats = rollout.ensure(1)
         assert stats.bytes == 4 * policy.num_parameters  # every fp32 parameter crossed, once
         assert 0 < stats.load_seconds <= stats.seconds
         assert ray.get(engine.policy_version.remote()) == 1
@@ -64,7 +62,7 @@ def test_engine_matches_trainer_before_and_after_sync(ray_local, tiny_model_dir,
 
 def test_gap_detects_a_mismatched_engine_and_sync_survives_a_dead_engine(ray_local, tiny_model_dir, tokenizer):
     """An engine sampling at another temperature than the trainer assumes shows up in the logprob gap; a dead
-    engine leaves the sync group, which the next push rebuilds, and a replacement engine gets the weights."""
+    engine leaves the sync group, which the next push rebuilds, and a replacement engine gets the weights once."""
     path = str(tiny_model_dir)
     rollout = RolloutGroup(path, RolloutConfig(num_engines=2, max_engines=2, kv_cache_gb=0.25), 256, name="rollout-gap")
     policy = TrainerGroup("policy-gap", path, "causal_lm", TrainerConfig(micro_batch_size=2, lr=5e-3))
@@ -76,16 +74,15 @@ def test_gap_detects_a_mismatched_engine_and_sync_survives_a_dead_engine(ray_loc
         assert mean_gap > 0.05, mean_gap  # the trainer is told 1.0: the gap metric exposes the mismatch
         assert logprob_gap([o.logprobs for o in out], policy.forward(seqs, TokenLogprobs(0.7)))[0] < 1e-3
 
-        sync = WeightSync(policy, rollout, 1 << 20, timeout_s=120)  # a replaced engine joins slowly under load
-        sync.connect()
-        sync.push(1)
+        rollout.connect(policy, 1 << 20, timeout_s=120)  # a replaced engine joins slowly under load
+        rollout.ensure(1)
         dead = rollout.engines[0]
         ray.kill(dead)
         out = rollout.generate(prompts * 4, Sampling(max_new_tokens=8), list(range(8)))
         assert len(out) == 8 and len(rollout.engines) == 1  # its prompts were re-queued to the survivor
-        assert sync.push(2).bytes == 4 * policy.num_parameters  # the group was rebuilt without the dead engine
-        assert rollout.replenish() == 1
-        sync.push(2)
+        # a replacement engine first, then one push over a group rebuilt without the dead engine
+        assert rollout.ensure(2).bytes == 4 * policy.num_parameters and len(rollout.engines) == 2
+        assert rollout.ensure(2) is None  # every engine holds it: no second push
         assert ray.get([e.policy_version.remote() for e in rollout.engines]) == [2, 2]
         sums = ray.get([e.weight_sum.remote() for e in rollout.engines])
         assert abs(sums[0] - sums[1]) < 1e-6
@@ -113,9 +110,8 @@ def test_lora_policy_syncs_merged_weights_and_exports_them(ray_local, tiny_model
         for _ in range(2):  # B starts at zero: the second step moves the adapted weights
             policy.train(PolicyBatch(seqs.prompt, seqs.response, lp, [[1.0] * len(r) for r in seqs.response]),
                          PolicyObjective())
-        sync = WeightSync(policy, rollout, 1 << 20, timeout_s=60)
-        sync.connect()
-        stats = sync.push(1)
+        rollout.connect(policy, 1 << 20, timeout_s=60)
+        stats = rollout.ensure(1)
         assert stats.bytes == 4 * policy.num_parameters - 4 * policy.trainable_parameters  # plain weights only
         engine = rollout.engines[0]
         full = [p + r for p, r in zip(seqs.prompt, seqs.response)]
