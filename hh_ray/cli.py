@@ -281,16 +281,71 @@ CONFIG_LOADERS = {"label": ("hh_ray.label.config", "load_label_config"),
                   "online": ("hh_ray.driver.online", "load_online_config")}
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    if argv[:1] == ["pm"] and (len(argv) == 1 or argv[1] not in ("train", "eval", "-h", "--help")):
+        argv = [argv[0], "train", *argv[1:]]  # `hh-ray pm --config X` trains
+    args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["hh-ray", *argv])  # the lock file names its holder by it
+    return args
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; its errors go up to `main`, which turns them into one line and an exit code."""
+    if args.command == "data":
+        return _data_stats(args)
+    if args.command == "models":
+        return _list_models(args.json)
+    if args.command == "status":  # reads the run folder: no lock
+        from hh_ray.driver.status import format_status, run_status
+
+        status = run_status(args.run_dir)
+        print(json.dumps(status.to_json()) if args.json else format_status(status))
+        return 0
+    if args.command == "pm" and args.pm_command == "eval":
+        from hh_ray.driver.pm import evaluate_checkpoint
+
+        return evaluate_checkpoint(args.checkpoint, args.data_dir, args.json, args.batch_size)
+    if args.command == "label":
+        from hh_ray.label.commands import run_label
+
+        return run_label(args)
+    if args.command == "online":
+        from hh_ray.driver.online import load_online_config, run_online
+
+        online_cfg = load_online_config(args.config, args.overrides)
+        with _writer(args, online_cfg.run_dir, online_cfg.job.ray.stop_grace_s):
+            run_online(online_cfg)
+        return 0
+    if args.command in ANALYSIS_COMMANDS:
+        try:
+            return _run_analysis(args)
+        except ValueError as exc:  # bad analysis input (a task name, a layer, too few prompts): one clear line
+            print(f"hh-ray {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "submit":
+        from hh_ray.ops.submit import submit_job
+
+        if args.entrypoint in CONFIG_LOADERS and args.config:  # submit_job checks the job configs itself
+            module, function = CONFIG_LOADERS[args.entrypoint]
+            getattr(importlib.import_module(module), function)(args.config, args.overrides)
+        return submit_job(args)
+    if args.command == "plan":
+        from hh_ray.ops.plan import run_plan
+
+        return run_plan(_config(args), args.config, args.cluster, args.gpu_memory_gb, args.json)
+    cfg = _config(args)
+    module, function = DRIVERS[args.command]
+    with _writer(args, cfg.run_dir, cfg.ray.stop_grace_s):
+        getattr(importlib.import_module(module), function)(cfg)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from hh_ray.driver.progress import quiet_driver_libraries
 
     quiet_driver_libraries()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["pm"] and (len(argv) == 1 or argv[1] not in ("train", "eval", "-h", "--help")):
-        argv.insert(1, "train")  # `hh-ray pm --config X` trains
-    args = build_parser().parse_args(argv)
-    args.command_line = shlex.join(["hh-ray", *argv])  # the lock file names its holder by it
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
     from hh_ray.config import ConfigError
     from hh_ray.data.hh import DataError
     from hh_ray.driver import stop
@@ -304,53 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     from hh_ray.workers.rollout import StaleWeightsError
 
     try:
-        if args.command == "data":
-            return _data_stats(args)
-        if args.command == "models":
-            return _list_models(args.json)
-        if args.command == "status":  # reads the run folder: no lock
-            from hh_ray.driver.status import format_status, run_status
-
-            status = run_status(args.run_dir)
-            print(json.dumps(status.to_json()) if args.json else format_status(status))
-            return 0
-        if args.command == "pm" and args.pm_command == "eval":
-            from hh_ray.driver.pm import evaluate_checkpoint
-
-            return evaluate_checkpoint(args.checkpoint, args.data_dir, args.json, args.batch_size)
-        if args.command == "label":
-            from hh_ray.label.commands import run_label
-
-            return run_label(args)
-        if args.command == "online":
-            from hh_ray.driver.online import load_online_config, run_online
-
-            online_cfg = load_online_config(args.config, args.overrides)
-            with _writer(args, online_cfg.run_dir, online_cfg.job.ray.stop_grace_s):
-                run_online(online_cfg)
-            return 0
-        if args.command in ANALYSIS_COMMANDS:
-            try:
-                return _run_analysis(args)
-            except ValueError as exc:  # bad analysis input (a task name, a layer, too few prompts): one clear line
-                print(f"hh-ray {args.command}: error: {exc}", file=sys.stderr)
-                return 2
-        if args.command == "submit":
-            from hh_ray.ops.submit import submit_job
-
-            if args.entrypoint in CONFIG_LOADERS and args.config:  # submit_job checks the job configs itself
-                module, function = CONFIG_LOADERS[args.entrypoint]
-                getattr(importlib.import_module(module), function)(args.config, args.overrides)
-            return submit_job(args)
-        if args.command == "plan":
-            from hh_ray.ops.plan import run_plan
-
-            return run_plan(_config(args), args.config, args.cluster, args.gpu_memory_gb, args.json)
-        cfg = _config(args)
-        module, function = DRIVERS[args.command]
-        with _writer(args, cfg.run_dir, cfg.ray.stop_grace_s):
-            getattr(importlib.import_module(module), function)(cfg)
-        return 0
+        return _dispatch(args)
     except (ConfigError, DataError, FileNotFoundError, PlacementError, StaleWeightsError, SubmitError,
             ResumeError, PlanError, SharedStorageError, DamagedFileError, RunFolderBusy, NotARunFolder) as exc:
         print(f"hh-ray: error: {exc}", file=sys.stderr)
@@ -366,7 +375,6 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + stop.signal_number()
         print("hh-ray: interrupted", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())
