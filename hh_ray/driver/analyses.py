@@ -33,8 +33,8 @@ def _scorer(spec: str, policy: str, cfg):
         raise FileNotFoundError(f"no PM at {spec}; train one with `hh-ray pm` or pass a scorer")
     name = "pm" if not spec.startswith("substring:") else spec
     return ScorerGroup(scorer=name, pm_path=spec, policy_tokenizer=policy, max_tokens=cfg.pm.max_tokens,
-                       cpus=cfg.ppo.scorer_cpus, gpus=cfg.ppo.scorer_gpus, dtype=train_dtype(cfg.model),
-                       fmt=cfg.data.format)
+                       cpus=cfg.ppo.placement.scorer_cpus, gpus=cfg.ppo.placement.scorer_gpus,
+                       dtype=train_dtype(cfg.model), fmt=cfg.data.format)
 
 
 def _heldout_prompts(cfg, count: int, harmless: tuple[bool | None, ...] = (None,)) -> list[list[str]]:
@@ -129,7 +129,7 @@ def run_policy_tradeoff(cfg, prompts: int) -> Tradeoff:
     final = run_dir / "ppo" / "policy"
     if not (final / "config.json").is_file():
         raise FileNotFoundError(f"no PPO policy at {final}; run the ppo stage first")
-    pm = cfg.ppo.scorer if cfg.ppo.scorer != "pm" else str(run_dir / "pm")
+    pm = cfg.ppo.reward.scorer if cfg.ppo.reward.scorer != "pm" else str(run_dir / "pm")
     helpful, harmless = _heldout_prompts(cfg, prompts, harmless=(False, True))
     points = []
     for label, policy in (("initial", starting_policy(cfg)), ("ppo", str(final))):

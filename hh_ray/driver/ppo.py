@@ -102,21 +102,22 @@ class PPOWorkers:
             # largest groups first (workers.placement.ppo_group_placements): whole-node trainer groups claim their
             # nodes before single-GPU groups scatter over them
             policy, critic = start_trainers(cfg, policy_path, up)
-            reference = up(ReferenceGroup(policy_path, cpus=p.reference_cpus, gpus=p.reference_gpus, dtype=dtype,
-                                          node_resource=p.reference_node_resource))
-            scorer_kw = dict(cpus=p.scorer_cpus, gpus=p.scorer_gpus, dtype=dtype, node_resource=p.scorer_node_resource,
-                             fmt=cfg.data.format)
-            scorer = up(ScorerGroup(p.scorer, pm_path, policy_path, cfg.pm.max_tokens, **scorer_kw))
+            pl = p.placement
+            reference = up(ReferenceGroup(policy_path, cpus=pl.reference_cpus, gpus=pl.reference_gpus, dtype=dtype,
+                                          node_resource=pl.reference_node_resource))
+            scorer_kw = dict(cpus=pl.scorer_cpus, gpus=pl.scorer_gpus, dtype=dtype,
+                             node_resource=pl.scorer_node_resource, fmt=cfg.data.format)
+            scorer = up(ScorerGroup(p.reward.scorer, pm_path, policy_path, cfg.pm.max_tokens, **scorer_kw))
             test_pm = str(Path(cfg.run_dir) / TEST_PM)
             test_scorer = (up(ScorerGroup("pm", test_pm, policy_path, cfg.pm.max_tokens, name="test-pm-scorer",
                                           **scorer_kw))
-                           if p.scorer == "pm" and cfg.pm.test_split else None)
+                           if p.reward.scorer == "pm" and cfg.pm.test_split else None)
             rollout = up(RolloutGroup(policy_path, p.rollout, max_len, cfg.seed, dtype=dtype))
         except BaseException:
             for g in started:
                 g.shutdown()
             raise
-        sync = WeightSync(policy, rollout, p.sync_bucket_mb * 2**20, p.sync_timeout_s)
+        sync = WeightSync(policy, rollout, p.sync.bucket_mb * 2**20, p.sync.timeout_s)
         r = p.rollout
         autoscaler = (RolloutAutoscaler(rollout, sync, r.min_engines, r.max_engines, r.backlog_per_engine,
                                         r.latency_threshold_s, r.scale_down_idle_s)
@@ -196,7 +197,7 @@ def generate(w: PPOWorkers, prompts: Prompts, sampling: Sampling, seeds: list[in
 def make_experience(w: PPOWorkers, exp: Experience, ppo_cfg, with_values: bool = True) -> None:
     """Old logprobs (trainer), reference logprobs, PM scores and values (with a critic) of the samples, all at once."""
     seqs, temperature, pack = exp.view(SequenceBatch), ppo_cfg.rollout.temperature, ppo_cfg.pack_tokens
-    old = (w.policy.forward_async(seqs, TokenLogprobs(temperature, pack)) if ppo_cfg.old_logprobs == "trainer"
+    old = (w.policy.forward_async(seqs, TokenLogprobs(temperature, pack)) if ppo_cfg.algo.old_logprobs == "trainer"
            else None)
     ref = w.reference.logprobs_async(seqs, temperature, pack)
     scores = w.scorer.score_async(exp.prompt_text, exp.response_text, exp.response)
@@ -212,14 +213,15 @@ def ppo_update(w: PPOWorkers, exp: Experience, ppo_cfg, temperature: float, rng:
     """`epochs` passes over the batch, each in `minibatches` steps over every sample; every trainer role (policy,
     and critic when there is one) side by side, each on its objective.
     `decoupled`: the batch is from an older policy than the trainer's old logprobs (`behaviour_weights`)."""
-    objectives = {"policy": (PolicyBatch, PolicyObjective(ppo_cfg.clip_ratio, ppo_cfg.entropy_coef, temperature,
+    algo = ppo_cfg.algo
+    objectives = {"policy": (PolicyBatch, PolicyObjective(algo.clip_ratio, algo.entropy_coef, temperature,
                                                           ppo_cfg.pack_tokens, decoupled)),
-                  "critic": (ValueBatch, ValueObjective(ppo_cfg.value_clip, ppo_cfg.value_coef, ppo_cfg.pack_tokens))}
+                  "critic": (ValueBatch, ValueObjective(algo.value_clip, algo.value_coef, ppo_cfg.pack_tokens))}
     trainers = w.trainers()
     totals: dict[str, float] = {}
     steps = 0
-    for _ in range(ppo_cfg.epochs):
-        for idx in minibatches(batch_size(exp), ppo_cfg.minibatches, rng):
+    for _ in range(algo.epochs):
+        for idx in minibatches(batch_size(exp), algo.minibatches, rng):
             mb = select(exp, idx)
             waits = {role: g.train_async(mb.view(objectives[role][0]), objectives[role][1])
                      for role, g in trainers.items()}
@@ -298,8 +300,8 @@ class Rollouts:
 
 def advantage_config(p) -> AdvantageConfig:
     """The advantage settings of `ppo` config `p`: its algorithm's estimator, a group per prompt's samples."""
-    return AdvantageConfig(ALGORITHMS[p.algorithm].estimator, p.kl_estimator, p.gamma, p.lam, p.whiten_advantages,
-                           p.truncation_penalty, p.rollout.samples_per_prompt)
+    return AdvantageConfig(ALGORITHMS[p.algorithm].estimator, p.reward.kl_estimator, p.algo.gamma, p.algo.lam,
+                           p.algo.whiten_advantages, p.reward.truncation_penalty, p.rollout.samples_per_prompt)
 
 
 def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg, kl_ctl, rng: random.Random) -> dict:
@@ -322,13 +324,13 @@ def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg, kl_ctl, rng: ran
     with timer("advantages"):
         stats = compute_advantages(exp, kl_ctl.coef, advantage_config(p), stale)
     with timer("train"):
-        stats |= ppo_update(w, exp, p, p.rollout.temperature, rng, decoupled=stale and p.old_logprobs == "trainer")
+        stats |= ppo_update(w, exp, p, p.rollout.temperature, rng, decoupled=stale and p.algo.old_logprobs == "trainer")
     if not p.async_rollout:
         with timer("sync"):
             sync = w.sync.push(step)
     stats["objective/kl_coef"] = kl_ctl.coef
     kl_ctl.update(stats["objective/kl"], batch_size(exp))
-    if p.old_logprobs == "trainer":
+    if p.algo.old_logprobs == "trainer":
         stats["rollout/logprob_gap_mean"], stats["rollout/logprob_gap_max"] = logprob_gap(
             exp.behaviour_logprobs, exp.old_logprobs)
     step_s = sum(timer.seconds.values())
@@ -355,7 +357,7 @@ def evaluate(w: PPOWorkers, prompts: Prompts, cfg, version: int) -> tuple[dict, 
     samples = [{"prompt": p, "response": t, "pm_score": s}
                for p, t, s in zip(exp.prompt_text, exp.response_text, exp.scores)]
     out = {"eval/pm_score": float(torch.tensor(exp.scores).mean()),
-           "eval/kl": float((kl_penalty(old, ref, cfg.ppo.kl_estimator) * mask).sum(1).mean()),
+           "eval/kl": float((kl_penalty(old, ref, cfg.ppo.reward.kl_estimator) * mask).sum(1).mean()),
            "eval/kl_k1": float((kl_k1(old, ref) * mask).sum(1).mean()),
            "eval/response_length": float(mask.sum(1).mean()), "eval/policy_version": exp.version}
     if test:
@@ -381,10 +383,10 @@ class PPOSetup:
     def prepare(cls, cfg) -> "PPOSetup":
         """Checks first (PM, data), then the policy: bad input fails before anything is built."""
         p, run_dir = cfg.ppo, Path(cfg.run_dir)
-        pm_path = p.pm_checkpoint or str(run_dir / "pm")
-        if p.scorer == "pm":
+        pm_path = p.reward.pm_checkpoint or str(run_dir / "pm")
+        if p.reward.scorer == "pm":
             if not (Path(pm_path) / "config.json").is_file():
-                raise FileNotFoundError(f"no PM at {pm_path}; run `hh-ray pm` first or set ppo.pm_checkpoint")
+                raise FileNotFoundError(f"no PM at {pm_path}; run `hh-ray pm` first or set ppo.reward.pm_checkpoint")
             require_pm(Path(pm_path), need_stats=True)
             if cfg.pm.test_split:
                 require_pm(run_dir / TEST_PM, need_stats=True)
@@ -397,7 +399,7 @@ class PPOSetup:
         tok = load_tokenizer(policy_path, cfg.data.format)
         def encode(texts):
             return Prompts([truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in texts], texts)
-        kl_ctl = KLController(p.kl_coef, p.adaptive_kl_target, p.adaptive_kl_horizon)
+        kl_ctl = KLController(p.reward.kl_coef, p.reward.adaptive_kl_target, p.reward.adaptive_kl_horizon)
         return cls(policy_path, pm_path, encode(train_texts), encode(held_texts), kl_ctl)
 
 

@@ -22,7 +22,7 @@ and says whether the whole job fits. The accounting, all in bf16 on GPU:
 
 Model shapes come from a preset name, a built-in table of well-known 7-8B shapes (`SHAPES`; HF ids map to
 them by their last path part), or a folder's `config.json`; `model.shape` names one when `model.policy` is a
-path the planning machine cannot read. The PM is sized from `ppo.pm_checkpoint` when readable, else as the
+path the planning machine cannot read. The PM is sized from `ppo.reward.pm_checkpoint` when readable, else as the
 policy. Node types come from a Ray cluster-launcher YAML (`available_node_types`) or a KubeRay RayCluster /
 RayJob (head and worker groups: rayStartParams, container limits); GPU memory from the instance type
 (`INSTANCE_GPU_GB`) or the pod annotation `hh-ray/gpu-memory-gb`, else `--gpu-memory-gb`.
@@ -393,11 +393,12 @@ def plan_job(cfg, cluster: str | None = None, gpu_gb: float = DEFAULT_GPU_GB) ->
     if "ppo" not in cfg.stages or not any(pl.gpus for pl in placements.values()):
         return Plan([], [], [], str(cluster or ""))  # CPU jobs and jobs without PPO: nothing to plan on GPUs
     shape = model_shape(cfg.model.shape or cfg.model.policy, cfg.model.tokenizer_vocab_size)
-    pm_src = p.pm_checkpoint if p.pm_checkpoint and (Path(p.pm_checkpoint) / "config.json").is_file() else ""
+    pm_ck = p.reward.pm_checkpoint
+    pm_src = pm_ck if pm_ck and (Path(pm_ck) / "config.json").is_file() else ""
     pm_shape = model_shape(pm_src) if pm_src else shape
     seq, resp = d.max_prompt_tokens + p.rollout.max_new_tokens, p.rollout.max_new_tokens
     samples = p.prompts_per_step * p.rollout.samples_per_prompt
-    minibatch = max(1, samples // p.minibatches)
+    minibatch = max(1, samples // p.algo.minibatches)
 
     groups = []
     for name, pl in placements.items():  # in the driver's creation order

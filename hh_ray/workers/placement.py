@@ -142,12 +142,11 @@ def ppo_group_placements(ppo_cfg) -> dict[str, GroupPlacement]:
     whole-node trainer group claims its node before single-GPU groups scatter over the nodes (Ray does not keep
     small groups together), then reference, scorer, the first `num_engines` engines, and last the engines
     autoscaling may add, up to `max_engines` (the most it asks for). No critic when the algorithm has none."""
-    r = ppo_cfg.rollout
+    r, pl = ppo_cfg.rollout, ppo_cfg.placement
     engine = engine_placement(r)
     critic = ({"critic-trainer": trainer_placement(ppo_cfg.critic_trainer)}
               if ALGORITHMS[ppo_cfg.algorithm].needs_critic else {})
     out = {"policy-trainer": trainer_placement(ppo_cfg.policy_trainer)} | critic | {
-        "reference": worker_placement(1, ppo_cfg.reference_cpus, ppo_cfg.reference_gpus,
-                                      ppo_cfg.reference_node_resource),
-        "pm-scorer": worker_placement(1, ppo_cfg.scorer_cpus, ppo_cfg.scorer_gpus, ppo_cfg.scorer_node_resource)}
+        "reference": worker_placement(1, pl.reference_cpus, pl.reference_gpus, pl.reference_node_resource),
+        "pm-scorer": worker_placement(1, pl.scorer_cpus, pl.scorer_gpus, pl.scorer_node_resource)}
     return out | {f"rollout-{i}": engine for i in range(r.max_engines)}
