@@ -31,7 +31,7 @@ from hh_ray.algo.algorithms import ALGORITHMS
 from hh_ray.algo.analysis import paired_gap
 from hh_ray.algo.batch import Experience, PolicyBatch, SequenceBatch, ValueBatch, batch_size, minibatches, select
 from hh_ray.algo.ppo import KLController, kl_k1, kl_penalty, logprob_gap, pad_ragged
-from hh_ray.config import train_dtype
+from hh_ray.config import JobConfig, PPOConfig, train_dtype
 from hh_ray.data import DataError, load_train_holdout, unique_prompts
 from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver import stop
@@ -88,7 +88,7 @@ class PPOWorkers:
     test_scorer: ScorerGroup | None = None  # the held-out test PM (pm.test_split): evaluation only
 
     @classmethod
-    def start(cls, cfg, policy_path: str, pm_path: str) -> "PPOWorkers":
+    def start(cls, cfg: JobConfig, policy_path: str, pm_path: str) -> "PPOWorkers":
         """Start every group; if one cannot start, the ones already up are torn down before the error rises."""
         p, dtype = cfg.ppo, train_dtype(cfg.model)
         max_len = cfg.data.max_prompt_tokens + p.rollout.max_new_tokens + 8
@@ -124,7 +124,7 @@ class PPOWorkers:
                       if r.max_engines > r.min_engines else None)
         return cls(rollout, reference, scorer, policy, critic, sync, autoscaler, test_scorer)
 
-    def restart_trainers(self, cfg, policy_path: str) -> None:
+    def restart_trainers(self, cfg: JobConfig, policy_path: str) -> None:
         """Replace the trainer groups (after a rank died) and rejoin the new rank 0 to the engines."""
         for g in self.trainers().values():
             g.shutdown()
@@ -159,7 +159,7 @@ class PPOWorkers:
             g.shutdown()
 
 
-def start_trainers(cfg, policy_path: str, up) -> tuple[TrainerGroup, TrainerGroup | None]:
+def start_trainers(cfg: JobConfig, policy_path: str, up) -> tuple[TrainerGroup, TrainerGroup | None]:
     """The policy trainer group, and the critic's when the algorithm needs one."""
     p, dtype = cfg.ppo, train_dtype(cfg.model)
     policy = up(TrainerGroup("policy-trainer", policy_path, "causal_lm", p.policy_trainer, cfg.seed, dtype))
@@ -194,7 +194,7 @@ def generate(w: PPOWorkers, prompts: Prompts, sampling: Sampling, seeds: list[in
                       version=w.rollout.version)
 
 
-def make_experience(w: PPOWorkers, exp: Experience, ppo_cfg, with_values: bool = True) -> None:
+def make_experience(w: PPOWorkers, exp: Experience, ppo_cfg: PPOConfig, with_values: bool = True) -> None:
     """Old logprobs (trainer), reference logprobs, PM scores and values (with a critic) of the samples, all at once."""
     seqs, temperature, pack = exp.view(SequenceBatch), ppo_cfg.rollout.temperature, ppo_cfg.pack_tokens
     old = (w.policy.forward_async(seqs, TokenLogprobs(temperature, pack)) if ppo_cfg.algo.old_logprobs == "trainer"
@@ -208,7 +208,7 @@ def make_experience(w: PPOWorkers, exp: Experience, ppo_cfg, with_values: bool =
     exp.old_values = values() if values else []
 
 
-def ppo_update(w: PPOWorkers, exp: Experience, ppo_cfg, temperature: float, rng: random.Random,
+def ppo_update(w: PPOWorkers, exp: Experience, ppo_cfg: PPOConfig, temperature: float, rng: random.Random,
                decoupled: bool = False) -> dict:
     """`epochs` passes over the batch, each in `minibatches` steps over every sample; every trainer role (policy,
     and critic when there is one) side by side, each on its objective.
@@ -236,7 +236,7 @@ class Rollouts:
     """Where each step's batch comes from: generated when asked for (sync), or during the previous step while
     the trainers trained (`ppo.async_rollout`), by the policy the engines held then: one version behind."""
 
-    def __init__(self, w: PPOWorkers, prompts: Prompts, cfg):
+    def __init__(self, w: PPOWorkers, prompts: Prompts, cfg: JobConfig):
         self.w, self.prompts, self.cfg = w, prompts, cfg
         r = cfg.ppo.rollout
         self.sampling = Sampling(r.temperature, r.top_p, r.max_new_tokens, r.samples_per_prompt)
@@ -298,13 +298,13 @@ class Rollouts:
             self.pool.shutdown(wait=True)
 
 
-def advantage_config(p) -> AdvantageConfig:
+def advantage_config(p: PPOConfig) -> AdvantageConfig:
     """The advantage settings of `ppo` config `p`: its algorithm's estimator, a group per prompt's samples."""
     return AdvantageConfig(ALGORITHMS[p.algorithm].estimator, p.reward.kl_estimator, p.algo.gamma, p.algo.lam,
                            p.algo.whiten_advantages, p.reward.truncation_penalty, p.rollout.samples_per_prompt)
 
 
-def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg, kl_ctl, rng: random.Random) -> dict:
+def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg: JobConfig, kl_ctl, rng: random.Random) -> dict:
     """One PPO step: generate, experience, advantages, update, sync. Returns the step's metrics.
 
     The trainers hold policy version step - 1 when the step starts and version `step` when it ends. Async:
@@ -343,7 +343,7 @@ def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg, kl_ctl, rng: ran
     }
 
 
-def evaluate(w: PPOWorkers, prompts: Prompts, cfg, version: int) -> tuple[dict, list[dict]]:
+def evaluate(w: PPOWorkers, prompts: Prompts, cfg: JobConfig, version: int) -> tuple[dict, list[dict]]:
     """Held-out PM score and KL (the training estimator, and k1) of policy `version`, the trainers' (so the engines
     get it first: in async mode they hold one version behind), one sample per prompt with fixed seeds."""
     r = cfg.ppo.rollout
@@ -380,7 +380,7 @@ class PPOSetup:
     kl_ctl: KLController
 
     @classmethod
-    def prepare(cls, cfg) -> "PPOSetup":
+    def prepare(cls, cfg: JobConfig) -> "PPOSetup":
         """Checks first (PM, data), then the policy: bad input fails before anything is built."""
         p, run_dir = cfg.ppo, Path(cfg.run_dir)
         pm_path = p.reward.pm_checkpoint or str(run_dir / "pm")
@@ -456,7 +456,7 @@ def save_state(w: PPOWorkers, ckpt: Path, step: int, kl_ctl, algorithm: str) -> 
                                               "kl_controller": kl_ctl.state_dict()})
 
 
-def run_ppo(cfg) -> dict:
+def run_ppo(cfg: JobConfig) -> dict:
     """Run (or resume) PPO, or the algorithm `ppo.algorithm` names; returns the before/after held-out evaluation."""
     p, run_dir = cfg.ppo, Path(cfg.run_dir)
     out, ckpt = run_dir / "ppo", run_dir / "checkpoints" / "ppo"

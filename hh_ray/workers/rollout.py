@@ -10,12 +10,16 @@ import contextlib
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hh_ray.algo.batch import cut
 from hh_ray.data.hh import HUMAN
 from hh_ray.workers.device import device_from_config
 from hh_ray.workers.group import Worker, WorkerGroup, largest_peaks
 from hh_ray.workers.placement import engine_env_to_clear, engine_placement, per_request_seeds, vllm_engine_kwargs
+
+if TYPE_CHECKING:
+    from hh_ray.config import RolloutConfig
 
 
 class StaleWeightsError(RuntimeError):
@@ -75,7 +79,8 @@ class Sampling:
 class RolloutWorker(Worker):
     """One vLLM engine (tensor-parallel inside when asked) serving prompt token ids."""
 
-    def __init__(self, model_path: str, rollout_cfg, max_model_len: int, seed: int = 0, dtype: str = "auto"):
+    def __init__(self, model_path: str, rollout_cfg: RolloutConfig, max_model_len: int, seed: int = 0,
+                 dtype: str = "auto"):
         import os
 
         from vllm import LLM
@@ -157,8 +162,8 @@ class RolloutGroup:
     every prompt's samples come back exactly once and in prompt order.
     """
 
-    def __init__(self, model_path: str, rollout_cfg, max_model_len: int, seed: int = 0, name: str = "rollout",
-                 placement_timeout_s: float = 120.0, dtype: str = "auto"):
+    def __init__(self, model_path: str, rollout_cfg: RolloutConfig, max_model_len: int, seed: int = 0,
+                 name: str = "rollout", placement_timeout_s: float = 120.0, dtype: str = "auto"):
         self.cfg, self.dtype = rollout_cfg, dtype
         self.model_path, self.max_model_len, self.seed, self.name = model_path, max_model_len, seed, name
         self.placement_timeout_s = placement_timeout_s
