@@ -52,7 +52,7 @@ def test_moved_key_in_online_job_section():
     from hh_ray.driver.online import load_online_config
 
     with pytest.raises(ConfigError, match=r"^job\.ppo\.kl_coef moved: use job\.ppo\.reward\.kl_coef$"):
-        load_online_config(None, ["job.ppo.kl_coef=0.01"])
+        load_online_config(None, ["job.ppo.kl_coef=0.01"])  # an old key
     # a typo of a moved key points at its new place
     with pytest.raises(ConfigError, match=r"'ppo.sync_bucket_m'; did you mean 'ppo.sync.bucket_mb'\?"):
         load_config(None, ["ppo.sync_bucket_m=8"])
