@@ -7,7 +7,8 @@ from __future__ import annotations
 from benchmarks.common import Fixture, med, ppo_run
 from benchmarks.device import seconds_each
 
-ENGINE_LOGPROBS = ("ppo.old_logprobs=engine", "logging.tensorboard=false")  # in both runs: only the overlap differs
+# in both runs: only the overlap differs
+ENGINE_LOGPROBS = ("ppo.algo.old_logprobs=engine", "logging.tensorboard=false")
 
 
 def bench_async(fx: Fixture, quick: bool) -> dict:

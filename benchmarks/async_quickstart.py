@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 MODES = {"sync": ["ppo.async_rollout=false"], "async": ["ppo.async_rollout=true"],
-         "async-engine": ["ppo.async_rollout=true", "ppo.old_logprobs=engine"]}
+         "async-engine": ["ppo.async_rollout=true", "ppo.algo.old_logprobs=engine"]}
 
 
 def run_one(job: str, source: Path, run_dir: Path, seed: int, mode: str) -> dict:

@@ -85,7 +85,7 @@ def ppo_run(fx: "Fixture", name: str, preset: str, steps: int, *overrides: str) 
 
     run = fx.root / name
     run_ppo(load_config(None, [
-        f"run_dir={run}", f"model.policy={preset}", "ppo.scorer=substring:e", f"ppo.steps={steps}",
+        f"run_dir={run}", f"model.policy={preset}", "ppo.reward.scorer=substring:e", f"ppo.steps={steps}",
         "ppo.prompts_per_step=16", "ppo.rollout.samples_per_prompt=2", "ppo.eval_prompts=8",
         "ppo.rollout.max_new_tokens=32", "data.max_prompt_tokens=128",
         "ppo.policy_trainer.micro_batch_size=32", "ppo.critic_trainer.micro_batch_size=32",
@@ -118,7 +118,8 @@ class Fixture:
             return []
         g = self.gpu
         return [f"ppo.rollout.gpus_per_engine={g}", f"ppo.policy_trainer.gpus_per_rank={g}",
-                f"ppo.critic_trainer.gpus_per_rank={g}", f"ppo.reference_gpus={g}", f"ppo.scorer_gpus={g}"]
+                f"ppo.critic_trainer.gpus_per_rank={g}", f"ppo.placement.reference_gpus={g}",
+                f"ppo.placement.scorer_gpus={g}"]
 
     def model(self, name: str) -> str:
         """A preset's folder, built on first use (`medium` is ~400 MB, so only when a bench asks)."""

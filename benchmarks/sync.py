@@ -63,7 +63,7 @@ def bench_sync(fx: Fixture, quick: bool) -> dict:
         trainer = TrainerGroup(f"bench-sync-{name}", path, "causal_lm",
                                TrainerConfig(cpus_per_rank=1.0, gpus_per_rank=fx.gpu))
         rollout = RolloutGroup(path, RolloutConfig(cpus_per_engine=1.0, gpus_per_engine=fx.gpu, kv_cache_gb=0.25), 256)
-        rollout.connect(trainer, ppo.sync_bucket_mb * 2**20, ppo.sync_timeout_s)
+        rollout.connect(trainer, ppo.sync.bucket_mb * 2**20, ppo.sync.timeout_s)
         rollout.ensure(1)  # warm-up: the engine's first reload
         runs = [rollout.ensure(v) for v in range(2, 5 if quick else 7)]
         rollout.shutdown()
@@ -73,7 +73,7 @@ def bench_sync(fx: Fixture, quick: bool) -> dict:
         load = med([r.load_seconds for r in runs])
         out[name] = {"bytes": nbytes, "seconds": secs, "gb_per_s": nbytes / secs / 1e9,
                      "memcpy_gb_per_s": nbytes / memcpy_seconds(nbytes, fx.device) / 1e9,
-                     "wire_gb_per_s": nbytes / wire_seconds(fx, nbytes, ppo.sync_timeout_s) / 1e9,
+                     "wire_gb_per_s": nbytes / wire_seconds(fx, nbytes, ppo.sync.timeout_s) / 1e9,
                      "engine_load_seconds": load, "engine_load_gb_per_s": nbytes / load / 1e9}
     out["gb_per_s"] = out["small"]["gb_per_s"]
     out["memcpy_gb_per_s"] = out["small"]["memcpy_gb_per_s"]

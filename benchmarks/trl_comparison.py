@@ -45,10 +45,11 @@ def bench_trl(fx: Fixture, quick: bool) -> dict:
             # identity normalization: hh-ray's rewards are the raw scores TRL's reward model gives
             (pm_dir / PM_STATS).write_text(json.dumps({"mean": 0.0, "std": 1.0}))
         overrides = [
-            "model.policy=" + policy, "ppo.scorer=pm", f"ppo.pm_checkpoint={pm_dir}", f"ppo.steps={steps}",
+            "model.policy=" + policy, "ppo.reward.scorer=pm", f"ppo.reward.pm_checkpoint={pm_dir}",
+            f"ppo.steps={steps}",
             f"ppo.prompts_per_step={shape['batch']}", "ppo.rollout.samples_per_prompt=1", "ppo.eval_prompts=4",
-            f"ppo.rollout.max_new_tokens={shape['response_length']}", f"ppo.epochs={shape['epochs']}",
-            f"ppo.minibatches={shape['minibatches']}", f"data.max_prompt_tokens={shape['prompt_tokens']}",
+            f"ppo.rollout.max_new_tokens={shape['response_length']}", f"ppo.algo.epochs={shape['epochs']}",
+            f"ppo.algo.minibatches={shape['minibatches']}", f"data.max_prompt_tokens={shape['prompt_tokens']}",
             f"ppo.policy_trainer.micro_batch_size={shape['batch']}",
             f"ppo.critic_trainer.micro_batch_size={shape['batch']}", "ppo.rollout.kv_cache_gb=0.25",
             # the PM reads what TRL's reward model reads: the truncated prompt, the response, one more token

@@ -281,8 +281,16 @@ CONFIG_LOADERS = {"label": ("hh_ray.label.config", "load_label_config"),
                   "online": ("hh_ray.driver.online", "load_online_config")}
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    if argv[:1] == ["pm"] and (len(argv) == 1 or argv[1] not in ("train", "eval", "-h", "--help")):
+        argv = [argv[0], "train", *argv[1:]]  # `hh-ray pm --config X` trains
+    args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["hh-ray", *argv])  # the lock file names its holder by it
+    return args
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    """Run the parsed command; its errors are main's to report."""
+    """Run the parsed command; its errors go up to `main`, which turns them into one line and an exit code."""
     if args.command == "data":
         return _data_stats(args)
     if args.command == "models":
@@ -337,11 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     from hh_ray.driver.progress import quiet_driver_libraries
 
     quiet_driver_libraries()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["pm"] and (len(argv) == 1 or argv[1] not in ("train", "eval", "-h", "--help")):
-        argv.insert(1, "train")  # `hh-ray pm --config X` trains
-    args = build_parser().parse_args(argv)
-    args.command_line = shlex.join(["hh-ray", *argv])  # the lock file names its holder by it
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
     from hh_ray.config import ConfigError
     from hh_ray.data.hh import DataError
     from hh_ray.driver import stop
@@ -371,7 +375,6 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + stop.signal_number()
         print("hh-ray: interrupted", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -186,14 +188,9 @@ class RolloutConfig:
 
 
 @dataclass
-class PPOConfig:
-    """PPO against the PM with reward r_PM - kl_coef * KL(policy || initial policy), as in Bai et al."""
+class RewardConfig:
+    """What PPO maximizes: the scorer's score minus kl_coef * KL(policy || initial policy), as in Bai et al."""
 
-    # ppo: GAE against a critic; grpo: group-relative advantages over ppo.rollout.samples_per_prompt (>= 2) samples
-    # of each prompt, no critic (hh_ray/algo/algorithms.py). Both keep the KL to the reference in the reward.
-    algorithm: Literal["ppo", "grpo"] = "ppo"
-    steps: int = 20
-    prompts_per_step: int = 16
     kl_coef: float = 0.001  # the paper's lambda_KL
     # KL(policy || initial policy) is measured per sample, summed over the response's tokens (nats), with this
     # estimator in training and in held-out evaluation alike: k1 (log ratio) or k3 (Schulman's, always >= 0)
@@ -202,6 +199,15 @@ class PPOConfig:
     # a response (OpenRLHF's target is a per-token mean: multiply that by the response length to compare)
     adaptive_kl_target: float = 0.0
     adaptive_kl_horizon: int = 10000
+    truncation_penalty: float = 0.0  # subtracted from the score of a response cut at max_new_tokens (0 = off)
+    scorer: str = "pm"  # "pm" = the PM of this run (or pm_checkpoint); "substring:<t>" = share of tokens containing t
+    pm_checkpoint: str = ""
+
+
+@dataclass
+class AlgoConfig:
+    """The update: advantages (GAE's gamma and lam), clipped-surrogate epochs over minibatches, loss coefficients."""
+
     gamma: float = 1.0
     lam: float = 0.95
     epochs: int = 1
@@ -211,36 +217,76 @@ class PPOConfig:
     value_coef: float = 1.0
     entropy_coef: float = 0.0
     whiten_advantages: bool = True  # GAE's; GRPO normalizes within each prompt's group instead
-    eval_prompts: int = 32
-    eval_every: int = 0  # 0 = only before and after
-    checkpoint_every: int = 0  # 0 = only at the end
     # the PPO ratio's denominator and the policy side of the KL: "trainer" recomputes them on the sampled tokens
     # (exact); "engine" reuses vLLM's sampling logprobs (cheaper; refused with top_p < 1 or a non-fp32 dtype)
     old_logprobs: Literal["trainer", "engine"] = "trainer"
-    # the engines generate the next batch with the policy they hold while the trainers train on this one: every
-    # batch is one policy version behind. With old_logprobs=trainer the update is decoupled PPO (the ratio clipped
-    # around the trainer's current policy, each token weighted by pi_trainer / pi_engine, capped); with
-    # old_logprobs=engine it is plain PPO against the behaviour policy. Off: generation and training alternate,
-    # exactly as without the flag.
-    async_rollout: bool = False
-    # > 0: policy, critic and reference passes pack samples into rows of at least this many tokens, each sample
-    # attending only to itself, so no compute is spent on padding (outputs equal the padded passes')
-    pack_tokens: int = 0
-    truncation_penalty: float = 0.0  # subtracted from the score of a response cut at max_new_tokens (0 = off)
-    sync_bucket_mb: int = 32  # weight sync: parameters travel in flat buckets of this size
-    sync_timeout_s: float = 600.0  # weight sync: a broadcast that waits longer fails (gloo and NCCL alike)
-    max_failures: int = 3  # trainer-rank deaths survived in one command (both trainer groups rebuilt each time)
-    scorer: str = "pm"  # "pm" = the PM of this run (or pm_checkpoint); "substring:<t>" = share of tokens containing t
-    pm_checkpoint: str = ""
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    policy_trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(lr=1e-5))
-    critic_trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(lr=5e-5))
+
+
+@dataclass
+class PlacementConfig:
+    """Resources of the frozen models: the reference (initial policy) and the PM scorer."""
+
     reference_cpus: float = 0.25
     reference_gpus: float = 0.0  # fractional GPUs let reference and scorer share a device
     scorer_cpus: float = 0.25
     scorer_gpus: float = 0.0
     reference_node_resource: str = ""  # custom Ray resource of the reference model's node type; "" = any node
     scorer_node_resource: str = ""  # custom Ray resource of the PM scorer's node type; "" = any node
+
+
+@dataclass
+class SyncConfig:
+    """Weight sync from the policy trainer to the engines after every update."""
+
+    bucket_mb: int = 32  # parameters travel in flat buckets of this size
+    timeout_s: float = 600.0  # a broadcast that waits longer fails (gloo and NCCL alike)
+
+
+@dataclass
+class PPOConfig:
+    """PPO against the PM with reward r_PM - kl_coef * KL(policy || initial policy), as in Bai et al.: the run's
+    shape here, the reward, the update, the frozen models' placement and the weight sync in sections."""
+
+    # ppo: GAE against a critic; grpo: group-relative advantages over ppo.rollout.samples_per_prompt (>= 2) samples
+    # of each prompt, no critic (hh_ray/algo/algorithms.py). Both keep the KL to the reference in the reward.
+    algorithm: Literal["ppo", "grpo"] = "ppo"
+    steps: int = 20
+    prompts_per_step: int = 16
+    eval_prompts: int = 32
+    eval_every: int = 0  # 0 = only before and after
+    checkpoint_every: int = 0  # 0 = only at the end
+    # the engines generate the next batch with the policy they hold while the trainers train on this one: every
+    # batch is one policy version behind. With algo.old_logprobs=trainer the update is decoupled PPO (the ratio
+    # clipped around the trainer's current policy, each token weighted by pi_trainer / pi_engine, capped); with
+    # algo.old_logprobs=engine it is plain PPO against the behaviour policy. Off: generation and training
+    # alternate, exactly as without the flag.
+    async_rollout: bool = False
+    # > 0: policy, critic and reference passes pack samples into rows of at least this many tokens, each sample
+    # attending only to itself, so no compute is spent on padding (outputs equal the padded passes')
+    pack_tokens: int = 0
+    max_failures: int = 3  # trainer-rank deaths survived in one command (both trainer groups rebuilt each time)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    policy_trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(lr=1e-5))
+    critic_trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(lr=5e-5))
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+
+
+# Keys that moved into a section, per section class: old key -> its new path, both relative to that section. A
+# config that still uses an old key is refused with the new one named (never silently read or ignored).
+PPO_MOVED_KEYS: dict[str, str] = {
+    **{k: f"reward.{k}" for k in ("kl_coef", "kl_estimator", "adaptive_kl_target", "adaptive_kl_horizon",
+                                  "truncation_penalty", "scorer", "pm_checkpoint")},
+    **{k: f"algo.{k}" for k in ("gamma", "lam", "epochs", "minibatches", "clip_ratio", "value_clip", "value_coef",
+                                "entropy_coef", "whiten_advantages", "old_logprobs")},
+    **{k: f"placement.{k}" for k in ("reference_cpus", "reference_gpus", "reference_node_resource", "scorer_cpus",
+                                     "scorer_gpus", "scorer_node_resource")},
+    "sync_bucket_mb": "sync.bucket_mb",
+    "sync_timeout_s": "sync.timeout_s",
+}
+MOVED_KEYS: dict[type, dict[str, str]] = {PPOConfig: PPO_MOVED_KEYS}
 
 
 @dataclass
@@ -371,10 +417,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _build(cls: type, raw: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    moved = MOVED_KEYS.get(cls, {})
     for key in raw:
+        if key in moved:
+            raise ConfigError(f"{prefix}{key} moved: use {prefix}{moved[key]}")
         if key not in names:
-            near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {', '.join(names)}"
+            near = difflib.get_close_matches(str(key), names + list(moved), n=1, cutoff=0.5)
+            hint = (f"; did you mean '{prefix}{moved.get(near[0], near[0])}'?" if near
+                    else f"; valid keys: {', '.join(names)}")
             raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in raw.items()}
     return cls(**kwargs)
@@ -435,9 +485,7 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(cfg: JobConfig) -> None:
     """Cross-field and range checks that types alone cannot express; all before any cluster starts."""
-    import math
-
-    d, p, r = cfg.data, cfg.ppo, cfg.ppo.rollout
+    d, p, r, u = cfg.data, cfg.ppo, cfg.ppo.rollout, cfg.ppo.algo
     _check(0.0 <= d.holdout_fraction < 1.0, f"data.holdout_fraction: must be in [0, 1), got {d.holdout_fraction}")
     for name, w in d.subset_weights.items():
         _check(w >= 0, f"data.subset_weights.{name}: must be >= 0, got {w}")
@@ -445,21 +493,22 @@ def validate(cfg: JobConfig) -> None:
         _check(bool(x.dir) and x.weight >= 0, f"data.extra[{i}]: needs a dir and a weight >= 0, got {x}")
     _check(d.max_prompt_tokens >= 1 and d.max_response_tokens >= 1,
            "data.max_prompt_tokens and data.max_response_tokens must be >= 1")
-    if p.old_logprobs == "engine":
-        _check(r.top_p == 1.0, f"ppo.old_logprobs=engine: vLLM reports logprobs after top-p filtering, which differ "
-                               f"from the full softmax (ppo.rollout.top_p={r.top_p}); use ppo.old_logprobs=trainer")
+    if u.old_logprobs == "engine":
+        _check(r.top_p == 1.0, f"ppo.algo.old_logprobs=engine: vLLM reports logprobs after top-p filtering, which "
+                               f"differ from the full softmax (ppo.rollout.top_p={r.top_p}); use "
+                               f"ppo.algo.old_logprobs=trainer")
         on_gpu = r.gpus_per_engine > 0 or p.policy_trainer.gpus_per_rank > 0
         dtype = train_dtype(cfg.model)
         _check(dtype == "float32" or (dtype == "auto" and not on_gpu),
-               "ppo.old_logprobs=engine: engine and trainer logprobs agree only in float32 (model.dtype resolves to "
-               "a 16-bit type here); use ppo.old_logprobs=trainer")
-    for key in ("kl_coef", "gamma", "lam", "clip_ratio", "value_clip", "value_coef", "entropy_coef",
-                "truncation_penalty"):
-        v = getattr(p, key)
+               "ppo.algo.old_logprobs=engine: engine and trainer logprobs agree only in float32 (model.dtype "
+               "resolves to a 16-bit type here); use ppo.algo.old_logprobs=trainer")
+    for key in ("reward.kl_coef", "reward.truncation_penalty", "algo.gamma", "algo.lam", "algo.clip_ratio",
+                "algo.value_clip", "algo.value_coef", "algo.entropy_coef"):
+        v = attrgetter(key)(p)
         _check(math.isfinite(v) and v >= 0, f"ppo.{key}: must be a finite number >= 0, got {v}")
-    _check(p.gamma <= 1 and p.lam <= 1, f"ppo.gamma and ppo.lam must be in [0, 1], got {p.gamma}, {p.lam}")
-    for key in ("steps", "prompts_per_step", "epochs", "minibatches", "eval_prompts", "sync_bucket_mb"):
-        _check(getattr(p, key) >= 1, f"ppo.{key}: must be >= 1, got {getattr(p, key)}")
+    _check(u.gamma <= 1 and u.lam <= 1, f"ppo.algo.gamma and ppo.algo.lam must be in [0, 1], got {u.gamma}, {u.lam}")
+    for key in ("steps", "prompts_per_step", "algo.epochs", "algo.minibatches", "eval_prompts", "sync.bucket_mb"):
+        _check(attrgetter(key)(p) >= 1, f"ppo.{key}: must be >= 1, got {attrgetter(key)(p)}")
     for key in ("eval_every", "checkpoint_every", "max_failures", "pack_tokens"):
         _check(getattr(p, key) >= 0, f"ppo.{key}: must be >= 0 (0 = off), got {getattr(p, key)}")
     _check(r.temperature > 0 and math.isfinite(r.temperature),
@@ -470,8 +519,9 @@ def validate(cfg: JobConfig) -> None:
     _check(1 <= r.min_engines <= r.num_engines <= r.max_engines,
            f"ppo.rollout: need 1 <= min_engines <= num_engines <= max_engines, got "
            f"{r.min_engines}, {r.num_engines}, {r.max_engines}")
-    _check(p.scorer == "pm" or (p.scorer.startswith("substring:") and len(p.scorer) > len("substring:")),
-           f"ppo.scorer: expected 'pm' or 'substring:<text>', got '{p.scorer}'")
+    scorer = p.reward.scorer
+    _check(scorer == "pm" or (scorer.startswith("substring:") and len(scorer) > len("substring:")),
+           f"ppo.reward.scorer: expected 'pm' or 'substring:<text>', got '{scorer}'")
     # the PM reads the whole response: the prompt gives way, never the response (decoder PMs add one token)
     _check(cfg.pm.max_tokens >= r.max_new_tokens + 1 + 8,
            f"pm.max_tokens={cfg.pm.max_tokens} cannot hold a full {r.max_new_tokens}-token response "
@@ -479,21 +529,13 @@ def validate(cfg: JobConfig) -> None:
            f"least {r.max_new_tokens + 9}")
     for sect, t in (("sft.trainer", cfg.sft.trainer), ("pm.trainer", cfg.pm.trainer),
                     ("ppo.policy_trainer", p.policy_trainer), ("ppo.critic_trainer", p.critic_trainer)):
-        _check(min(t.num_ranks, t.micro_batch_size, t.grad_accum_steps, t.forward_micro_batch_size,
-                   t.forward_token_budget) >= 1,
-               f"{sect}: num_ranks, micro_batch_size, grad_accum_steps and the forward limits must be >= 1")
-        _check(t.lr > 0 and math.isfinite(t.lr), f"{sect}.lr: must be > 0, got {t.lr}")
-        _check(t.lora.rank >= 0 and t.lora.top_layers >= 0 and bool(t.lora.target_modules),
-               f"{sect}.lora: rank and top_layers must be >= 0 and target_modules non-empty")
-        _check(t.lora.rank == 0 or t.zero_stage < 3,
-               f"{sect}.lora: LoRA trains with ZeRO stage 0-2 (the frozen base is small next to its optimizer "
-               f"state); got zero_stage 3")
+        _validate_trainer(sect, t)
     _check(r.tensor_parallel_size == 1 or r.gpus_per_engine in (0.0, 1.0),
            f"ppo.rollout.gpus_per_engine: with tensor_parallel_size {r.tensor_parallel_size} each rank takes one "
            f"whole GPU (vLLM's Ray executor), so 0 or 1, got {r.gpus_per_engine}")
     # every sample is trained on each epoch: the smallest minibatch must still give each rank its micro-batches
     batch = p.prompts_per_step * r.samples_per_prompt
-    smallest = batch // p.minibatches
+    smallest = batch // u.minibatches
     spec = ALGORITHMS[p.algorithm]
     _check(r.samples_per_prompt >= spec.min_samples_per_prompt,
            f"ppo.algorithm={p.algorithm}: needs ppo.rollout.samples_per_prompt >= {spec.min_samples_per_prompt} (each "
@@ -502,11 +544,28 @@ def validate(cfg: JobConfig) -> None:
                                                              if spec.needs_critic else ())
     for sect, t in trainers:
         need = t.num_ranks * t.grad_accum_steps
-        _check(smallest >= need, f"ppo: a minibatch of {smallest} samples ({batch} per step / {p.minibatches} "
+        _check(smallest >= need, f"ppo: a minibatch of {smallest} samples ({batch} per step / {u.minibatches} "
                                  f"minibatches) is smaller than {sect}'s ranks x grad_accum_steps = {need}")
     _check(cfg.sft.steps >= 1, f"sft.steps: must be >= 1, got {cfg.sft.steps}")
     _check(cfg.pm.epochs > 0, f"pm.epochs: must be > 0, got {cfg.pm.epochs}")
-    a = cfg.analyses
+    _validate_analyses(cfg.analyses)
+
+
+def _validate_trainer(sect: str, t: TrainerConfig) -> None:
+    """Batch geometry, learning rate and LoRA of the trainer section `sect`."""
+    _check(min(t.num_ranks, t.micro_batch_size, t.grad_accum_steps, t.forward_micro_batch_size,
+               t.forward_token_budget) >= 1,
+           f"{sect}: num_ranks, micro_batch_size, grad_accum_steps and the forward limits must be >= 1")
+    _check(t.lr > 0 and math.isfinite(t.lr), f"{sect}.lr: must be > 0, got {t.lr}")
+    _check(t.lora.rank >= 0 and t.lora.top_layers >= 0 and bool(t.lora.target_modules),
+           f"{sect}.lora: rank and top_layers must be >= 0 and target_modules non-empty")
+    _check(t.lora.rank == 0 or t.zero_stage < 3,
+           f"{sect}.lora: LoRA trains with ZeRO stage 0-2 (the frozen base is small next to its optimizer "
+           f"state); got zero_stage 3")
+
+
+def _validate_analyses(a: AnalysesConfig) -> None:
+    """Sizes of the paper's analyses (bon, tradeoff, alignment tax, OOD)."""
     _check(bool(a.bon_ns) and min(a.bon_ns) >= 1, f"analyses.bon_ns: need positive integers, got {a.bon_ns}")
     _check(a.bon_prompts >= 2, f"analyses.bon_prompts: need at least 2 prompts, got {a.bon_prompts}")
     _check(bool(a.harmless_weights) and min(a.harmless_weights) >= 0,

@@ -38,7 +38,7 @@ def _pm_without_stats(tmp: Path, tiny: Path) -> list[str]:
 
 def _checkpoints_without_state(tmp: Path, tiny: Path) -> list[str]:
     (tmp / "run" / "checkpoints" / "ppo" / "policy" / "step2").mkdir(parents=True)
-    return ["ppo", "--config", QUICK, f"run_dir={tmp / 'run'}", "ppo.scorer=substring:e"]
+    return ["ppo", "--config", QUICK, f"run_dir={tmp / 'run'}", "ppo.reward.scorer=substring:e"]
 
 
 HELD: list[int] = []  # lock file descriptors the cases hold (closed when the module's tests end)
@@ -75,7 +75,7 @@ def _log_damaged_mid_file(tmp: Path, tiny: Path) -> list[str]:
     (ckpt / "state-step2.json").write_text(json.dumps({"step": 2, "tag": "step2", "kl_controller": {}}))
     (tmp / "run" / "ppo").mkdir(parents=True)
     (tmp / "run" / "ppo" / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "objective/kl": 0.\n{"step": 3}\n')
-    return ["ppo", "--config", QUICK, f"run_dir={tmp / 'run'}", "ppo.scorer=substring:e"]
+    return ["ppo", "--config", QUICK, f"run_dir={tmp / 'run'}", "ppo.reward.scorer=substring:e"]
 
 
 # (what was tried, argv or a function of (tmp, tiny model dir) building it, words the one line must contain)
@@ -87,18 +87,19 @@ CASES = [
     ("max_new_tokens negative", ["ppo", "--config", QUICK, "ppo.rollout.max_new_tokens=-5"], "max_new_tokens"),
     ("temperature -1", ["ppo", "--config", QUICK, "ppo.rollout.temperature=-1"], "temperature"),
     ("top_p 2", ["ppo", "--config", QUICK, "ppo.rollout.top_p=2"], "top_p"),
-    ("kl_coef nan", ["ppo", "--config", QUICK, "ppo.kl_coef=.nan"], "kl_coef"),
-    ("epochs 0", ["ppo", "--config", QUICK, "ppo.epochs=0"], "ppo.epochs"),
-    ("minibatches 0", ["ppo", "--config", QUICK, "ppo.minibatches=0"], "ppo.minibatches"),
-    ("more minibatches than samples", ["ppo", "--config", QUICK, "ppo.minibatches=100"], "minibatch"),
+    ("kl_coef nan", ["ppo", "--config", QUICK, "ppo.reward.kl_coef=.nan"], "kl_coef"),
+    ("epochs 0", ["ppo", "--config", QUICK, "ppo.algo.epochs=0"], "ppo.algo.epochs"),
+    ("minibatches 0", ["ppo", "--config", QUICK, "ppo.algo.minibatches=0"], "ppo.algo.minibatches"),
+    ("more minibatches than samples", ["ppo", "--config", QUICK, "ppo.algo.minibatches=100"], "minibatch"),
     ("samples_per_prompt 0", ["ppo", "--config", QUICK, "ppo.rollout.samples_per_prompt=0"], "samples_per_prompt"),
-    ("unknown scorer", ["ppo", "--config", QUICK, "ppo.scorer=bogus"], "ppo.scorer"),
-    ("unknown key", ["ppo", "--config", QUICK, "ppo.kl_coeff=0.1"], "did you mean 'ppo.kl_coef'"),
+    ("unknown scorer", ["ppo", "--config", QUICK, "ppo.reward.scorer=bogus"], "ppo.reward.scorer"),
+    ("unknown key", ["ppo", "--config", QUICK, "ppo.kl_coeff=0.1"], "did you mean 'ppo.reward.kl_coef'"),
+    ("a PPO key from before the sections", ["ppo", "--config", QUICK, "ppo.kl_coef=0.1"], "use ppo.reward.kl_coef"),
     ("override not valid YAML", ["ppo", "--config", QUICK, "ppo.steps=[1"], "ppo.steps"),
     ("wrong type", ["ppo", "--config", QUICK, "ppo.steps=many"], "ppo.steps"),
     ("config file missing", ["ppo", "--config", "no/such.yaml"], "config file not found"),
     ("PM cannot hold a full response", ["ppo", "--config", QUICK, "pm.max_tokens=32"], "pm.max_tokens"),
-    ("engine logprobs with top_p < 1", ["ppo", "--config", QUICK, "ppo.old_logprobs=engine", "ppo.rollout.top_p=0.9"],
+    ("engine logprobs with top_p < 1", ["ppo", "--config", QUICK, "ppo.algo.old_logprobs=engine", "ppo.rollout.top_p=0.9"],
      "top-p"),
     ("unknown model dtype", ["sft", "--config", QUICK, "model.dtype=fp8"], "model.dtype"),
     ("unknown subset", ["sft", "--config", QUICK, "data.subsets=[nosuch]"], "nosuch"),
@@ -107,7 +108,7 @@ CASES = [
     ("all records malformed", lambda tmp, tiny: ["sft", "--config", QUICK, *_malformed_data(tmp)],
      "no usable training comparisons"),
     ("holdout fraction 0 leaves no held-out prompts",
-     ["ppo", "--config", QUICK, "data.holdout_fraction=0", "ppo.scorer=substring:e"], "data.holdout_fraction"),
+     ["ppo", "--config", QUICK, "data.holdout_fraction=0", "ppo.reward.scorer=substring:e"], "data.holdout_fraction"),
     ("pm eval on a folder that is not a PM", _non_pm_folder, "not a preference model"),
     ("PPO with a PM that has no normalisation stats", _pm_without_stats, "pm_stats.json"),
     ("PPO checkpoints without driver state", _checkpoints_without_state, "--fresh"),

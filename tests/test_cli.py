@@ -41,7 +41,7 @@ def test_bad_config_is_one_clear_line(tmp_path):
     p = hh_ray("ppo", "ppo.kl_coeff=1", check=False)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1] == (
-        "hh-ray: error: unknown config key 'ppo.kl_coeff'; did you mean 'ppo.kl_coef'?")
+        "hh-ray: error: unknown config key 'ppo.kl_coeff'; did you mean 'ppo.reward.kl_coef'?")
 
 
 def test_pm_eval_errors_are_one_line(tmp_path, hh_dir):

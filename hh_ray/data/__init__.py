@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 from hh_ray.data.hh import (  # noqa: F401  (the data layer's public names)
     SUBSETS,
@@ -16,8 +17,11 @@ from hh_ray.data.hh import (  # noqa: F401  (the data layer's public names)
     unique_prompts,
 )
 
+if TYPE_CHECKING:
+    from hh_ray.config import DataConfig
 
-def load_train_holdout(data_cfg, seed: int) -> tuple[list[Comparison], list[Comparison], LoadReport]:
+
+def load_train_holdout(data_cfg: DataConfig, seed: int) -> tuple[list[Comparison], list[Comparison], LoadReport]:
     """The job's comparisons: validated, split by prompt hash into train/holdout, train side reweighted.
 
     No training comparison at all is an error that names where the data was read and what was rejected.

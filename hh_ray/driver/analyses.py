@@ -15,7 +15,7 @@ from hh_ray.analysis.alignment_tax import AlignmentTaxConfig, alignment_tax, hh_
 from hh_ray.analysis.best_of_n import BestOfNConfig, best_of_n, scorer_for_one_call, write_best_of_n
 from hh_ray.analysis.ood import OODConfig, ood_detection
 from hh_ray.analysis.tradeoff import HARMLESS, pm_tradeoff, policy_point_from_samples, policy_tradeoff, write_tradeoff
-from hh_ray.config import train_dtype
+from hh_ray.config import JobConfig, train_dtype
 from hh_ray.data import load_train_holdout, unique_prompts
 from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver.cluster import connect
@@ -27,17 +27,17 @@ from hh_ray.workers.rollout import RolloutGroup
 from hh_ray.workers.scorer import ScorerGroup
 
 
-def _scorer(spec: str, policy: str, cfg):
+def _scorer(spec: str, policy: str, cfg: JobConfig):
     """A ScorerGroup for `substring:<t>` or a PM folder."""
     if not spec.startswith("substring:") and not (Path(spec) / "config.json").is_file():
         raise FileNotFoundError(f"no PM at {spec}; train one with `hh-ray pm` or pass a scorer")
     name = "pm" if not spec.startswith("substring:") else spec
     return ScorerGroup(scorer=name, pm_path=spec, policy_tokenizer=policy, max_tokens=cfg.pm.max_tokens,
-                       cpus=cfg.ppo.scorer_cpus, gpus=cfg.ppo.scorer_gpus, dtype=train_dtype(cfg.model),
-                       fmt=cfg.data.format)
+                       cpus=cfg.ppo.placement.scorer_cpus, gpus=cfg.ppo.placement.scorer_gpus,
+                       dtype=train_dtype(cfg.model), fmt=cfg.data.format)
 
 
-def _heldout_prompts(cfg, count: int, harmless: tuple[bool | None, ...] = (None,)) -> list[list[str]]:
+def _heldout_prompts(cfg: JobConfig, count: int, harmless: tuple[bool | None, ...] = (None,)) -> list[list[str]]:
     """Per filter (True: harmless-base only, False: the other subsets, None: all), the first `count` distinct
     held-out prompts; the data is read once."""
     train, held, _ = load_train_holdout(cfg.data, cfg.seed)
@@ -53,18 +53,18 @@ def _heldout_prompts(cfg, count: int, harmless: tuple[bool | None, ...] = (None,
     return out
 
 
-def _rollout(cfg, policy: str, max_new_tokens: int, name: str):
+def _rollout(cfg: JobConfig, policy: str, max_new_tokens: int, name: str):
     connect(cfg.ray)
     return RolloutGroup(policy, cfg.ppo.rollout, cfg.data.max_prompt_tokens + max_new_tokens + 8, seed=cfg.seed,
                         name=name, dtype=train_dtype(cfg.model))
 
 
-def _prompt_ids(cfg, policy: str, prompts: list[str]) -> list[list[int]]:
+def _prompt_ids(cfg: JobConfig, policy: str, prompts: list[str]) -> list[list[int]]:
     tok = load_tokenizer(policy, cfg.data.format)
     return [truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in prompts]
 
 
-def run_best_of_n(cfg, bon: BestOfNConfig) -> BestOfN:
+def run_best_of_n(cfg: JobConfig, bon: BestOfNConfig) -> BestOfN:
     """Start a rollout group and the scorers, run best-of-N on held-out prompts, write analysis/bon.json + PNG."""
     run_dir = Path(cfg.run_dir)
     policy = bon.policy or starting_policy(cfg)
@@ -84,7 +84,7 @@ def run_best_of_n(cfg, bon: BestOfNConfig) -> BestOfN:
     return result
 
 
-def run_harmless_sweep(cfg, weights: list[float]) -> Tradeoff:
+def run_harmless_sweep(cfg: JobConfig, weights: list[float]) -> Tradeoff:
     """Train one PM per harmless-base weight in the data mix (each in <run_dir>/harmless-w<w>, reused when done),
     then place them in the helpful/harmless accuracy plane: writes <run_dir>/analysis/tradeoff.json + PNG.
     Each PM learns from the pairs the run's PM learned from (with pm.test_split, the same half), so the run's PM
@@ -122,14 +122,14 @@ def run_harmless_sweep(cfg, weights: list[float]) -> Tradeoff:
     return result
 
 
-def run_policy_tradeoff(cfg, prompts: int) -> Tradeoff:
+def run_policy_tradeoff(cfg: JobConfig, prompts: int) -> Tradeoff:
     """The initial and the final (PPO) policy in the helpful/harmless plane: one sample per held-out helpful and
     harmless-base prompt, scored by the run's PM; writes analysis/tradeoff_policies.json + PNG."""
     run_dir = Path(cfg.run_dir)
     final = run_dir / "ppo" / "policy"
     if not (final / "config.json").is_file():
         raise FileNotFoundError(f"no PPO policy at {final}; run the ppo stage first")
-    pm = cfg.ppo.scorer if cfg.ppo.scorer != "pm" else str(run_dir / "pm")
+    pm = cfg.ppo.reward.scorer if cfg.ppo.reward.scorer != "pm" else str(run_dir / "pm")
     helpful, harmless = _heldout_prompts(cfg, prompts, harmless=(False, True))
     points = []
     for label, policy in (("initial", starting_policy(cfg)), ("ppo", str(final))):
@@ -153,7 +153,7 @@ def run_policy_tradeoff(cfg, prompts: int) -> Tradeoff:
     return result
 
 
-def run_alignment_tax(cfg) -> AlignmentTax:
+def run_alignment_tax(cfg: JobConfig) -> AlignmentTax:
     """lm-eval before (the initial policy) and after (the PPO policy) on the configured tasks, or on local HH
     choice tasks written into the run folder when none are configured (no hub needed)."""
     a = cfg.analyses
@@ -166,7 +166,7 @@ def run_alignment_tax(cfg) -> AlignmentTax:
     return alignment_tax(tax)
 
 
-def run_ood(cfg) -> OOD:
+def run_ood(cfg: JobConfig) -> OOD:
     """Mahalanobis OOD detection of harmless-base requests on the activations of the run's PM, its final policy
     or any HF folder (analyses.ood_model)."""
     a, run_dir = cfg.analyses, Path(cfg.run_dir)

@@ -17,10 +17,15 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hh_ray.driver import stop
+from hh_ray.workers.cluster import init_ray, ray_address
 from hh_ray.workers.group import actor_env
 from hh_ray.workers.logs import LOG_DIR_ENV, SETUP_HOOK
+
+if TYPE_CHECKING:
+    from hh_ray.config import RayConfig
 
 SESSION_FILE = ".ray-local-session.json"
 WORKER_LOGS = "logs"
@@ -58,30 +63,28 @@ def end_stale_session(run_dir: Path) -> int:
     return len(procs)
 
 
-def connect(ray_cfg, run_dir: str | os.PathLike | None = None) -> None:
+def connect(ray_cfg: RayConfig, run_dir: str | os.PathLike | None = None) -> None:
     import ray
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS") or ray_cfg.address
-    env = {"env_vars": actor_env()}
+    address = ray_address(ray_cfg.address)
     if address == "local":
         run = Path(run_dir) if run_dir else None
+        env = {"env_vars": actor_env()}
         if run is not None:
             killed = end_stale_session(run)
             if killed:
                 print(f"[ray] ended {killed} processes of a local cluster whose driver died")
             env["env_vars"][LOG_DIR_ENV] = str((run / WORKER_LOGS).resolve())
             env["worker_process_setup_hook"] = SETUP_HOOK
-        # A small machine still hosts every group: fractional CPUs per bundle, a floor of 4 logical CPUs.
-        num_cpus = ray_cfg.num_cpus or max(4, os.cpu_count() or 1)
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env,
-                 log_to_driver=run is None, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
+        init_ray("local", ray_cfg.num_cpus, env, log_to_driver=run is None, logging_level=logging.WARNING,
+                 _node_ip_address="127.0.0.1")
         if run is not None:
             run.mkdir(parents=True, exist_ok=True)
             session = ray._private.worker._global_node.session_name  # names every process of this cluster
             (run / SESSION_FILE).write_text(json.dumps({"session": session, "driver_pid": os.getpid()}))
             print(f"[ray] local cluster up; worker logs in {run / WORKER_LOGS}/", flush=True)
     else:
-        ray.init(address=address)  # a submitted job keeps its own runtime env; groups set their env vars
+        init_ray(address)
     stop.rearm()  # ray.init replaced the command's SIGTERM handler with its own `sys.exit`

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from hh_ray.analysis.best_of_n import BestOfNConfig
-from hh_ray.config import dump_config
+from hh_ray.config import JobConfig, dump_config
 from hh_ray.data import load_train_holdout
 from hh_ray.driver import stop
 from hh_ray.driver.analyses import run_alignment_tax, run_best_of_n, run_harmless_sweep, run_ood, run_policy_tradeoff
@@ -17,7 +17,7 @@ from hh_ray.driver.sft import initial_policy, run_sft
 from hh_ray.report.report import write_report
 
 
-def run_pipeline(cfg) -> Path:
+def run_pipeline(cfg: JobConfig) -> Path:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")

@@ -10,7 +10,7 @@ import torch
 
 from hh_ray.algo.batch import PairBatch, select
 from hh_ray.algo.pm import pm_metrics
-from hh_ray.config import train_dtype
+from hh_ray.config import JobConfig, train_dtype
 from hh_ray.data import load_train_holdout
 from hh_ray.data.hh import Comparison, DataError, LoadReport, load_comparisons, local_subsets, split_holdout
 from hh_ray.data.tokenize import load_tokenizer, pm_input_ids
@@ -27,7 +27,7 @@ from hh_ray.workers.trainer import TrainerGroup
 PM_EVAL = "pm_eval.json"
 
 
-def resolve_backbone(cfg) -> str:
+def resolve_backbone(cfg: JobConfig) -> str:
     if cfg.pm.backbone != "sft":
         return resolve_model(cfg.pm.backbone)
     path = Path(cfg.run_dir) / "sft"
@@ -66,7 +66,7 @@ def require_pm(path: Path, need_stats: bool = False) -> None:
 TEST_PM = "pm-test"
 
 
-def run_pm(cfg, with_test_pm: bool = True) -> str:
+def run_pm(cfg: JobConfig, with_test_pm: bool = True) -> str:
     """Train on the train side, evaluate on held-out prompts, export to `<run_dir>/pm`; returns that path.
 
     With `pm.test_split`, the train side is cut in two halves by prompt: the PM PPO trains against learns from
@@ -84,7 +84,7 @@ def run_pm(cfg, with_test_pm: bool = True) -> str:
     return out
 
 
-def train_pm(cfg, train: list[Comparison], held: list[Comparison], name: str) -> str:
+def train_pm(cfg: JobConfig, train: list[Comparison], held: list[Comparison], name: str) -> str:
     """One PM on `train`, evaluated on `held`, exported to `<run_dir>/<name>`."""
     run_dir = Path(cfg.run_dir)
     out = run_dir / name

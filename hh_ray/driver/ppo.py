@@ -31,7 +31,7 @@ from hh_ray.algo.algorithms import ALGORITHMS
 from hh_ray.algo.analysis import paired_gap
 from hh_ray.algo.batch import Experience, PolicyBatch, SequenceBatch, ValueBatch, batch_size, minibatches, select
 from hh_ray.algo.ppo import KLController, kl_k1, kl_penalty, logprob_gap, pad_ragged
-from hh_ray.config import train_dtype
+from hh_ray.config import JobConfig, PPOConfig, train_dtype
 from hh_ray.data import DataError, load_train_holdout, unique_prompts
 from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver import stop
@@ -91,7 +91,7 @@ class PPOWorkers:
     policy_version: int = 0
 
     @classmethod
-    def start(cls, cfg, policy_path: str, pm_path: str) -> "PPOWorkers":
+    def start(cls, cfg: JobConfig, policy_path: str, pm_path: str) -> "PPOWorkers":
         """Start every group; if one cannot start, the ones already up are torn down before the error rises."""
         p, dtype = cfg.ppo, train_dtype(cfg.model)
         max_len = cfg.data.max_prompt_tokens + p.rollout.max_new_tokens + 8
@@ -105,15 +105,16 @@ class PPOWorkers:
             # largest groups first (workers.placement.ppo_group_placements): whole-node trainer groups claim their
             # nodes before single-GPU groups scatter over them
             policy, critic = start_trainers(cfg, policy_path, up)
-            reference = up(ReferenceGroup(policy_path, cpus=p.reference_cpus, gpus=p.reference_gpus, dtype=dtype,
-                                          node_resource=p.reference_node_resource))
-            scorer_kw = dict(cpus=p.scorer_cpus, gpus=p.scorer_gpus, dtype=dtype, node_resource=p.scorer_node_resource,
-                             fmt=cfg.data.format)
-            scorer = up(ScorerGroup(p.scorer, pm_path, policy_path, cfg.pm.max_tokens, **scorer_kw))
+            pl = p.placement
+            reference = up(ReferenceGroup(policy_path, cpus=pl.reference_cpus, gpus=pl.reference_gpus, dtype=dtype,
+                                          node_resource=pl.reference_node_resource))
+            scorer_kw = dict(cpus=pl.scorer_cpus, gpus=pl.scorer_gpus, dtype=dtype,
+                             node_resource=pl.scorer_node_resource, fmt=cfg.data.format)
+            scorer = up(ScorerGroup(p.reward.scorer, pm_path, policy_path, cfg.pm.max_tokens, **scorer_kw))
             test_pm = str(Path(cfg.run_dir) / TEST_PM)
             test_scorer = (up(ScorerGroup("pm", test_pm, policy_path, cfg.pm.max_tokens, name="test-pm-scorer",
                                           **scorer_kw))
-                           if p.scorer == "pm" and cfg.pm.test_split else None)
+                           if p.reward.scorer == "pm" and cfg.pm.test_split else None)
             rollout = up(RolloutGroup(policy_path, p.rollout, max_len, cfg.seed, dtype=dtype))
         except BaseException:
             for g in started:
@@ -125,7 +126,7 @@ class PPOWorkers:
                       if r.max_engines > r.min_engines else None)
         return cls(rollout, reference, scorer, policy, critic, autoscaler, test_scorer)
 
-    def restart_trainers(self, cfg, policy_path: str) -> None:
+    def restart_trainers(self, cfg: JobConfig, policy_path: str) -> None:
         """Replace the trainer groups (after a rank died) and rejoin the new rank 0 to the engines."""
         for g in self.trainers().values():
             g.shutdown()
@@ -158,7 +159,7 @@ class PPOWorkers:
             g.shutdown()
 
 
-def start_trainers(cfg, policy_path: str, up) -> tuple[TrainerGroup, TrainerGroup | None]:
+def start_trainers(cfg: JobConfig, policy_path: str, up) -> tuple[TrainerGroup, TrainerGroup | None]:
     """The policy trainer group, and the critic's when the algorithm needs one."""
     p, dtype = cfg.ppo, train_dtype(cfg.model)
     policy = up(TrainerGroup("policy-trainer", policy_path, "causal_lm", p.policy_trainer, cfg.seed, dtype))
@@ -192,10 +193,10 @@ def generate(w: PPOWorkers, prompts: Prompts, sampling: Sampling, seeds: list[in
                       version=w.rollout.version)
 
 
-def make_experience(w: PPOWorkers, exp: Experience, ppo_cfg, with_values: bool = True) -> None:
+def make_experience(w: PPOWorkers, exp: Experience, ppo_cfg: PPOConfig, with_values: bool = True) -> None:
     """Old logprobs (trainer), reference logprobs, PM scores and values (with a critic) of the samples, all at once."""
     seqs, temperature, pack = exp.view(SequenceBatch), ppo_cfg.rollout.temperature, ppo_cfg.pack_tokens
-    old = (w.policy.forward_async(seqs, TokenLogprobs(temperature, pack)) if ppo_cfg.old_logprobs == "trainer"
+    old = (w.policy.forward_async(seqs, TokenLogprobs(temperature, pack)) if ppo_cfg.algo.old_logprobs == "trainer"
            else None)
     ref = w.reference.logprobs_async(seqs, temperature, pack)
     scores = w.scorer.score_async(exp.prompt_text, exp.response_text, exp.response)
@@ -206,19 +207,20 @@ def make_experience(w: PPOWorkers, exp: Experience, ppo_cfg, with_values: bool =
     exp.old_values = values() if values else []
 
 
-def ppo_update(w: PPOWorkers, exp: Experience, ppo_cfg, temperature: float, rng: random.Random,
+def ppo_update(w: PPOWorkers, exp: Experience, ppo_cfg: PPOConfig, temperature: float, rng: random.Random,
                decoupled: bool = False) -> dict:
     """`epochs` passes over the batch, each in `minibatches` steps over every sample; every trainer role (policy,
     and critic when there is one) side by side, each on its objective.
     `decoupled`: the batch is from an older policy than the trainer's old logprobs (`behaviour_weights`)."""
-    objectives = {"policy": (PolicyBatch, PolicyObjective(ppo_cfg.clip_ratio, ppo_cfg.entropy_coef, temperature,
+    algo = ppo_cfg.algo
+    objectives = {"policy": (PolicyBatch, PolicyObjective(algo.clip_ratio, algo.entropy_coef, temperature,
                                                           ppo_cfg.pack_tokens, decoupled)),
-                  "critic": (ValueBatch, ValueObjective(ppo_cfg.value_clip, ppo_cfg.value_coef, ppo_cfg.pack_tokens))}
+                  "critic": (ValueBatch, ValueObjective(algo.value_clip, algo.value_coef, ppo_cfg.pack_tokens))}
     trainers = w.trainers()
     totals: dict[str, float] = {}
     steps = 0
-    for _ in range(ppo_cfg.epochs):
-        for idx in minibatches(batch_size(exp), ppo_cfg.minibatches, rng):
+    for _ in range(algo.epochs):
+        for idx in minibatches(batch_size(exp), algo.minibatches, rng):
             mb = select(exp, idx)
             waits = {role: g.train_async(mb.view(objectives[role][0]), objectives[role][1])
                      for role, g in trainers.items()}
@@ -233,7 +235,7 @@ class Rollouts:
     """Where each step's batch comes from: generated when asked for (sync), or during the previous step while
     the trainers trained (`ppo.async_rollout`), by the policy the engines held then: one version behind."""
 
-    def __init__(self, w: PPOWorkers, prompts: Prompts, cfg):
+    def __init__(self, w: PPOWorkers, prompts: Prompts, cfg: JobConfig):
         self.w, self.prompts, self.cfg = w, prompts, cfg
         r = cfg.ppo.rollout
         self.sampling = Sampling(r.temperature, r.top_p, r.max_new_tokens, r.samples_per_prompt)
@@ -295,13 +297,13 @@ class Rollouts:
             self.pool.shutdown(wait=True)
 
 
-def advantage_config(p) -> AdvantageConfig:
+def advantage_config(p: PPOConfig) -> AdvantageConfig:
     """The advantage settings of `ppo` config `p`: its algorithm's estimator, a group per prompt's samples."""
-    return AdvantageConfig(ALGORITHMS[p.algorithm].estimator, p.kl_estimator, p.gamma, p.lam, p.whiten_advantages,
-                           p.truncation_penalty, p.rollout.samples_per_prompt)
+    return AdvantageConfig(ALGORITHMS[p.algorithm].estimator, p.reward.kl_estimator, p.algo.gamma, p.algo.lam,
+                           p.algo.whiten_advantages, p.reward.truncation_penalty, p.rollout.samples_per_prompt)
 
 
-def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg, kl_ctl, rng: random.Random) -> dict:
+def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg: JobConfig, kl_ctl, rng: random.Random) -> dict:
     """One PPO step: generate, experience, advantages, update, sync. Returns the step's metrics.
 
     The trainers hold `w.policy_version` when the step starts and one more when it ends. Async: the engines are
@@ -322,14 +324,14 @@ def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg, kl_ctl, rng: ran
     with timer("advantages"):
         stats = compute_advantages(exp, kl_ctl.coef, advantage_config(p), stale)
     with timer("train"):
-        stats |= ppo_update(w, exp, p, p.rollout.temperature, rng, decoupled=stale and p.old_logprobs == "trainer")
+        stats |= ppo_update(w, exp, p, p.rollout.temperature, rng, decoupled=stale and p.algo.old_logprobs == "trainer")
     w.policy_version += 1
     if not p.async_rollout:
         with timer("sync"):
             sync = w.rollout.ensure(w.policy_version)
     stats["objective/kl_coef"] = kl_ctl.coef
     kl_ctl.update(stats["objective/kl"], batch_size(exp))
-    if p.old_logprobs == "trainer":
+    if p.algo.old_logprobs == "trainer":
         stats["rollout/logprob_gap_mean"], stats["rollout/logprob_gap_max"] = logprob_gap(
             exp.behaviour_logprobs, exp.old_logprobs)
     step_s = sum(timer.seconds.values())
@@ -342,7 +344,7 @@ def ppo_step(w: PPOWorkers, step: int, rollouts: Rollouts, cfg, kl_ctl, rng: ran
     }
 
 
-def evaluate(w: PPOWorkers, prompts: Prompts, cfg) -> tuple[dict, list[dict]]:
+def evaluate(w: PPOWorkers, prompts: Prompts, cfg: JobConfig) -> tuple[dict, list[dict]]:
     """Held-out PM score and KL (the training estimator, and k1) of the trainers' policy (so the engines get it
     first: in async mode they hold one version behind), one sample per prompt with fixed seeds."""
     r = cfg.ppo.rollout
@@ -355,7 +357,7 @@ def evaluate(w: PPOWorkers, prompts: Prompts, cfg) -> tuple[dict, list[dict]]:
     samples = [{"prompt": p, "response": t, "pm_score": s}
                for p, t, s in zip(exp.prompt_text, exp.response_text, exp.scores)]
     out = {"eval/pm_score": float(torch.tensor(exp.scores).mean()),
-           "eval/kl": float((kl_penalty(old, ref, cfg.ppo.kl_estimator) * mask).sum(1).mean()),
+           "eval/kl": float((kl_penalty(old, ref, cfg.ppo.reward.kl_estimator) * mask).sum(1).mean()),
            "eval/kl_k1": float((kl_k1(old, ref) * mask).sum(1).mean()),
            "eval/response_length": float(mask.sum(1).mean()), "eval/policy_version": exp.version}
     if test:
@@ -378,13 +380,13 @@ class PPOSetup:
     kl_ctl: KLController
 
     @classmethod
-    def prepare(cls, cfg) -> "PPOSetup":
+    def prepare(cls, cfg: JobConfig) -> "PPOSetup":
         """Checks first (PM, data), then the policy: bad input fails before anything is built."""
         p, run_dir = cfg.ppo, Path(cfg.run_dir)
-        pm_path = p.pm_checkpoint or str(run_dir / "pm")
-        if p.scorer == "pm":
+        pm_path = p.reward.pm_checkpoint or str(run_dir / "pm")
+        if p.reward.scorer == "pm":
             if not (Path(pm_path) / "config.json").is_file():
-                raise FileNotFoundError(f"no PM at {pm_path}; run `hh-ray pm` first or set ppo.pm_checkpoint")
+                raise FileNotFoundError(f"no PM at {pm_path}; run `hh-ray pm` first or set ppo.reward.pm_checkpoint")
             require_pm(Path(pm_path), need_stats=True)
             if cfg.pm.test_split:
                 require_pm(run_dir / TEST_PM, need_stats=True)
@@ -397,7 +399,7 @@ class PPOSetup:
         tok = load_tokenizer(policy_path, cfg.data.format)
         def encode(texts):
             return Prompts([truncate_prompt(tok, t, cfg.data.max_prompt_tokens) for t in texts], texts)
-        kl_ctl = KLController(p.kl_coef, p.adaptive_kl_target, p.adaptive_kl_horizon)
+        kl_ctl = KLController(p.reward.kl_coef, p.reward.adaptive_kl_target, p.reward.adaptive_kl_horizon)
         return cls(policy_path, pm_path, encode(train_texts), encode(held_texts), kl_ctl)
 
 
@@ -456,7 +458,7 @@ def save_state(w: PPOWorkers, ckpt: Path, step: int, kl_ctl, algorithm: str) -> 
                                               "kl_controller": kl_ctl.state_dict()})
 
 
-def run_ppo(cfg) -> dict:
+def run_ppo(cfg: JobConfig) -> dict:
     """Run (or resume) PPO, or the algorithm `ppo.algorithm` names; returns the before/after held-out evaluation."""
     p, run_dir = cfg.ppo, Path(cfg.run_dir)
     out, ckpt = run_dir / "ppo", run_dir / "checkpoints" / "ppo"
@@ -471,7 +473,7 @@ def run_ppo(cfg) -> dict:
     try:
         if cfg.ray.check_shared_storage:  # now that autoscaled nodes are up: every rank writes checkpoint shards here
             check_shared_folder(run_dir)
-        w.rollout.connect(w.policy, p.sync_bucket_mb * 2**20, p.sync_timeout_s)
+        w.rollout.connect(w.policy, p.sync.bucket_mb * 2**20, p.sync.timeout_s)
         start = resume(w, ckpt, resume_state, setup.kl_ctl)
         w.rollout.ensure(w.policy_version)
         print(f"[ppo] {len(setup.train.ids)} train prompts, {len(setup.held_out.ids)} held-out prompts; groups up in "

@@ -12,10 +12,14 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hh_ray.driver.progress import PhaseProgress, format_metrics
 from hh_ray.files import read_jsonl as read_metrics
 from hh_ray.files import write_text_atomic
+
+if TYPE_CHECKING:
+    from hh_ray.config import LoggingConfig
 
 PROGRESS_FILE = "progress.json"
 
@@ -28,7 +32,7 @@ class RunLog:
     """
 
     def __init__(self, out_dir: str | Path, name: str, total_steps: int, every: int = 1, resume_step: int = 0,
-                 logging_cfg=None, run_name: str = "", label: str = ""):
+                 logging_cfg: LoggingConfig | None = None, run_name: str = "", label: str = ""):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"

@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 
 from hh_ray.algo.batch import TokenBatch
-from hh_ray.config import train_dtype
+from hh_ray.config import JobConfig, train_dtype
 from hh_ray.data import load_train_holdout
 from hh_ray.data.tokenize import context_ids, encode_dialogue, load_tokenizer
 from hh_ray.driver.cluster import connect
@@ -26,7 +26,7 @@ def batches(n_items: int, batch_size: int, seed: int, step: int) -> list[int]:
     return order[k * batch_size:(k + 1) * batch_size]
 
 
-def initial_policy(cfg) -> str:
+def initial_policy(cfg: JobConfig) -> str:
     """The run's starting policy (a preset is built, with its tokenizer, from the run's training text)."""
     def texts():
         train, _, _ = load_train_holdout(cfg.data, cfg.seed)
@@ -35,13 +35,13 @@ def initial_policy(cfg) -> str:
     return ensure_policy(cfg.model.policy, cfg.run_dir, texts, cfg.model.tokenizer_vocab_size, cfg.seed)
 
 
-def starting_policy(cfg) -> str:
+def starting_policy(cfg: JobConfig) -> str:
     """The policy PPO and the analyses start from: the run's SFT export, else its initial policy."""
     sft = Path(cfg.run_dir) / "sft"
     return str(sft) if (sft / "config.json").is_file() else initial_policy(cfg)
 
 
-def sft_objective(cfg, tok):
+def sft_objective(cfg: JobConfig, tok):
     """SFT on chosen dialogues, or context distillation of the HHH prompt (`sft.mode`)."""
     if cfg.sft.mode == "context_distill":
         from hh_ray.algo.distill import HHH_PROMPT
@@ -51,7 +51,7 @@ def sft_objective(cfg, tok):
     return SFTObjective()
 
 
-def run_sft(cfg) -> str:
+def run_sft(cfg: JobConfig) -> str:
     """Train, evaluate on held-out dialogues, export HF weights to `<run_dir>/sft`; returns that path."""
     run_dir = Path(cfg.run_dir)
     out = run_dir / "sft"

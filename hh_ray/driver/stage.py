@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from hh_ray.driver import stop
 from hh_ray.driver.runlog import RunLog
 from hh_ray.workers.checkpoint import has_checkpoints, latest_tag
+
+if TYPE_CHECKING:
+    from hh_ray.config import JobConfig
 
 
 class ResumeError(RuntimeError):
@@ -34,7 +37,7 @@ def resume_step(ckpt: Path, log_dir: Path, fresh: bool, load) -> int:
 
 
 def run_stage(name: str, group, objective, steps: int, batch_at: Callable[[int], object], ckpt: Path, log_dir: Path,
-              cfg, log_every: int, checkpoint_every: int, show: tuple[str, ...],
+              cfg: JobConfig, log_every: int, checkpoint_every: int, show: tuple[str, ...],
               evaluate: Callable[[], dict] | None = None, eval_every: int = 0, label: str = "") -> None:
     """Train `steps` optimizer steps, resuming after the last complete checkpoint under `ckpt`.
 

@@ -18,16 +18,10 @@ def connect_ray(cfg: LabelConfig) -> None:
     """The local in-process Ray by default; a cluster address (or RAY_ADDRESS, as in a submitted job) otherwise."""
     import ray
 
-    from hh_ray.workers.group import actor_env
+    from hh_ray.workers.cluster import init_ray, ray_address
 
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
-    if address == "local":
-        ray.init(address="local", include_dashboard=False, num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1),
-                 runtime_env={"env_vars": actor_env()})
-    else:
-        ray.init(address=address)
+    if not ray.is_initialized():
+        init_ray(ray_address(cfg.ray.address), cfg.ray.num_cpus)
 
 
 ADMIN_PASSWORD_FILE = "admin-password"

@@ -8,14 +8,17 @@ W + B A * alpha / r into the weight it belongs to, under the plain model's param
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
+
+if TYPE_CHECKING:
+    from hh_ray.config import LoRAConfig
 
 HEADS = ("score", "classifier")  # the scalar heads of HF sequence/token classification models (new, so trained)
 
 
-def add_lora(model, lora_cfg, kind: str):
+def add_lora(model, lora_cfg: LoRAConfig, kind: str):
     """Wrap `model` with adapters per `lora_cfg` (a config.LoRAConfig); a PM's or critic's new head trains whole."""
     from peft import LoraConfig, get_peft_model
 

@@ -22,7 +22,7 @@ and says whether the whole job fits. The accounting, all in bf16 on GPU:
 
 Model shapes come from a preset name, a built-in table of well-known 7-8B shapes (`SHAPES`; HF ids map to
 them by their last path part), or a folder's `config.json`; `model.shape` names one when `model.policy` is a
-path the planning machine cannot read. The PM is sized from `ppo.pm_checkpoint` when readable, else as the
+path the planning machine cannot read. The PM is sized from `ppo.reward.pm_checkpoint` when readable, else as the
 policy. Node types come from a Ray cluster-launcher YAML (`available_node_types`) or a KubeRay RayCluster /
 RayJob (head and worker groups: rayStartParams, container limits); GPU memory from the instance type
 (`INSTANCE_GPU_GB`) or the pod annotation `hh-ray/gpu-memory-gb`, else `--gpu-memory-gb`.
@@ -36,10 +36,14 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hh_ray.algo.algorithms import ALGORITHMS
 from hh_ray.models.forward import SCORE_BATCH_ROWS
 from hh_ray.workers.reference import MICRO_BATCH_ROWS
+
+if TYPE_CHECKING:
+    from hh_ray.config import JobConfig, PPOConfig
 
 GB = 1e9
 RUNTIME_GB = 3.0  # CUDA context, NCCL buffers, allocator fragmentation: per GPU process
@@ -384,7 +388,7 @@ def _sum_line(mem: dict[str, float]) -> str:
     return " + ".join(f"{k} {v:.1f}" for k, v in mem.items() if k not in ("kv_tokens", "max_model_len", "claimed"))
 
 
-def plan_job(cfg, cluster: str | None = None, gpu_gb: float = DEFAULT_GPU_GB) -> Plan:
+def plan_job(cfg: JobConfig, cluster: str | None = None, gpu_gb: float = DEFAULT_GPU_GB) -> Plan:
     """The capacity plan of a PPO job on a cluster's node types (or, without one, each group on its own GPU)."""
     from hh_ray.workers.placement import ppo_group_placements
 
@@ -393,11 +397,12 @@ def plan_job(cfg, cluster: str | None = None, gpu_gb: float = DEFAULT_GPU_GB) ->
     if "ppo" not in cfg.stages or not any(pl.gpus for pl in placements.values()):
         return Plan([], [], [], str(cluster or ""))  # CPU jobs and jobs without PPO: nothing to plan on GPUs
     shape = model_shape(cfg.model.shape or cfg.model.policy, cfg.model.tokenizer_vocab_size)
-    pm_src = p.pm_checkpoint if p.pm_checkpoint and (Path(p.pm_checkpoint) / "config.json").is_file() else ""
+    pm_ck = p.reward.pm_checkpoint
+    pm_src = pm_ck if pm_ck and (Path(pm_ck) / "config.json").is_file() else ""
     pm_shape = model_shape(pm_src) if pm_src else shape
     seq, resp = d.max_prompt_tokens + p.rollout.max_new_tokens, p.rollout.max_new_tokens
     samples = p.prompts_per_step * p.rollout.samples_per_prompt
-    minibatch = max(1, samples // p.minibatches)
+    minibatch = max(1, samples // p.algo.minibatches)
 
     groups = []
     for name, pl in placements.items():  # in the driver's creation order
@@ -462,7 +467,7 @@ def plan_job(cfg, cluster: str | None = None, gpu_gb: float = DEFAULT_GPU_GB) ->
     return Plan([g for g, _ in groups], gpus, problems, str(cluster))
 
 
-def _memory_of(g: GroupPlan, shape: ModelShape, p, gpu_gb: float, seq: int) -> None:
+def _memory_of(g: GroupPlan, shape: ModelShape, p: PPOConfig, gpu_gb: float, seq: int) -> None:
     if g.kind != "engine":
         return
     g.memory_gb = engine_memory(shape, p.rollout.tensor_parallel_size, p.rollout.gpu_memory_utilization, gpu_gb,
@@ -496,7 +501,7 @@ def plan_to_dict(plan: Plan) -> dict:
             "gpus": [asdict(s) | {"used_gb": s.used_gb} for s in plan.gpus]}
 
 
-def resolve_cluster(cluster: str | None, cfg, config_path: str | None) -> str | None:
+def resolve_cluster(cluster: str | None, cfg: JobConfig, config_path: str | None) -> str | None:
     """--cluster, else the job's `ray.cluster` (relative to the working folder or the job file's repository)."""
     name = cluster or cfg.ray.cluster
     if not name:
@@ -523,7 +528,8 @@ class MemoryAgainstPPO:
         return asdict(self) | {"ratio": self.ratio}
 
 
-def memory_against_ppo(cfg, plan: Plan, cluster: str | None, gpu_gb: float = DEFAULT_GPU_GB) -> MemoryAgainstPPO | None:
+def memory_against_ppo(cfg: JobConfig, plan: Plan, cluster: str | None,
+                       gpu_gb: float = DEFAULT_GPU_GB) -> MemoryAgainstPPO | None:
     """For an algorithm without a critic, `plan`'s memory against PPO's; None for PPO itself and for jobs with
     nothing on GPUs."""
     if ALGORITHMS[cfg.ppo.algorithm].needs_critic or not plan.total_gb:
@@ -532,7 +538,7 @@ def memory_against_ppo(cfg, plan: Plan, cluster: str | None, gpu_gb: float = DEF
     return MemoryAgainstPPO(cfg.ppo.algorithm, plan.total_gb, ppo.total_gb)
 
 
-def run_plan(cfg, config_path: str | None, cluster: str | None, gpu_gb: float = DEFAULT_GPU_GB,
+def run_plan(cfg: JobConfig, config_path: str | None, cluster: str | None, gpu_gb: float = DEFAULT_GPU_GB,
              as_json: bool = False) -> int:
     """`hh-ray plan`: print the plan (and, without a critic, its memory against PPO's); exit 0 when the job fits,
     2 when it does not."""

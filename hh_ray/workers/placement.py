@@ -15,8 +15,12 @@ Decisions that only matter on a GPU cluster live here so CPU tests can check the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from hh_ray.algo.algorithms import ALGORITHMS
+
+if TYPE_CHECKING:
+    from hh_ray.config import PPOConfig, RolloutConfig
 
 NODE_MARKER = 0.001  # how much of a node type's marker resource one bundle asks for
 WEIGHT_SYNC_EXTENSION = "hh_ray.workers.rollout.WeightSyncExtension"
@@ -55,7 +59,7 @@ def trainer_placement(t) -> GroupPlacement:
     return worker_placement(t.num_ranks, t.cpus_per_rank, t.gpus_per_rank, t.node_resource, t.placement_strategy)
 
 
-def engine_placement(rollout_cfg) -> GroupPlacement:
+def engine_placement(rollout_cfg: RolloutConfig) -> GroupPlacement:
     """One engine's placement group (one engine per group, so an engine can come and go on its own node).
 
     TP 1 (or a CPU engine): one bundle with the engine's CPUs and GPU; the actor holds both.
@@ -72,7 +76,7 @@ def engine_placement(rollout_cfg) -> GroupPlacement:
     return GroupPlacement(bundles, "STRICT_PACK", cpus, 0.0, [0], capture_child_tasks=True)
 
 
-def executor_backend(rollout_cfg, on_gpu: bool) -> str:
+def executor_backend(rollout_cfg: RolloutConfig, on_gpu: bool) -> str:
     """vLLM's distributed executor: in-process at TP 1; Ray workers in the engine's bundles at TP > 1 on GPU."""
     if rollout_cfg.executor_backend != "auto":
         return rollout_cfg.executor_backend
@@ -81,7 +85,7 @@ def executor_backend(rollout_cfg, on_gpu: bool) -> str:
     return "ray" if on_gpu else "mp"
 
 
-def per_request_seeds(rollout_cfg, on_gpu: bool) -> bool:
+def per_request_seeds(rollout_cfg: RolloutConfig, on_gpu: bool) -> bool:
     """Seed every request (reproducible per prompt) or only the engine (vLLM samples the batch in one go).
 
     vLLM runs seeded requests through a per-request sampling loop, which costs most on a fast GPU decode; on CPU
@@ -92,10 +96,18 @@ def per_request_seeds(rollout_cfg, on_gpu: bool) -> bool:
     return rollout_cfg.seed_mode == "request"
 
 
-def engine_kwargs(engine_cfg, on_gpu: bool, model_path: str, max_model_len: int, seed: int,
+class EngineMemoryConfig(Protocol):
+    """What `engine_kwargs` reads of an engine's config: a RolloutConfig, or a labeling service's source."""
+
+    enforce_eager: bool
+    gpu_memory_utilization: float
+    kv_cache_gb: float
+
+
+def engine_kwargs(engine_cfg: EngineMemoryConfig, on_gpu: bool, model_path: str, max_model_len: int, seed: int,
                   dtype: str = "auto") -> dict:
     """vLLM engine arguments every hh-ray engine shares (rollout and labeling service): eager or CUDA graphs,
-    dtype and memory. `engine_cfg` has `enforce_eager`, `gpu_memory_utilization` and `kv_cache_gb`."""
+    dtype and memory."""
     from hh_ray.models.forward import resolve_dtype
 
     kwargs = dict(
@@ -115,7 +127,7 @@ def engine_kwargs(engine_cfg, on_gpu: bool, model_path: str, max_model_len: int,
     return kwargs
 
 
-def vllm_engine_kwargs(rollout_cfg, on_gpu: bool, model_path: str, max_model_len: int, seed: int,
+def vllm_engine_kwargs(rollout_cfg: RolloutConfig, on_gpu: bool, model_path: str, max_model_len: int, seed: int,
                        dtype: str = "auto") -> dict:
     """Arguments of `vllm.LLM` for one rollout engine: the shared `engine_kwargs` plus its executor, the weight
     sync extension and the logprobs the trainer compares with."""
@@ -127,7 +139,7 @@ def vllm_engine_kwargs(rollout_cfg, on_gpu: bool, model_path: str, max_model_len
     )
 
 
-def engine_env_to_clear(rollout_cfg, on_gpu: bool) -> tuple[str, ...]:
+def engine_env_to_clear(rollout_cfg: RolloutConfig, on_gpu: bool) -> tuple[str, ...]:
     """Variables the engine actor drops before building vLLM.
 
     At TP > 1 the actor holds no GPU, so Ray hands it an empty CUDA_VISIBLE_DEVICES; vLLM's Ray workers inherit
@@ -137,17 +149,16 @@ def engine_env_to_clear(rollout_cfg, on_gpu: bool) -> tuple[str, ...]:
     return ("CUDA_VISIBLE_DEVICES",) if on_gpu and executor_backend(rollout_cfg, on_gpu) == "ray" else ()
 
 
-def ppo_group_placements(ppo_cfg) -> dict[str, GroupPlacement]:
+def ppo_group_placements(ppo_cfg: PPOConfig) -> dict[str, GroupPlacement]:
     """Every group of a PPO job, in the order the driver creates them: largest first (policy, critic), so a
     whole-node trainer group claims its node before single-GPU groups scatter over the nodes (Ray does not keep
     small groups together), then reference, scorer, the first `num_engines` engines, and last the engines
     autoscaling may add, up to `max_engines` (the most it asks for). No critic when the algorithm has none."""
-    r = ppo_cfg.rollout
+    r, pl = ppo_cfg.rollout, ppo_cfg.placement
     engine = engine_placement(r)
     critic = ({"critic-trainer": trainer_placement(ppo_cfg.critic_trainer)}
               if ALGORITHMS[ppo_cfg.algorithm].needs_critic else {})
     out = {"policy-trainer": trainer_placement(ppo_cfg.policy_trainer)} | critic | {
-        "reference": worker_placement(1, ppo_cfg.reference_cpus, ppo_cfg.reference_gpus,
-                                      ppo_cfg.reference_node_resource),
-        "pm-scorer": worker_placement(1, ppo_cfg.scorer_cpus, ppo_cfg.scorer_gpus, ppo_cfg.scorer_node_resource)}
+        "reference": worker_placement(1, pl.reference_cpus, pl.reference_gpus, pl.reference_node_resource),
+        "pm-scorer": worker_placement(1, pl.scorer_cpus, pl.scorer_gpus, pl.scorer_node_resource)}
     return out | {f"rollout-{i}": engine for i in range(r.max_engines)}

@@ -10,6 +10,7 @@ import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hh_ray.algo.batch import PromptBatch
 from hh_ray.data.hh import HUMAN
@@ -17,6 +18,9 @@ from hh_ray.workers.device import device_from_config
 from hh_ray.workers.group import NoActorsError, Worker, WorkerGroup, fan_out, largest_peaks
 from hh_ray.workers.placement import engine_env_to_clear, engine_placement, per_request_seeds, vllm_engine_kwargs
 from hh_ray.workers.weight_sync import SyncStats, WeightSync
+
+if TYPE_CHECKING:
+    from hh_ray.config import RolloutConfig
 
 
 class StaleWeightsError(RuntimeError):
@@ -76,7 +80,8 @@ class Sampling:
 class RolloutWorker(Worker):
     """One vLLM engine (tensor-parallel inside when asked) serving prompt token ids."""
 
-    def __init__(self, model_path: str, rollout_cfg, max_model_len: int, seed: int = 0, dtype: str = "auto"):
+    def __init__(self, model_path: str, rollout_cfg: RolloutConfig, max_model_len: int, seed: int = 0,
+                 dtype: str = "auto"):
         import os
 
         from vllm import LLM
@@ -161,8 +166,8 @@ class RolloutGroup:
     the engines (driver, autoscaler and fault recovery all call it), and it pushes only when an engine is behind.
     """
 
-    def __init__(self, model_path: str, rollout_cfg, max_model_len: int, seed: int = 0, name: str = "rollout",
-                 placement_timeout_s: float = 120.0, dtype: str = "auto"):
+    def __init__(self, model_path: str, rollout_cfg: RolloutConfig, max_model_len: int, seed: int = 0,
+                 name: str = "rollout", placement_timeout_s: float = 120.0, dtype: str = "auto"):
         self.cfg, self.dtype = rollout_cfg, dtype
         self.model_path, self.max_model_len, self.seed, self.name = model_path, max_model_len, seed, name
         self.placement_timeout_s = placement_timeout_s

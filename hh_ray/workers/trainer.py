@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +37,9 @@ from hh_ray.workers.group import (
     node_ip,
 )
 from hh_ray.workers.weight_sync import BucketSender, ParamMeta, buckets, make_group
+
+if TYPE_CHECKING:
+    from hh_ray.config import TrainerConfig
 
 
 @dataclass(frozen=True)
@@ -121,8 +124,8 @@ class TrainerWorker(Worker):
     def address(self) -> tuple[str, int]:
         return node_ip(), free_port()
 
-    def setup(self, rank: int, world: int, master: tuple[str, int], model_path: str, kind: str, trainer_cfg,
-              seed: int, dtype: str = "auto") -> RankInfo:
+    def setup(self, rank: int, world: int, master: tuple[str, int], model_path: str, kind: str,
+              trainer_cfg: TrainerConfig, seed: int, dtype: str = "auto") -> RankInfo:
         """Join the group's torch.distributed world and build the engine."""
         import deepspeed
 
@@ -289,7 +292,8 @@ class TrainerWorker(Worker):
 class TrainerGroup(GroupOwner):
     """N DeepSpeed ranks in one placement group. The driver hands it whole typed batches; it shards them."""
 
-    def __init__(self, name: str, model_path: str, kind: str, trainer_cfg, seed: int = 0, dtype: str = "auto"):
+    def __init__(self, name: str, model_path: str, kind: str, trainer_cfg: TrainerConfig, seed: int = 0,
+                 dtype: str = "auto"):
         import ray
 
         from hh_ray.workers.placement import trainer_placement

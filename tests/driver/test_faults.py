@@ -21,7 +21,7 @@ from hh_ray.driver.runlog import read_metrics
 
 BASE = [
     "model.policy=tiny", "model.tokenizer_vocab_size=320", "data.max_prompt_tokens=64", "data.subsets=[helpful-base]",
-    "ppo.scorer=substring:e", "ppo.prompts_per_step=8", "ppo.eval_prompts=8", "ppo.rollout.max_new_tokens=16",
+    "ppo.reward.scorer=substring:e", "ppo.prompts_per_step=8", "ppo.eval_prompts=8", "ppo.rollout.max_new_tokens=16",
     "ppo.rollout.kv_cache_gb=0.25", "ppo.policy_trainer.micro_batch_size=16", "ppo.policy_trainer.lr=1e-3",
     "ppo.critic_trainer.micro_batch_size=16", "ppo.critic_trainer.lr=1e-3", "ppo.checkpoint_every=2",
     "logging.tensorboard=false",
@@ -106,7 +106,7 @@ def test_async_rollout_survives_engine_and_trainer_deaths(ray_local, tmp_path):
     step 4. The run finishes with every step once, never trains on a batch older than one version, and the step
     redone after the trainers' rebuild is generated afresh by the restored policy (lag 0)."""
     rows = _run(tmp_path, "async-faulty", 6, [(1, "rollout-0"), (3, "policy-trainer-0")],
-                "ppo.async_rollout=true", "ppo.old_logprobs=engine")
+                "ppo.async_rollout=true", "ppo.algo.old_logprobs=engine")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [r["rollout/policy_lag"] for r in rows] == [0, 1, 0, 1, 1, 1]  # rebuilt from step 2's checkpoint
     _no_leftover_groups()

@@ -19,7 +19,7 @@ CLUSTER = JOBS.parent / "cluster"
 
 
 def _job_args(run_dir: Path, steps: int) -> list[str]:
-    return ["--config", str(JOBS / "quickstart.yaml"), f"run_dir={run_dir}", "ppo.scorer=substring:e",
+    return ["--config", str(JOBS / "quickstart.yaml"), f"run_dir={run_dir}", "ppo.reward.scorer=substring:e",
             "model.tokenizer_vocab_size=320", "data.subsets=[helpful-base]", "data.max_prompt_tokens=64",
             f"ppo.steps={steps}", "ppo.prompts_per_step=8", "ppo.eval_prompts=8", "ppo.rollout.max_new_tokens=16",
             "ppo.rollout.kv_cache_gb=0.25", "ppo.policy_trainer.micro_batch_size=16",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hh_ray.config import ConfigError, PPOConfig, RolloutConfig, TrainerConfig, load_config
+from hh_ray.config import ConfigError, PlacementConfig, PPOConfig, RolloutConfig, TrainerConfig, load_config
 from hh_ray.workers.device import (
     DeviceError,
     check_device,
@@ -77,7 +77,7 @@ def test_seeds_per_engine_on_gpu_per_request_on_cpu():
 
 
 def test_groups_carry_their_node_type_marker():
-    ppo = PPOConfig(reference_gpus=0.5, reference_node_resource="hh_trainer_node",
+    ppo = PPOConfig(placement=PlacementConfig(reference_gpus=0.5, reference_node_resource="hh_trainer_node"),
                     policy_trainer=TrainerConfig(num_ranks=3, cpus_per_rank=8, gpus_per_rank=1,
                                                  node_resource="hh_trainer_node"),
                     rollout=RolloutConfig(max_engines=2, num_engines=1))
