@@ -236,6 +236,9 @@ class RolloutGroup:
         """Join trainer group `policy`'s rank 0 to the engines, the source `ensure` pushes from; called again with
         the new group after the trainers were rebuilt (the first call sets bucket size and timeout)."""
         if self.sync is None:
+            if bucket_bytes <= 0 or timeout_s <= 0:
+                raise ValueError(f"rollout pool: the first `connect` sets the weight sync's bucket size and timeout; "
+                                 f"got bucket_bytes={bucket_bytes}, timeout_s={timeout_s} (both must be > 0)")
             self.sync = WeightSync(policy, self, bucket_bytes, timeout_s)
         self.sync.policy = policy
         self.sync.connect()

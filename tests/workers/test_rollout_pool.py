@@ -84,3 +84,11 @@ def test_a_broken_push_leaves_every_engine_unknown_so_the_next_ensure_pushes(poo
     with pytest.raises(RuntimeError):
         pool.ensure(2)
     assert pool.ensure(1) is not None and pool.sync.pushed == [1, 1]  # half-received weights are overwritten
+
+
+def test_a_first_connect_without_bucket_size_or_timeout_is_refused(pool):
+    """Without them the sync would be built with zero-byte buckets and a zero timeout."""
+    pool.sync = None
+    with pytest.raises(ValueError, match="bucket size and timeout"):
+        pool.connect(object())
+    assert pool.sync is None
