@@ -50,19 +50,28 @@ def bench_sync(fx: Fixture, quick: bool) -> dict:
 
     Also split out: the wire alone (a bare gloo broadcast between two processes) and the time the engine
     spends inside vLLM's loader, which on CPU repacks every linear layer for oneDNN. Bucket size and timeout
-    are a PPO run's defaults.
+    are a PPO run's defaults. The full run adds SmolLM2-135M with a LoRA policy (rank 16, bf16 where the CPU has
+    it): engines never see adapters (hh_ray.models.lora), so the trainer merges them and pushes whole weights.
     """
-    from hh_ray.config import PPOConfig, RolloutConfig, TrainerConfig
+    from hh_ray.config import LoRAConfig, PPOConfig, RolloutConfig, TrainerConfig
+    from hh_ray.models.forward import cpu_has_native_bf16
+    from hh_ray.models.presets import resolve_pretrained
     from hh_ray.workers.rollout import RolloutGroup
     from hh_ray.workers.trainer import TrainerGroup
 
     ppo = PPOConfig()
     out = {}
-    for name in ("tiny", "small", "medium"):
-        path = fx.model(name)
-        trainer = TrainerGroup(f"bench-sync-{name}", path, "causal_lm",
-                               TrainerConfig(cpus_per_rank=1.0, gpus_per_rank=fx.gpu))
-        rollout = RolloutGroup(path, RolloutConfig(cpus_per_engine=1.0, gpus_per_engine=fx.gpu, kv_cache_gb=0.25), 256)
+    plain = TrainerConfig(cpus_per_rank=1.0, gpus_per_rank=fx.gpu)
+    # (name, model folder, trainer config, dtype of both sides); the LoRA policy pushes its merged weights
+    cases = [(name, fx.model(name), plain, "auto") for name in ("tiny", "small", "medium")]
+    if not quick:
+        bf16 = fx.device == "cuda" or cpu_has_native_bf16()
+        lora = TrainerConfig(cpus_per_rank=1.0, gpus_per_rank=fx.gpu, lora=LoRAConfig(rank=16, alpha=32))
+        cases.append(("smollm2_lora", resolve_pretrained("smollm2-135m"), lora, "bfloat16" if bf16 else "float32"))
+    for name, path, trainer_cfg, dtype in cases:
+        trainer = TrainerGroup(f"bench-sync-{name}", path, "causal_lm", trainer_cfg, dtype=dtype)
+        rollout = RolloutGroup(path, RolloutConfig(cpus_per_engine=1.0, gpus_per_engine=fx.gpu, kv_cache_gb=0.25), 256,
+                               name=f"bench-sync-{name}", dtype=dtype)
         rollout.connect(trainer, ppo.sync.bucket_mb * 2**20, ppo.sync.timeout_s)
         rollout.ensure(1)  # warm-up: the engine's first reload
         runs = [rollout.ensure(v) for v in range(2, 5 if quick else 7)]
