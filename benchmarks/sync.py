@@ -71,7 +71,7 @@ def bench_sync(fx: Fixture, quick: bool) -> dict:
     for name, path, trainer_cfg, dtype in cases:
         trainer = TrainerGroup(f"bench-sync-{name}", path, "causal_lm", trainer_cfg, dtype=dtype)
         rollout = RolloutGroup(path, RolloutConfig(cpus_per_engine=1.0, gpus_per_engine=fx.gpu, kv_cache_gb=0.25), 256,
-                               name=f"bench-sync-{name}", dtype=dtype)
+                               name=f"bench-sync-engine-{name}", dtype=dtype)
         rollout.connect(trainer, ppo.sync.bucket_mb * 2**20, ppo.sync.timeout_s)
         rollout.ensure(1)  # warm-up: the engine's first reload
         runs = [rollout.ensure(v) for v in range(2, 5 if quick else 7)]
