@@ -15,17 +15,24 @@ def bench_async(fx: Fixture, quick: bool) -> dict:
     """Sync and async runs of the same job (engine logprobs in both, so only the overlap differs)."""
     from hh_ray.report.plots import line_plot
 
-    steps = 4 if quick else 12
     out: dict = {}
-    for preset in ("tiny",) if quick else ("tiny", "small"):
-        sync_rows, sync_wall, _ = ppo_run(fx, f"sync-{preset}", preset, steps, *ENGINE_LOGPROBS)
-        async_rows, async_wall, _ = ppo_run(fx, f"async-{preset}", preset, steps, *ENGINE_LOGPROBS,
-                                            "ppo.async_rollout=true")
+    for preset in ("tiny",) if quick else ("tiny", "small", "smollm2-135m"):
+        # the real model as its job trains it (LoRA on the top layers, bf16 where the CPU has it), fewer steps
+        # (engine logprobs need fp32, so in bf16 both runs use the trainer's: again only the overlap differs)
+        steps, extra = (4 if quick else 12), ENGINE_LOGPROBS
+        if preset == "smollm2-135m":
+            steps, extra = 6, ("ppo.policy_trainer.lora={rank: 16, top_layers: 12}", "logging.tensorboard=false",
+                               "ppo.critic_trainer.lora={rank: 16, top_layers: 12}", "ppo.prompts_per_step=8")
+        sync_rows, sync_wall, _ = ppo_run(fx, f"sync-{preset}", preset, steps, *extra)
+        async_rows, async_wall, _ = ppo_run(fx, f"async-{preset}", preset, steps, *extra, "ppo.async_rollout=true")
         def per_s(rows, wall):
             return med([r["perf/samples"] / w for r, w in zip(rows, wall)])
         s, a = per_s(sync_rows, sync_wall), per_s(async_rows, async_wall)
         png = fx.root / f"async_reward_{preset}.png"
-        out[preset] = {"sync_samples_per_s": s, "async_samples_per_s": a, "speedup": a / s, "reward_png": str(png)}
+        phases = {f"{mode}_phase_seconds": {k[5:]: med([r[k] for r in rows]) for k in rows[0] if k.startswith("time/")}
+                  for mode, rows in (("sync", sync_rows), ("async", async_rows))}
+        out[preset] = {"sync_samples_per_s": s, "async_samples_per_s": a, "speedup": a / s, "reward_png": str(png),
+                       **phases}
         line_plot([r["step"] for r in sync_rows], {
             "sync": [r["objective/reward"] for r in sync_rows],
             "async (one version behind)": [r["objective/reward"] for r in async_rows]},

@@ -108,17 +108,21 @@ def follow(client, job_id: str, poll_s: float = 1.0, out=sys.stdout) -> str:
         time.sleep(poll_s)
 
 
-def _submit_with_retry(client, entrypoint: str, runtime_env: dict | None, wait_s: float = 90.0) -> str:
-    """A freshly started head answers "No available agent" until its job agent is up; wait for it."""
+def _submit_with_retry(client, entrypoint: str, runtime_env: dict | None, wait_s: float = 90.0,
+                       pause_s: float = 3.0) -> str:
+    """A freshly started head answers "No available agent" until its job agent is up, and a busy one may drop a
+    request (a connection or read error, after `client_for` reached it): wait for it, up to `wait_s`."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
             return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-        except RuntimeError as exc:
-            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+        except (RuntimeError, OSError) as exc:  # requests' ConnectionError and Timeout are OSErrors
+            transient = isinstance(exc, OSError) or "No available agent" in str(exc)
+            if not transient or time.monotonic() > deadline:
                 raise
-            print("[submit] cluster's job agent not ready yet; retrying", file=sys.stderr, flush=True)
-            time.sleep(3)
+            why = "dropped the request" if isinstance(exc, OSError) else "has no job agent ready yet"
+            print(f"[submit] the cluster {why}; retrying", file=sys.stderr, flush=True)
+            time.sleep(pause_s)
 
 
 def submit_job(args) -> int:

@@ -64,3 +64,34 @@ def test_nothing_listening_and_a_non_ray_server_are_one_line(tmp_path):
         _one_line_error(_submit(f"http://127.0.0.1:{server.server_address[1]}", env), "not a Ray dashboard")
     finally:
         server.shutdown()
+
+
+def test_submit_waits_out_a_head_without_agent_or_dropping_requests_but_not_a_refusal():
+    """A fresh head says "No available agent"; a busy one drops a request: both are retried until the deadline.
+    Anything else (e.g. a refused token) fails at once."""
+    import requests
+
+    from hh_ray.ops.submit import _submit_with_retry
+
+    class Head:
+        def __init__(self, answers):
+            self.answers, self.calls = list(answers), 0
+
+        def submit_job(self, entrypoint, runtime_env):
+            self.calls += 1
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    head = Head([RuntimeError("No available agent to submit job"), requests.exceptions.ConnectionError("reset"),
+                 requests.exceptions.ReadTimeout("slow"), "raysubmit_1"])
+    assert _submit_with_retry(head, "hh-ray run", None, wait_s=10, pause_s=0) == "raysubmit_1" and head.calls == 4
+    refused = Head([RuntimeError("Request failed with status code 403: Invalid authentication token")])
+    with pytest.raises(RuntimeError, match="403"):
+        _submit_with_retry(refused, "hh-ray run", None, wait_s=10, pause_s=0)
+    assert refused.calls == 1
+    gone = Head([requests.exceptions.ConnectionError("refused")] * 3)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        _submit_with_retry(gone, "hh-ray run", None, wait_s=0, pause_s=0)  # past the deadline: the error rises
+    assert gone.calls == 1
