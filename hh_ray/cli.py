@@ -125,7 +125,8 @@ def _add_analysis_commands(sub) -> None:
     bon.add_argument("--max-new-tokens", type=int, default=48)
     _add_config(bon)
     tr = sub.add_parser("tradeoff", help="PMs per harmless weight in the data mix, in the helpful/harmless plane")
-    tr.add_argument("--harmless-weights", type=_csv(float), required=True, help="e.g. 0.5,1,2,4")
+    tr.add_argument("--harmless-weights", type=_csv(float), required=True, help="e.g. 0,0.5,1,2,4 (0: helpful only)")
+    tr.add_argument("--harmless-only", action="store_true", help="and a PM trained on harmless-base alone")
     _add_config(tr)
     at = sub.add_parser("alignment-tax", help="lm-eval zero-shot accuracy before and after RLHF")
     at.add_argument("--before", required=True, help="HF folder before RLHF (e.g. <run>/sft)")
@@ -143,6 +144,9 @@ def _add_analysis_commands(sub) -> None:
     ood.add_argument("--run", required=True, help="run folder; writes <run>/analysis/ood.json")
     ood.add_argument("--data-dir", default="")
     ood.add_argument("--layer", type=int, default=-1, help="hidden-state index (0 = embeddings, -1 = last)")
+    ood.add_argument("--layers", type=lambda t: [int(x) for x in t.split(",")], default=[],
+                     help="several layers, e.g. 0,6,12,-1: the best on a validation split is reported")
+    ood.add_argument("--val-prompts", type=int, default=100, help="requests per side choosing among --layers")
     ood.add_argument("--pooling", choices=["mean", "last"], default="mean")
     ood.add_argument("--text", choices=["first_turn", "prompt"], default="first_turn")
     ood.add_argument("--fit-prompts", type=int, default=400)
@@ -204,7 +208,7 @@ def _run_analysis(args) -> int:
 
         cfg = _config(args)
         with _writer(args, cfg.run_dir):
-            run_harmless_sweep(cfg, args.harmless_weights)
+            run_harmless_sweep(cfg, args.harmless_weights, args.harmless_only)
     elif args.command == "alignment-tax":
         from hh_ray.analysis.alignment_tax import AlignmentTaxConfig, alignment_tax, hh_task_folder
         from hh_ray.config import default_data_dir
@@ -227,10 +231,12 @@ def _run_analysis(args) -> int:
 
         with _writer(args, args.run):
             r = ood_detection(OODConfig(model=resolve_model(args.model), run_dir=args.run,
-                                        data_dir=args.data_dir, layer=args.layer, pooling=args.pooling,
+                                        data_dir=args.data_dir, layer=args.layer, layers=args.layers,
+                                        val_prompts=args.val_prompts, pooling=args.pooling,
                                         text=args.text, fit_prompts=args.fit_prompts,
                                         test_prompts=args.test_prompts, shrinkage=args.shrinkage))
-        print(f"[ood] AUROC {r.auroc:.3f} ({r.ood_subset} vs held-out {r.in_subset})")
+        print(f"[ood] AUROC {r.auroc:.3f} ± {r.auroc_se:.3f} at layer {r.layer} ({r.ood_subset} vs held-out "
+              f"{r.in_subset})")
     return 0
 
 

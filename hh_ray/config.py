@@ -322,16 +322,20 @@ class AnalysesConfig:
     # tradeoff: one PM per harmless-base weight in the PM's data mix, and the initial and final policies scored
     # per subset by the run's PM
     harmless_weights: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    harmless_only_pm: bool = False  # and a PM trained on harmless-base alone
     lm_eval_tasks: list[str] = field(default_factory=list)  # empty = local HH choice tasks (no hub needed)
     hh_task_questions: int = 100  # questions per local HH choice task
     lm_eval_limit: int = 0  # 0 = every example of each task
     ood_model: str = "pm"  # "pm" (the run's PM), "policy" (the final policy) or an HF folder / all-MiniLM-L6-v2
     ood_layer: int = -1
+    ood_layers: list[int] = field(default_factory=list)  # several: the best on a validation split is reported
     ood_fit_prompts: int = 400
+    ood_val_prompts: int = 100  # per side, choosing among ood_layers
     ood_test_prompts: int = 200
 
 
-Stage = Literal["data", "tokenizer", "sft", "pm", "ppo", "bon", "tradeoff", "alignment_tax", "ood", "report"]
+Stage = Literal["data", "tokenizer", "sft", "pm", "ppo", "initial_policies", "bon", "tradeoff", "alignment_tax", "ood",
+                "report"]
 
 
 @dataclass

@@ -192,3 +192,14 @@ def auroc(positive: list[float], negative: list[float]) -> float:
     n_pos, n_neg = len(positive), len(negative)
     u = rank_sum_pos - n_pos * (n_pos + 1) / 2
     return u / (n_pos * n_neg)
+
+
+def auroc_se(a: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUROC `a` from n_pos positives and n_neg negatives (Hanley & McNeil 1982):
+    Q1 = a / (2 - a), Q2 = 2a^2 / (1 + a),
+    se^2 = (a (1 - a) + (n_pos - 1)(Q1 - a^2) + (n_neg - 1)(Q2 - a^2)) / (n_pos n_neg)."""
+    if n_pos < 1 or n_neg < 1 or not 0.0 <= a <= 1.0:
+        raise ValueError(f"auroc_se needs 0 <= a <= 1 and both classes, got a={a}, {n_pos} and {n_neg}")
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    return max(var, 0.0) ** 0.5

@@ -53,17 +53,25 @@ def scorer_for_one_call(start: Callable[[], object]) -> ScoreFn:
     return score
 
 
+def draw(rollout, prompt_ids: list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
+         seed: int) -> list[tuple[list[int], str]]:
+    """n seeded samples per prompt, prompt-major ([i * n + j]: sample j of prompt i): (response ids, text).
+    The seeds depend on the prompt's position only, so two policies drawn alike are paired prompt by prompt."""
+    from hh_ray.workers.rollout import Sampling
+
+    if not prompt_ids:
+        raise ValueError("need prompts: got none")
+    sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=n)
+    seeds = [seed * 1_000_003 + i for i in range(len(prompt_ids))]
+    return [(s.response, s.text) for s in rollout.generate(prompt_ids, sampling, seeds)]
+
+
 def draw_and_score(rollout, score: ScoreFn, prompt_texts: list[str], prompt_ids: list[list[int]], n: int,
                    temperature: float, top_p: float, max_new_tokens: int, seed: int):
     """n seeded samples per prompt and their scores: ([(response ids, text)] prompt-major, [P, n] scores)."""
-    from hh_ray.workers.rollout import Sampling
-
-    if not prompt_ids or len(prompt_ids) != len(prompt_texts):
+    if len(prompt_ids) != len(prompt_texts):
         raise ValueError(f"need prompts: got {len(prompt_texts)} texts and {len(prompt_ids)} id lists")
-    sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=n)
-    seeds = [seed * 1_000_003 + i for i in range(len(prompt_ids))]
-    # [i * n + j]: sample j of prompt i
-    samples = [(s.response, s.text) for s in rollout.generate(prompt_ids, sampling, seeds)]
+    samples = draw(rollout, prompt_ids, n, temperature, top_p, max_new_tokens, seed)
     flat_prompts = [prompt_texts[k // n] for k in range(len(samples))]
     scores = score(flat_prompts, [t for _, t in samples], [ids for ids, _ in samples])
     return samples, torch.tensor(scores, dtype=torch.float64).view(len(prompt_ids), n)

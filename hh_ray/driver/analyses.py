@@ -12,17 +12,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from hh_ray.analysis.alignment_tax import AlignmentTaxConfig, alignment_tax, hh_task_folder
-from hh_ray.analysis.best_of_n import BestOfNConfig, best_of_n, scorer_for_one_call, write_best_of_n
+from hh_ray.analysis.best_of_n import BestOfNConfig, best_of_n, draw, scorer_for_one_call, write_best_of_n
+from hh_ray.analysis.initial_policies import compare_initial_policies, write_initial_policies
 from hh_ray.analysis.ood import OODConfig, ood_detection
 from hh_ray.analysis.tradeoff import HARMLESS, pm_tradeoff, policy_point_from_samples, policy_tradeoff, write_tradeoff
 from hh_ray.config import JobConfig, train_dtype
 from hh_ray.data import load_train_holdout, unique_prompts
 from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver.cluster import connect
-from hh_ray.driver.pm import resolve_backbone, run_pm
-from hh_ray.driver.sft import starting_policy
+from hh_ray.driver.pm import TEST_PM, resolve_backbone, run_pm
+from hh_ray.driver.sft import initial_policy, run_sft, starting_policy
 from hh_ray.models.presets import resolve_model
-from hh_ray.report.results import OOD, AlignmentTax, BestOfN, PolicyTradeoff, Tradeoff
+from hh_ray.report.results import OOD, AlignmentTax, BestOfN, InitialPolicies, PolicyTradeoff, Tradeoff
 from hh_ray.workers.rollout import RolloutGroup
 from hh_ray.workers.scorer import ScorerGroup
 
@@ -84,31 +85,74 @@ def run_best_of_n(cfg: JobConfig, bon: BestOfNConfig) -> BestOfN:
     return result
 
 
-def run_harmless_sweep(cfg: JobConfig, weights: list[float]) -> Tradeoff:
+SFT_MODE_LABELS = {"context_distill": "context distillation", "sft": "SFT on chosen responses"}
+
+
+def run_initial_policies(cfg: JobConfig, prompts: int) -> InitialPolicies:
+    """The run's initial policy against the other `sft.mode` (trained with the same settings into
+    <run_dir>/initial-<mode>, reused when done) and the model both start from; each samples once per held-out
+    prompt and both PMs score every sample: writes analysis/initial_policies.json + PNG."""
+    run_dir = Path(cfg.run_dir)
+    own = run_dir / "sft"
+    if not (own / "config.json").is_file():
+        raise FileNotFoundError(f"no SFT policy at {own}; run the sft stage first")
+    other = "sft" if cfg.sft.mode == "context_distill" else "context_distill"
+    alt = replace(cfg, run_dir=str(run_dir / f"initial-{other}"), sft=replace(cfg.sft, mode=other))
+    alt_policy = Path(alt.run_dir) / "sft"
+    if not (alt_policy / "config.json").is_file():
+        run_sft(alt)
+    candidates = [(SFT_MODE_LABELS[cfg.sft.mode] + " (the run's)", str(own)),
+                  (SFT_MODE_LABELS[other], str(alt_policy)), ("no fine-tuning", initial_policy(cfg))]
+    (texts,) = _heldout_prompts(cfg, prompts)
+    r = cfg.ppo.rollout
+
+    def sample(policy: str):
+        rollout = _rollout(cfg, policy, r.max_new_tokens, "initial-rollout")
+        try:
+            return draw(rollout, _prompt_ids(cfg, policy, texts), 1, r.temperature, r.top_p, r.max_new_tokens,
+                        cfg.seed)
+        finally:
+            rollout.shutdown()
+    pm, test_pm = str(run_dir / "pm"), run_dir / TEST_PM
+    result = compare_initial_policies(
+        candidates, texts, sample, scorer_for_one_call(lambda: _scorer(pm, str(own), cfg)),
+        scorer_for_one_call(lambda: _scorer(str(test_pm), str(own), cfg)) if cfg.pm.test_split else None)
+    write_initial_policies(result, str(run_dir))
+    for k, label in enumerate(result.labels):
+        print(f"[initial] {label}: {'test' if result.test_pm else 'train'} PM "
+              f"{(result.test_pm or result.train_pm)[k]:+.3f}, vs the run's {result.vs_first[k]:+.3f} ± "
+              f"{result.vs_first_se[k]:.3f}")
+    return result
+
+
+def run_harmless_sweep(cfg: JobConfig, weights: list[float], harmless_only: bool = False) -> Tradeoff:
     """Train one PM per harmless-base weight in the data mix (each in <run_dir>/harmless-w<w>, reused when done),
-    then place them in the helpful/harmless accuracy plane: writes <run_dir>/analysis/tradeoff.json + PNG.
-    Each PM learns from the pairs the run's PM learned from (with pm.test_split, the same half), so the run's PM
-    is the point of its own weight; `pm.backbone: sft` means the run's SFT policy."""
+    and with `harmless_only` one on harmless-base alone (<run_dir>/harmless-only), then place them in the
+    helpful/harmless accuracy plane: writes <run_dir>/analysis/tradeoff.json + PNG. Weight 0 is the helpful-only
+    PM. Each PM learns from the pairs the run's PM learned from (with pm.test_split, the same half), so the run's
+    PM is the point of its own weight; `pm.backbone: sft` means the run's SFT policy."""
     if not weights or any(w < 0 for w in weights):
         raise ValueError(f"harmless weights must be >= 0, got {weights}")
     own, own_eval = cfg.data.subset_weights.get(HARMLESS, 1.0), Path(cfg.run_dir) / "pm" / "pm_eval.json"
     reuse_own = own_eval.is_file()
     backbone = resolve_backbone(cfg)
-    evals = []
-    for w in sorted(set(weights) | ({own} if reuse_own else set())):
-        if reuse_own and w == own:
-            evals.append((f"harmless x{w:g} (the run's PM)", own_eval))
-            continue
-        mix = dict(cfg.data.subset_weights) | {HARMLESS: w}
-        sub = replace(cfg, run_dir=f"{cfg.run_dir}/harmless-w{w:g}", data=replace(cfg.data, subset_weights=mix),
+    todo = sorted(set(weights) - ({own} if reuse_own else set()))
+    mixes = [(f"harmless x{w:g}" + (" (helpful only)" if w == 0 else ""), f"harmless-w{w:g}",
+              dict(cfg.data.subset_weights) | {HARMLESS: w}) for w in todo]
+    if harmless_only:
+        mixes.append(("harmless only", "harmless-only", {s: 0.0 for s in cfg.data.subsets if s != HARMLESS}))
+    evals = [(f"harmless x{own:g} (the run's PM)", own_eval)] if reuse_own else []
+    for label, folder, mix in mixes:
+        sub = replace(cfg, run_dir=f"{cfg.run_dir}/{folder}", data=replace(cfg.data, subset_weights=mix),
                       pm=replace(cfg.pm, backbone=backbone))
         path = Path(sub.run_dir) / "pm" / "pm_eval.json"
         if not path.is_file():
             run_pm(sub, with_test_pm=False)
-        evals.append((f"harmless x{w:g}", path))
+        evals.append((label, path))
     t = cfg.pm.trainer
     schedule = f"decay to step {t.total_steps}" if t.total_steps else "then constant"
-    notes = (f"One PM per harmless-base weight {weights} in the training mix (data.subset_weights); other settings "
+    notes = (f"One PM per harmless-base weight {weights} in the training mix (data.subset_weights)"
+             f"{', and one on harmless-base alone' if harmless_only else ''}; other settings "
              f"from the job `{cfg.name}`: backbone {cfg.pm.backbone}, {cfg.pm.epochs:g} epochs over "
              f"data.max_examples {cfg.data.max_examples or 'all'} comparisons"
              f"{' (the first half of the train side, as pm.test_split gives the run PM)' if cfg.pm.test_split else ''}"
@@ -172,5 +216,5 @@ def run_ood(cfg: JobConfig) -> OOD:
     a, run_dir = cfg.analyses, Path(cfg.run_dir)
     model = {"pm": str(run_dir / "pm"), "policy": str(run_dir / "ppo" / "policy")}.get(a.ood_model, a.ood_model)
     return ood_detection(OODConfig(model=resolve_model(model), run_dir=cfg.run_dir, data_dir=cfg.data.data_dir,
-                                   layer=a.ood_layer, fit_prompts=a.ood_fit_prompts, test_prompts=a.ood_test_prompts,
-                                   seed=cfg.seed))
+                                   layer=a.ood_layer, layers=list(a.ood_layers), fit_prompts=a.ood_fit_prompts,
+                                   val_prompts=a.ood_val_prompts, test_prompts=a.ood_test_prompts, seed=cfg.seed))

@@ -10,7 +10,14 @@ from hh_ray.analysis.best_of_n import BestOfNConfig
 from hh_ray.config import JobConfig, dump_config
 from hh_ray.data import load_train_holdout
 from hh_ray.driver import stop
-from hh_ray.driver.analyses import run_alignment_tax, run_best_of_n, run_harmless_sweep, run_ood, run_policy_tradeoff
+from hh_ray.driver.analyses import (
+    run_alignment_tax,
+    run_best_of_n,
+    run_harmless_sweep,
+    run_initial_policies,
+    run_ood,
+    run_policy_tradeoff,
+)
 from hh_ray.driver.pm import TEST_PM, run_pm
 from hh_ray.driver.ppo import run_ppo
 from hh_ray.driver.sft import initial_policy, run_sft
@@ -35,17 +42,22 @@ def run_pipeline(cfg: JobConfig) -> Path:
                                          temperature=cfg.ppo.rollout.temperature))
 
     def tradeoff() -> None:
-        run_harmless_sweep(cfg, cfg.analyses.harmless_weights)
+        run_harmless_sweep(cfg, cfg.analyses.harmless_weights, cfg.analyses.harmless_only_pm)
         run_policy_tradeoff(cfg, cfg.analyses.bon_prompts)
 
     def alignment_tax() -> None:
         for t in run_alignment_tax(cfg).tasks:
             print(f"[alignment-tax] {t.task}: {t.before:.3f} ± {t.before_se:.3f} -> {t.after:.3f} ± {t.after_se:.3f}")
 
+    def ood() -> None:
+        r = run_ood(cfg)
+        print(f"[ood] AUROC {r.auroc:.3f} ± {r.auroc_se:.3f} at layer {r.layer}")
+
     stages = {"data": check_data, "tokenizer": lambda: print(f"[tokenizer] initial policy at {initial_policy(cfg)}"),
-              "sft": lambda: run_sft(cfg), "pm": lambda: run_pm(cfg), "ppo": lambda: run_ppo(cfg), "bon": bon,
+              "sft": lambda: run_sft(cfg), "pm": lambda: run_pm(cfg), "ppo": lambda: run_ppo(cfg),
+              "initial_policies": lambda: run_initial_policies(cfg, cfg.analyses.bon_prompts), "bon": bon,
               "tradeoff": tradeoff, "alignment_tax": alignment_tax,
-              "ood": lambda: print(f"[ood] AUROC {run_ood(cfg).auroc:.3f}"), "report": lambda: write_report(run_dir)}
+              "ood": ood, "report": lambda: write_report(run_dir)}
     t0 = time.perf_counter()
     stage_s: dict[str, float] = {}
     chosen = [name for name in stages if name in cfg.stages]

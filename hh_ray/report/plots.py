@@ -113,12 +113,13 @@ def tradeoff_plane(labels: list[str], helpful: list[float], harmless: list[float
 
 
 def before_after_bars(names: list[str], before: list[float], after: list[float], before_err: list[float],
-                      after_err: list[float], out: str | Path, ylabel: str, title: str) -> Path:
-    """Paired bars per task (before and after), with standard-error whiskers."""
+                      after_err: list[float], out: str | Path, ylabel: str, title: str,
+                      labels: tuple[str, str] = ("before", "after")) -> Path:
+    """Paired bars per name (before and after, or two scorers), with standard-error whiskers."""
     fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(names) + 2), 4), dpi=110)
     xs = list(range(len(names)))
-    ax.bar([x - 0.2 for x in xs], before, 0.4, yerr=before_err, capsize=3, label="before")
-    ax.bar([x + 0.2 for x in xs], after, 0.4, yerr=after_err, capsize=3, label="after")
+    ax.bar([x - 0.2 for x in xs], before, 0.4, yerr=before_err, capsize=3, label=labels[0])
+    ax.bar([x + 0.2 for x in xs], after, 0.4, yerr=after_err, capsize=3, label=labels[1])
     ax.set_xticks(xs, names, rotation=20, fontsize=8)
     return _finish(fig, ax, out, "", ylabel, title, legend=8, grid="y")
 

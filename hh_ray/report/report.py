@@ -10,13 +10,14 @@ from pathlib import Path
 from hh_ray.algo.analysis import divergence_index, mean_se, sqrt_kl_law
 from hh_ray.algo.ppo import sqrt_kl
 from hh_ray.files import read_jsonl, write_text_atomic
-from hh_ray.report import plots
+from hh_ray.report import plots, verdicts
 from hh_ray.report.online import online_section
 from hh_ray.report.results import (
     OOD,
     AlignmentTax,
     BestOfN,
     Elo,
+    InitialPolicies,
     PolicyTradeoff,
     Tradeoff,
     read_result,
@@ -131,7 +132,32 @@ def write_report(run_dir: str | Path) -> Path:
         if sb and sa:
             lines += ["## Samples on held-out prompts", ""] + _samples_md(sb, sa)
     lines += _analyses_md(run)
+    found = collect_verdicts(run)
+    lines = lines[:2] + verdicts.summary_md(found) + verdicts.insert_under_sections(lines[2:], found)
     return write_text_atomic(run / "report.md", "\n".join(lines) + "\n")
+
+
+def collect_verdicts(run: Path) -> list[verdicts.Verdict]:
+    """Every verdict the run's stored figures allow, in report order."""
+    found: list[verdicts.Verdict | None] = []
+    pm = _read_json(run / "pm" / "pm_eval.json")
+    if pm:
+        found.append(verdicts.pm_beats_baselines(pm))
+    sb, sa = _read_json(run / "ppo" / "samples_before.json"), _read_json(run / "ppo" / "samples_after.json")
+    found.append(verdicts.ppo_raises_test_pm(sb or [], sa or []))
+    pts = heldout_points(run)
+    if len(pts) >= 2 and len({round(sqrt_kl(p.kl), 12) for p in pts}) >= 2:
+        found.append(verdicts.sqrt_kl_early_fit(sqrt_kl_law([p.kl for p in pts], [p.train_pm for p in pts])))
+        if all(p.test_pm is not None for p in pts):
+            found.append(verdicts.gap_grows_with_kl([p.kl for p in pts], [p.train_pm - p.test_pm for p in pts],
+                                                    [p.gap_se for p in pts]))
+    for cls, rule in ((InitialPolicies, verdicts.initial_policy), (BestOfN, verdicts.bon_raises_test_pm),
+                      (Tradeoff, verdicts.helpful_harmless_tension), (AlignmentTax, verdicts.alignment_tax),
+                      (OOD, verdicts.ood_detects_harm)):
+        result = read_result(cls, result_path(run, cls))
+        if result:
+            found.append(rule(result))
+    return [v for v in found if v is not None]
 
 
 @dataclass(frozen=True)
@@ -223,7 +249,7 @@ def _heldout_md(run: Path, pts: list[HeldoutPoint], bon: BestOfN | None) -> list
 
 def _analyses_md(run: Path) -> list[str]:
     """One section per analysis result stored under `<run>/analysis/`."""
-    lines: list[str] = []
+    lines: list[str] = _initial_policies_md(read_result(InitialPolicies, result_path(run, InitialPolicies)))
     bon = read_result(BestOfN, result_path(run, BestOfN))
     if bon:
         test = bon.test_pm or [math.nan] * len(bon.ns)
@@ -255,7 +281,17 @@ def _analyses_md(run: Path) -> list[str]:
                   f"Mahalanobis distance on `{ood.model}` activations (layer {ood.layer}, {ood.pooling} pooling, "
                   f"covariance shrinkage {ood.shrinkage:g}), fit on {ood.fit_prompts} {ood.in_subset} prompts; "
                   f"held out: {len(ood.test_in)} {ood.in_subset} vs {len(ood.test_ood)} {ood.ood_subset} prompts.",
-                  "", f"**AUROC {ood.auroc:.3f}** (0.5 = chance).", "", "![OOD distances](analysis/ood.png)", ""]
+                  "", f"**AUROC {ood.auroc:.3f}" + (f" ± {ood.auroc_se:.3f}** (0.5 = chance; s.e. by Hanley & McNeil)."
+                                                     if ood.auroc_se == ood.auroc_se else "** (0.5 = chance)."), ""]
+        if ood.layers:
+            best = ood.layers.index(ood.layer)
+            lines += [f"Layer {ood.layer} of {ood.layers} had the best AUROC on a validation split ({ood.val_prompts} "
+                      f"requests a side, disjoint from the fit and test requests): {ood.val_auroc[best]:.3f}; the "
+                      "figure above is that layer's on the test split.", "",
+                      "| layer | validation AUROC | test AUROC |", "|---|---|---|"]
+            lines += [f"| {k} | {v:.3f} | {t:.3f} |" for k, v, t in zip(ood.layers, ood.val_auroc, ood.test_auroc)]
+            lines += ["", "![AUROC by layer](analysis/ood_layers.png)", ""]
+        lines += ["![OOD distances](analysis/ood.png)", ""]
     elo = read_result(Elo, result_path(run, Elo))
     if elo:
         lines += ["## Elo by policy version", "",
@@ -268,6 +304,23 @@ def _analyses_md(run: Path) -> list[str]:
         lines += ["", f"![Elo by round](analysis/{png.name})", ""]
     lines += online_section(run)
     return lines
+
+
+def _initial_policies_md(init: InitialPolicies | None) -> list[str]:
+    if not init:
+        return []
+    judge = "test PM" if init.test_pm else "train PM"
+    test, test_se = init.test_pm or [math.nan] * len(init.labels), init.test_pm_se or [math.nan] * len(init.labels)
+    lines = ["## Initial policy: context distillation vs SFT", "",
+             f"{init.prompts} held-out prompts, one sample each from every candidate with the same seeds; both PMs "
+             f"score every sample; the difference from the run's initial policy is paired by prompt ({judge}).", "",
+             "| policy | train PM | test PM | vs the run's | response tokens |", "|---|---|---|---|---|"]
+    lines += [f"| {lbl} | {a:+.3f} ± {ase:.3f} | {b:+.3f} ± {bse:.3f} | "
+              + ("-" if k == 0 else f"{d:+.3f} ± {dse:.3f}") + f" | {n:.1f} |"
+              for k, (lbl, a, ase, b, bse, d, dse, n) in enumerate(zip(
+                  init.labels, init.train_pm, init.train_pm_se, test, test_se, init.vs_first, init.vs_first_se,
+                  init.response_tokens))]
+    return lines + ["", "![initial policies](analysis/initial_policies.png)", ""]
 
 
 def _tradeoff_md(trade: Tradeoff, title: str, png: str) -> list[str]:

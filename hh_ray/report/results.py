@@ -97,6 +97,28 @@ class OOD:
     auroc: float
     test_in: list[float]  # distances of held-out in-distribution prompts
     test_ood: list[float]  # distances of held-out out-of-distribution prompts
+    auroc_se: float = float("nan")  # Hanley & McNeil
+    layers: list[int] = dataclasses.field(default_factory=list)  # a sweep: `layer` won on the validation split
+    val_prompts: int = 0  # per side
+    val_auroc: list[float] = dataclasses.field(default_factory=list)  # per layer
+    test_auroc: list[float] = dataclasses.field(default_factory=list)  # per layer
+
+
+@dataclass
+class InitialPolicies:
+    """Candidate initial policies (labels[0] is the run's), one sample per held-out prompt each with the same
+    prompts and seeds, scored by both PMs; differences from labels[0] are paired by prompt."""
+
+    labels: list[str]
+    policies: list[str]
+    prompts: int
+    train_pm: list[float]
+    train_pm_se: list[float]
+    test_pm: list[float] | None
+    test_pm_se: list[float] | None
+    vs_first: list[float]  # mean paired difference from labels[0], by the test PM where there is one
+    vs_first_se: list[float]
+    response_tokens: list[float]
 
 
 @dataclass(frozen=True)
@@ -111,8 +133,8 @@ class Elo(EloRatings):
         return cls(**dataclasses.asdict(r), versions=list(range(len(r.elo))))
 
 
-RESULT_FILES = {BestOfN: "bon", Tradeoff: "tradeoff", PolicyTradeoff: "tradeoff_policies",
-                AlignmentTax: "alignment_tax", OOD: "ood", Elo: "elo"}
+RESULT_FILES = {BestOfN: "bon", InitialPolicies: "initial_policies", Tradeoff: "tradeoff",
+                PolicyTradeoff: "tradeoff_policies", AlignmentTax: "alignment_tax", OOD: "ood", Elo: "elo"}
 
 
 def result_path(run_dir: str | Path, cls: type) -> Path:

@@ -105,3 +105,14 @@ def test_auroc_mann_whitney_with_ties():
     assert auroc(pos, neg) == pytest.approx(pairwise)
     with pytest.raises(ValueError, match="both classes"):
         auroc([], [1.0])
+
+
+def test_auroc_se_matches_hanley_mcneil_by_hand():
+    from hh_ray.algo.analysis import auroc_se
+
+    # a = 0.8, 10 positives, 20 negatives: Q1 = 0.8/1.2 = 2/3, Q2 = 2(0.64)/1.8 = 0.71111;
+    # se^2 = (0.16 + 9 (2/3 - 0.64) + 19 (0.71111 - 0.64)) / 200 = (0.16 + 0.24 + 1.35111) / 200 = 0.0087556
+    assert auroc_se(0.8, 10, 20) == pytest.approx(0.0087556 ** 0.5, rel=1e-4)
+    assert auroc_se(0.5, 200, 200) == pytest.approx(0.0289, abs=2e-4)  # chance with 200 a side: about 0.029
+    with pytest.raises(ValueError, match="both classes"):
+        auroc_se(0.7, 0, 5)

@@ -9,16 +9,32 @@ from hh_ray.analysis.ood import OODConfig, activations, load_backbone, ood_detec
 from hh_ray.report.results import OOD, read_result, result_path
 
 
-def test_pooling_excludes_padding(tiny_model_dir):
+def test_pooling_excludes_padding_and_one_pass_serves_every_layer(tiny_model_dir):
     model, tok = load_backbone(str(tiny_model_dir))
     texts = ["How do I bake bread?", "Hi"]
-    batched = activations(model, tok, texts, -1, "mean", 64, batch_size=2)  # "Hi" is padded in the batch
-    alone = activations(model, tok, texts[1:], -1, "mean", 64, batch_size=1)
+    batched = activations(model, tok, texts, [-1], "mean", 64, batch_size=2)[0]  # "Hi" is padded in the batch
+    alone = activations(model, tok, texts[1:], [-1], "mean", 64, batch_size=1)[0]
     assert torch.allclose(batched[1], alone[0], atol=1e-5)
-    last = activations(model, tok, texts, 1, "last", 64, batch_size=2)
-    assert torch.allclose(last[1], activations(model, tok, texts[1:], 1, "last", 64, batch_size=1)[0], atol=1e-5)
+    last = activations(model, tok, texts, [1], "last", 64, batch_size=2)[0]
+    assert torch.allclose(last[1], activations(model, tok, texts[1:], [1], "last", 64, batch_size=1)[0, 0], atol=1e-5)
+    both = activations(model, tok, texts, [1, -1], "mean", 64, batch_size=2)
+    assert both.shape[:2] == (2, 2) and torch.allclose(both[1], batched, atol=1e-6)
     with pytest.raises(ValueError, match="outside the model's"):
-        activations(model, tok, texts, 99, "mean", 64, 2)
+        activations(model, tok, texts, [0, 99], "mean", 64, 2)
+
+
+def test_a_layer_sweep_chooses_on_validation_and_reports_the_test_split(tmp_path, tiny_model_dir, hh_dir):
+    layers = [0, 1, -1]
+    cfg = OODConfig(model=str(tiny_model_dir), run_dir=str(tmp_path), data_dir=str(hh_dir), layers=layers,
+                    fit_prompts=40, val_prompts=20, test_prompts=30, max_tokens=32, batch_size=16)
+    r = ood_detection(cfg)
+    assert r.layers == layers and len(r.val_auroc) == len(r.test_auroc) == 3 and r.val_prompts == 20
+    best = max(range(3), key=lambda k: r.val_auroc[k])
+    assert r.layer == layers[best] and r.auroc == r.test_auroc[best]  # chosen on validation, measured on test
+    assert len(r.test_in) == len(r.test_ood) == 30 and 0 < r.auroc_se < 0.2
+    assert (tmp_path / "analysis" / "ood_layers.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="val_prompts"):
+        ood_detection(OODConfig(**{**vars(cfg), "val_prompts": 0}))
 
 
 def test_minilm_separates_harmful_requests(tmp_path, hh_dir):

@@ -106,3 +106,50 @@ def test_report_rejects_a_malformed_result(tmp_path, capsys):
     (tmp_path / "analysis" / "ood.json").write_text(json.dumps({"auroc": 0.5, "bogus": 1}))
     assert main(["report", "--run", str(tmp_path)]) == 2
     assert "not a valid OOD result" in capsys.readouterr().err
+
+
+def test_verdicts_decide_each_direction_by_standard_errors(tmp_path):
+    from hh_ray.report import verdicts
+    from hh_ray.report.results import InitialPolicies
+
+    run = tmp_path / "run"
+    _ppo_run(run, [0.0, 1.0, 2.0, 2.5, 2.5], [0.0, 0.2, 0.1, 0.0, -0.1], [0.0, 1.0, 4.0, 9.0, 16.0])
+    write_result(BestOfN(ns=[1, 4], kl=[0.0, 0.64], train_pm=[0.0, 0.6], train_pm_se=[0.1, 0.1], test_pm=[0.0, 0.3],
+                         test_pm_se=[0.1, 0.1], prompts=8, policy="p", train_scorer="pm", test_scorer="pm-test",
+                         temperature=1.0, max_new_tokens=16), result_path(run, BestOfN))
+    write_result(OOD(model="m", layer=4, pooling="mean", shrinkage=0.1, in_subset="helpful-base",
+                     ood_subset="harmless-base", fit_prompts=10, auroc=0.71, test_in=[1.0], test_ood=[3.0],
+                     auroc_se=0.03), result_path(run, OOD))
+    write_result(AlignmentTax(before_model="sft", after_model="ppo", limit=None, num_fewshot=0,
+                              tasks=[TaskScore("hh", "acc", 0.40, 0.01, 0.38, 0.01, 300)]),
+                 result_path(run, AlignmentTax))
+    assert main(["report", "--run", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    # early fit R^2 1 (agrees); gap 0 -> 2.6, s.e. hypot(0.05, 0.05) = 0.071 (agrees); best-of-N test PM +0.3 with
+    # s.e. hypot(0.1, 0.1) = 0.141: 2.1 s.e. (agrees); AUROC 0.71 < 0.85 (does not); tax -0.02 with s.e. 0.014:
+    # 1.4 s.e., no measurable tax (does not agree)
+    assert "3 of 4 headline checks hold" in md
+    assert md.index("## Verdicts against the paper") < md.index("## PPO")
+    assert "gap +0.000 at KL 0.00 -> +2.600 at KL 16.00: +2.600 ± 0.071 (+36.8 s.e.) | agrees |" in md
+    assert "test PM N=1 -> N=4: +0.300 ± 0.141 (+2.1 s.e.) | agrees |" in md
+    assert "AUROC 0.710 ± 0.030 at layer 4 | does not agree |" in md
+    assert "mean change over 1 tasks -0.020 ± 0.014 (-1.4 s.e.) | does not agree |" in md
+    # each verdict also closes its own section, before the next heading
+    ood = md[md.index("## OOD detection"):]
+    assert ood.startswith("## OOD detection") and "**Verdict:** this run does not agree with the paper's direction " \
+        "(a Gaussian on a model's activations flags harmful requests (AUROC >= 0.85)): AUROC 0.710" in ood
+
+    # the helpful/harmless tension: harmless-only beats helpful-only on harmless-base by 0.10 (s.e. 0.028, 3.5)
+    # and loses on the helpful subsets by 0.06 (s.e. 0.028: 2.1 s.e.)
+    trade = Tradeoff(metric="acc", baselines={}, above_all_baselines=[], points=[
+        TradeoffPoint("harmless x0 (helpful only)", 0.58, 0.45, 0.02, 0.02),
+        TradeoffPoint("harmless only", 0.52, 0.55, 0.02, 0.02)])
+    v = verdicts.helpful_harmless_tension(trade)
+    assert v.holds and "+0.100 ± 0.028 (+3.5 s.e.)" in v.measured and "+0.060 ± 0.028 (+2.1 s.e.)" in v.measured
+    # context distillation scores 0.05 below SFT with s.e. 0.04: within 2 s.e., "at least as well" holds
+    init = InitialPolicies(labels=["context distillation (the run's)", "SFT", "none"], policies=["a", "b", "c"],
+                           prompts=10, train_pm=[0, 0, 0], train_pm_se=[1, 1, 1], test_pm=None, test_pm_se=None,
+                           vs_first=[0.0, 0.05, -0.3], vs_first_se=[0.0, 0.04, 0.05], response_tokens=[9, 9, 9])
+    assert verdicts.initial_policy(init).holds
+    init.vs_first[1] = 0.2
+    assert verdicts.initial_policy(init).holds is False

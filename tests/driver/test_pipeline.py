@@ -59,11 +59,11 @@ def test_paper_job_runs_every_analysis_into_the_report(tmp_path):
             "ppo.steps=2", "ppo.eval_every=1", "ppo.prompts_per_step=8", "ppo.eval_prompts=8",
             "ppo.rollout.max_new_tokens=16", "analyses.bon_ns=[1,2,4]", "analyses.bon_prompts=6",
             "analyses.hh_task_questions=6", "analyses.lm_eval_limit=4", "analyses.ood_fit_prompts=40",
-            "analyses.ood_test_prompts=20"]
+            "analyses.ood_test_prompts=20", "analyses.ood_val_prompts=20"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=1800,
                           env=os.environ | {"RAY_AUTH_MODE": "disabled"})
     assert proc.returncode == 0, proc.stderr[-4000:]
-    for name in ("bon", "tradeoff", "tradeoff_policies", "alignment_tax", "ood"):
+    for name in ("initial_policies", "bon", "tradeoff", "tradeoff_policies", "alignment_tax", "ood"):
         assert (run / "analysis" / f"{name}.json").is_file(), name
         assert (run / "analysis" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     bon = json.loads((run / "analysis" / "bon.json").read_text())
@@ -72,8 +72,15 @@ def test_paper_job_runs_every_analysis_into_the_report(tmp_path):
     assert [p["label"] for p in policies["points"]] == ["initial", "ppo"]
     assert all(p["helpful_pairs"] == 6 and p["harmless_pairs"] == 6 for p in policies["points"])
     pms = json.loads((run / "analysis" / "tradeoff.json").read_text())
-    assert [p["label"] for p in pms["points"]] == ["harmless x0.5", "harmless x2 (the run's PM)"]
+    assert [p["label"] for p in pms["points"]] == ["harmless x2 (the run's PM)", "harmless x0 (helpful only)",
+                                                  "harmless x0.5", "harmless only"]
+    init = json.loads((run / "analysis" / "initial_policies.json").read_text())
+    assert init["labels"] == ["SFT on chosen responses (the run's)", "context distillation", "no fine-tuning"]
+    assert (run / "initial-context_distill" / "sft" / "config.json").is_file() and init["prompts"] == 6
+    ood = json.loads((run / "analysis" / "ood.json").read_text())
+    assert ood["layers"] == [2, 3, 4, 5, 6] and ood["layer"] in ood["layers"] and len(ood["test_in"]) == 20
     report = (run / "report.md").read_text()
     for section in ("Best-of-N", "Helpful vs harmless: PMs", "Helpful vs harmless: policies", "Alignment tax",
-                    "OOD detection", "Robustness: train PM vs test PM"):
+                    "OOD detection", "Robustness: train PM vs test PM", "## Verdicts against the paper",
+                    "## Initial policy: context distillation vs SFT", "**Verdict:**"):
         assert section in report, section
