@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     from hh_ray.config import ConfigError
     from hh_ray.data.hh import DataError
     from hh_ray.driver import stop
-    from hh_ray.driver.stage import ResumeError
+    from hh_ray.driver.resume import ResumeError
     from hh_ray.driver.status import NotARunFolder
     from hh_ray.files import DamagedFileError, RunFolderBusy
     from hh_ray.ops.plan import PlanError

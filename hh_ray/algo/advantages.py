@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from hh_ray.algo.ppo import gae, kl_k1, kl_penalty, masked_mean, pad_ragged, token_rewards, whiten
+from hh_ray.algo.ppo import gae, kl_k1, kl_penalty, masked_mean, pad_ragged, token_rewards, unpad, whiten
 
 GROUP_STD_EPS = 1e-6
 
@@ -93,8 +93,8 @@ def compute_advantages(exp, kl_coef: float, cfg: AdvantageConfig, stale: bool = 
     rewards = token_rewards(score - cfg.truncation_penalty * truncated, kl, kl_coef, mask)
     values = pad_ragged(exp.old_values)[0] if exp.old_values else None
     adv, returns = ADVANTAGE_ESTIMATORS[cfg.estimator](rewards, values, mask, cfg)
-    exp.advantages = [row[:n].tolist() for row, n in zip(adv, lengths)]
-    exp.returns = [row[:n].tolist() for row, n in zip(returns, lengths)] if returns is not None else []
+    exp.advantages = unpad(adv, lengths)
+    exp.returns = unpad(returns, lengths) if returns is not None else []
     stats = {
         "objective/kl": float(kl.sum(1).mean()),
         "objective/kl_k1": float((kl_k1(old, ref) * mask).sum(1).mean()),

@@ -2,6 +2,9 @@
 
 Every batch is a dataclass whose fields are equal-length lists (one entry per sample), so one pair of helpers
 (`select`, `split`) slices any of them, and a trainer rank never has to guess which string keys a batch holds.
+Token ids are lists of ints; per-token numbers (logprobs, values, advantages, returns) are `Row`s, float32 arrays
+of a response's length, which Ray ships as buffers and `ppo.pad_ragged` / `ppo.unpad` turn into [B, T] tensors
+and back without changing a value.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import numpy as np
+
 B = TypeVar("B")
+Row = np.ndarray  # float32, one entry per response token
 
 
 def batch_size(batch) -> int:
@@ -68,15 +74,15 @@ class SequenceBatch:
 
 @dataclass
 class PolicyBatch(SequenceBatch):
-    old_logprobs: list[list[float]]
-    advantages: list[list[float]]
-    behaviour_logprobs: list[list[float]] = field(default_factory=list)  # read by a decoupled objective only
+    old_logprobs: list[Row]
+    advantages: list[Row]
+    behaviour_logprobs: list[Row] = field(default_factory=list)  # read by a decoupled objective only
 
 
 @dataclass
 class ValueBatch(SequenceBatch):
-    old_values: list[list[float]]
-    returns: list[list[float]]
+    old_values: list[Row]
+    returns: list[Row]
 
 
 @dataclass
@@ -85,8 +91,7 @@ class Experience:
     Every field but `version` is a per-sample column.
 
     `behaviour_logprobs` are the engine's sampling logprobs; `old_logprobs` are the policy trainer's own on the
-    same tokens (the PPO ratio's denominator and the policy side of the KL penalty). A per-token row is a list of
-    floats or, as the trainer and reference probes return it, a float32 array (`pad_ragged` reads either).
+    same tokens (the PPO ratio's denominator and the policy side of the KL penalty).
     """
 
     prompt: list[list[int]]
@@ -94,14 +99,14 @@ class Experience:
     prompt_text: list[str]
     response_text: list[str]
     finish: list[str]  # vLLM's finish reason per sample: "stop" (end of turn) or "length" (cut at the cap)
-    behaviour_logprobs: list[list[float]]
+    behaviour_logprobs: list[Row]
     version: int = 0  # the policy version the engines held when they generated these samples
-    old_logprobs: list[list[float]] = field(default_factory=list)
-    ref_logprobs: list[list[float]] = field(default_factory=list)
+    old_logprobs: list[Row] = field(default_factory=list)
+    ref_logprobs: list[Row] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
-    old_values: list[list[float]] = field(default_factory=list)
-    advantages: list[list[float]] = field(default_factory=list)
-    returns: list[list[float]] = field(default_factory=list)
+    old_values: list[Row] = field(default_factory=list)
+    advantages: list[Row] = field(default_factory=list)
+    returns: list[Row] = field(default_factory=list)
 
     def view(self, batch_type: type[B]) -> B:
         """The columns a trainer batch type (SequenceBatch, PolicyBatch, ValueBatch) declares, and no others."""

@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
 def pad_ragged(rows) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rows of unequal length (lists or float32 arrays) -> left-aligned zero-padded [B, T] tensor and its
+    """Per-token rows of unequal length (float32 arrays, or lists) -> left-aligned zero-padded [B, T] tensor and its
     0/1 mask."""
-    T = max(max((len(r) for r in rows), default=1), 1)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    T = max(int(lengths.max()) if len(rows) else 1, 1)
+    mask = torch.arange(T)[None, :] < lengths[:, None]
     out = torch.zeros(len(rows), T)
-    mask = torch.zeros(len(rows), T)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
-        mask[i, : len(r)] = 1.0
-    return out, mask
+    if mask.any():  # a boolean mask fills row by row, left to right: the rows' concatenation, in order
+        out[mask] = torch.from_numpy(np.concatenate([np.asarray(r, dtype=np.float32) for r in rows]))
+    return out, mask.float()
+
+
+def unpad(padded: torch.Tensor, lengths: list[int]) -> list[np.ndarray]:
+    """The inverse of `pad_ragged`: one float32 array per row, its first `lengths[i]` entries. This is what per-token
+    data travel as between the driver and the workers (Ray ships numpy arrays as buffers, not as Python floats)."""
+    rows = padded.detach().float().cpu().numpy()
+    return [rows[i, :n].copy() for i, n in enumerate(lengths)]
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -177,7 +185,7 @@ def sqrt_kl(kl: float) -> float:
     return math.sqrt(max(kl, 0.0))
 
 
-def logprob_gap(a: list[list[float]], b: list[list[float]]) -> tuple[float, float]:
+def logprob_gap(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[float, float]:
     """Mean and max |a - b| over every token: how far the engine's sampling logprobs are from the trainer's."""
     (x, mask), (y, _) = pad_ragged(a), pad_ragged(b)
     diff = (x - y).abs() * mask

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -37,14 +36,13 @@ from hh_ray.data.tokenize import load_tokenizer, truncate_prompt
 from hh_ray.driver import stop
 from hh_ray.driver.cluster import connect
 from hh_ray.driver.pm import TEST_PM, require_pm
+from hh_ray.driver.resume import ResumeError, last_complete
 from hh_ray.driver.runlog import RunLog, read_metrics, write_json_atomic
 from hh_ray.driver.sft import batches, starting_policy
-from hh_ray.driver.stage import ResumeError
 from hh_ray.models.objectives import PolicyObjective, TokenLogprobs, TokenValues, ValueObjective
 from hh_ray.ops.autoscale import RolloutAutoscaler
 from hh_ray.ops.metrics import PPOMetrics
 from hh_ray.ops.storage import check_shared_folder
-from hh_ray.workers.checkpoint import has_checkpoints, intact_tags
 from hh_ray.workers.reference import ReferenceGroup
 from hh_ray.workers.rollout import NoEnginesError, RolloutGroup, Sampling
 from hh_ray.workers.scorer import ScorerGroup
@@ -409,31 +407,16 @@ def state_file(ckpt: Path, tag: str) -> Path:
 
 def resume_point(ckpt: Path, fresh: bool, algorithm: str = "ppo") -> dict | None:
     """The driver state of the newest step whose checkpoints of every trainer role of `algorithm` are intact, or
-    None.
-
-    `fresh` deletes the run's PPO checkpoints first. Checkpoints without any usable driver state stop the run
-    instead of silently starting over (which would overwrite them and the metrics log), and so do those of
-    another algorithm (a state without the key is PPO's, from before there was a choice).
-    """
-    if fresh:
-        shutil.rmtree(ckpt, ignore_errors=True)
-        return None
-    roles = ALGORITHMS[algorithm].roles
-    usable = set.intersection(*(set(intact_tags(ckpt / role)) for role in roles))
+    None (`driver/resume.py`'s rule). Checkpoints of another algorithm stop the run (a state without the key is
+    PPO's, from before there was a choice)."""
     states = sorted(ckpt.glob("state-*.json"), key=lambda f: json.loads(f.read_text())["step"], reverse=True)
-    for i, f in enumerate(states):
-        state = json.loads(f.read_text())
-        if state.get("algorithm", "ppo") != algorithm:
-            raise ResumeError(f"{ckpt} holds checkpoints of ppo.algorithm={state.get('algorithm', 'ppo')}, not "
-                              f"{algorithm}; rerun with that algorithm, or with --fresh (or fresh=true) to start over")
-        if state["tag"] in usable:
-            if i:
-                print(f"[ppo] newer checkpoints are damaged; resuming from {state['tag']}", file=sys.stderr)
-            return state
-    if any(has_checkpoints(ckpt / role) for role in roles) or states:
-        raise ResumeError(f"{ckpt} holds PPO checkpoints but no step with intact {', '.join(roles)} and driver state; "
-                          f"rerun with --fresh (or fresh=true) to start PPO over, which deletes them")
-    return None
+    written_by = json.loads(states[0].read_text()).get("algorithm", "ppo") if states and not fresh else algorithm
+    if written_by != algorithm:
+        raise ResumeError(f"{ckpt} holds checkpoints of ppo.algorithm={written_by}, not {algorithm}; rerun with that "
+                          f"algorithm, or with --fresh (or fresh=true) to start over")
+    tag = last_complete(ckpt, fresh, ALGORITHMS[algorithm].roles, "PPO checkpoints",
+                        named=lambda t: state_file(ckpt, t).is_file())
+    return json.loads(state_file(ckpt, tag).read_text()) if tag else None
 
 
 def resume(w: PPOWorkers, ckpt: Path, state: dict | None, kl_ctl) -> int:

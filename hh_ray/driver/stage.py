@@ -2,38 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from hh_ray.driver import stop
+from hh_ray.driver.resume import last_complete
 from hh_ray.driver.runlog import RunLog
-from hh_ray.workers.checkpoint import has_checkpoints, latest_tag
 
 if TYPE_CHECKING:
     from hh_ray.config import JobConfig
 
 
-class ResumeError(RuntimeError):
-    """A run folder holds a stage's checkpoints but none it can resume from; `fresh=true` starts over."""
-
-
 def resume_step(ckpt: Path, log_dir: Path, fresh: bool, load) -> int:
-    """The step to continue after: the newest intact checkpoint's (loaded with `load`), or 0 for a new stage.
-
-    `fresh` deletes the stage's checkpoints and log first. Checkpoints that are all damaged stop the run rather
-    than silently starting over on top of them.
-    """
-    if fresh:
-        shutil.rmtree(ckpt, ignore_errors=True)
-        (log_dir / "metrics.jsonl").unlink(missing_ok=True)
-        return 0
-    if latest_tag(ckpt):
-        return load(str(ckpt))["step"]
-    if has_checkpoints(ckpt):
-        raise ResumeError(f"{ckpt} holds checkpoints but none is intact (see the warnings above); rerun with "
-                          f"--fresh (or fresh=true) to start this stage over, which deletes them")
-    return 0
+    """The step to continue after: the newest intact checkpoint's (loaded with `load`), or 0 for a new stage;
+    `fresh` deletes the stage's checkpoints and log first."""
+    tag = last_complete(ckpt, fresh, clear=(log_dir / "metrics.jsonl",))
+    return load(str(ckpt), tag)["step"] if tag else 0
 
 
 def run_stage(name: str, group, objective, steps: int, batch_at: Callable[[int], object], ckpt: Path, log_dir: Path,

@@ -18,7 +18,7 @@ import torch
 from hh_ray.algo.batch import PairBatch, PolicyBatch, SequenceBatch, TokenBatch, ValueBatch
 from hh_ray.algo.distill import context_distill_loss, teacher_positions
 from hh_ray.algo.pm import pairwise_loss
-from hh_ray.algo.ppo import behaviour_weights, clipped_policy_loss, clipped_value_loss, masked_sum, pad_ragged
+from hh_ray.algo.ppo import behaviour_weights, clipped_policy_loss, clipped_value_loss, masked_sum, pad_ragged, unpad
 from hh_ray.models.forward import collate, response_logprobs, response_values, sequence_scores
 
 
@@ -193,13 +193,6 @@ class ValueObjective:
 
 
 # ---- probes: forward passes without a step, one output per sample ---------------------------------------------
-def token_rows(padded: torch.Tensor, responses: list[list[int]]) -> list[np.ndarray]:
-    """One float32 array per sample, its response's tokens only: what travels back to the driver (Ray ships numpy
-    arrays as buffers, not as lists of Python floats) and what `pad_ragged` pads again, to the same values."""
-    rows = padded.detach().float().cpu().numpy()
-    return [rows[i, : len(r)].copy() for i, r in enumerate(responses)]
-
-
 @dataclass(frozen=True)
 class TokenLogprobs:
     """log pi(response token | context) per response token, at the sampling temperature."""
@@ -210,7 +203,7 @@ class TokenLogprobs:
     def __call__(self, model, batch: SequenceBatch, pad_id: int) -> list[np.ndarray]:
         lp, _, _ = response_logprobs(model, batch.prompt, batch.response, pad_id, self.temperature,
                                      pack_to=self.pack_to)
-        return token_rows(lp, batch.response)
+        return unpad(lp, [len(r) for r in batch.response])
 
 
 @dataclass(frozen=True)
@@ -221,7 +214,7 @@ class TokenValues:
 
     def __call__(self, model, batch: SequenceBatch, pad_id: int) -> list[np.ndarray]:
         v, _ = response_values(model, batch.prompt, batch.response, pad_id, self.pack_to)
-        return token_rows(v, batch.response)
+        return unpad(v, [len(r) for r in batch.response])
 
 
 @dataclass(frozen=True)

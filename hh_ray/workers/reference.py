@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from hh_ray.algo.batch import SequenceBatch, split
@@ -26,7 +27,7 @@ class ReferenceWorker(Worker):
         self.pad_id = load_tokenizer(model_path).pad_token_id
         self.micro = micro_batch_size
 
-    def logprobs(self, batch: SequenceBatch, temperature: float, pack_to: int = 0) -> list[list[float]]:
+    def logprobs(self, batch: SequenceBatch, temperature: float, pack_to: int = 0) -> list[np.ndarray]:
         probe = TokenLogprobs(temperature, pack_to)
         with torch.no_grad():
             return [row for mb in split(batch, max(1, -(-len(batch.prompt) // self.micro)))

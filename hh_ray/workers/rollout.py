@@ -12,6 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from hh_ray.algo.batch import PromptBatch
 from hh_ray.data.hh import HUMAN
 from hh_ray.workers.device import device_from_config
@@ -61,7 +63,7 @@ class Sample:
     """One generated response: token ids, the engine's sampling logprobs of them, text, why it stopped."""
 
     response: list[int]
-    logprobs: list[float]
+    logprobs: np.ndarray  # float32, one per response token
     text: str
     finish: str  # "stop" (end of turn or eos) or "length" (cut at max_new_tokens)
 
@@ -126,19 +128,19 @@ class RolloutWorker(Worker):
         for out in outs:
             for c in out.outputs:
                 ids = list(c.token_ids)
-                lps = [lp[t].logprob for lp, t in zip(c.logprobs, ids)]
+                lps = np.array([lp[t].logprob for lp, t in zip(c.logprobs, ids)], dtype=np.float32)
                 results.append(Sample(ids, lps, c.text, c.finish_reason))
         self.last_seconds = time.perf_counter() - t0
         return results
 
-    def prompt_logprobs(self, sequences: list[list[int]], start: list[int]) -> list[list[float]]:
+    def prompt_logprobs(self, sequences: list[list[int]], start: list[int]) -> list[np.ndarray]:
         """log p(token | prefix) of each token from index `start` on, by the engine's own forward (tests)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)
-        return [[o.prompt_logprobs[i][s[i]].logprob for i in range(st, len(s))]
+        return [np.array([o.prompt_logprobs[i][s[i]].logprob for i in range(st, len(s))], dtype=np.float32)
                 for o, s, st in zip(outs, sequences, start)]
 
     def init_weight_sync(self, master, rank_offset: int, world: int, timeout_s: float) -> None:

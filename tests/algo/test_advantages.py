@@ -63,7 +63,7 @@ def test_grpo_ignores_the_settings_of_gae():
     for gamma, lam, whiten in ((1.0, 0.95, True), (0.5, 0.0, False)):
         exp = _exp([0.3, 0.1, 0.9, 0.2], old, ref)
         compute_advantages(exp, 0.05, AdvantageConfig("grpo", "k3", gamma, lam, whiten, group_size=2))
-        runs.append(exp.advantages)
+        runs.append([row.tolist() for row in exp.advantages])
     assert runs[0] == runs[1]
 
 

@@ -131,6 +131,22 @@ def test_pad_ragged_left_aligns_and_masks():
     x, m = pad_ragged([[1.0, 2.0], [], [3.0]])
     assert x.tolist() == [[1.0, 2.0], [0.0, 0.0], [3.0, 0.0]]
     assert m.tolist() == [[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]
+    assert pad_ragged([])[0].shape == (0, 1)
+
+
+def test_unpad_gives_back_the_float32_rows_pad_ragged_was_given():
+    """What travels between driver and workers: float32 arrays of each response's length, unchanged by a round trip
+    (1/3 is not a float32, so a float64 detour would show)."""
+    import numpy as np
+
+    from hh_ray.algo.ppo import pad_ragged, unpad
+
+    rows = [np.array([1 / 3, -2.5], dtype=np.float32), np.zeros(0, dtype=np.float32), np.array([7.0], dtype=np.float32)]
+    padded, mask = pad_ragged(rows)
+    back = unpad(padded, [int(n) for n in mask.sum(1)])
+    assert [r.dtype for r in back] == [np.float32] * 3
+    assert [r.tolist() for r in back] == [r.tolist() for r in rows]
+    assert pad_ragged(back)[0].equal(padded)
 
 
 def test_minibatches_use_every_sample_once_per_epoch():

@@ -146,7 +146,7 @@ def test_grpo_raises_a_known_reward_without_a_critic(ray_local, shared_run_root)
     """GRPO (ppo.algorithm=grpo): four samples per prompt, group-relative advantages, no critic group started,
     trained or checkpointed; the same batch size as the PPO run above (8 prompts x 4 samples)."""
     from hh_ray.driver.ppo import resume_point
-    from hh_ray.driver.stage import ResumeError
+    from hh_ray.driver.resume import ResumeError
 
     evals, rows = _run(shared_run_root, "grpo", "ppo.algorithm=grpo", "ppo.steps=14", "ppo.reward.kl_coef=0.001",
                        "ppo.prompts_per_step=8", "ppo.rollout.samples_per_prompt=4", "ppo.checkpoint_every=7")

@@ -11,7 +11,7 @@ import torch
 from hh_ray.algo.batch import PairBatch
 from hh_ray.config import TrainerConfig
 from hh_ray.driver.ppo import resume_point, state_file
-from hh_ray.driver.stage import ResumeError
+from hh_ray.driver.resume import ResumeError, last_complete
 from hh_ray.models.objectives import PMObjective
 from hh_ray.workers.checkpoint import checkpoint_problem, intact_tags, latest_tag, write_manifest
 from hh_ray.workers.trainer import TrainerGroup
@@ -41,6 +41,22 @@ def test_truncated_deleted_and_unmarked_tags_are_skipped(tmp_path, caplog):
     same_size = tmp_path / "step2" / "mp_rank_00_model_states.pt"
     same_size.write_bytes(b"\0" * same_size.stat().st_size)  # right size, not a torch file
     assert "unreadable" in checkpoint_problem(tmp_path, "step2")
+
+
+def test_a_stage_resumes_from_its_newest_intact_step_and_refuses_to_start_over_on_damaged_ones(tmp_path):
+    """SFT and PM resume by the rule PPO does (`driver/resume.py`): one role, no driver state."""
+    ckpt, log = tmp_path / "sft", tmp_path / "metrics.jsonl"
+    for step in (3, 6):
+        _fake_tag(ckpt, f"step{step}")
+    assert last_complete(ckpt, fresh=False) == "step6"
+    (ckpt / "step6" / "extra.bin").write_bytes(b"y")
+    assert last_complete(ckpt, fresh=False) == "step3"
+    (ckpt / "step3" / "extra.bin").unlink()
+    with pytest.raises(ResumeError, match="no step with intact weights.*--fresh"):
+        last_complete(ckpt, fresh=False)
+    log.write_text("{}\n")
+    assert last_complete(ckpt, fresh=True, clear=(log,)) is None and not ckpt.exists() and not log.exists()
+    assert last_complete(ckpt, fresh=False) is None  # nothing there: a new stage
 
 
 def test_ppo_resume_point_needs_policy_critic_and_state_together(tmp_path):
