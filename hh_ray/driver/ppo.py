@@ -415,7 +415,7 @@ def resume_point(ckpt: Path, fresh: bool, algorithm: str = "ppo") -> dict | None
         raise ResumeError(f"{ckpt} holds checkpoints of ppo.algorithm={written_by}, not {algorithm}; rerun with that "
                           f"algorithm, or with --fresh (or fresh=true) to start over")
     tag = last_complete(ckpt, fresh, ALGORITHMS[algorithm].roles, "PPO checkpoints",
-                        named=lambda t: state_file(ckpt, t).is_file())
+                        named=lambda t: state_file(ckpt, t).is_file(), saved_state=tuple(states))
     return json.loads(state_file(ckpt, tag).read_text()) if tag else None
 
 

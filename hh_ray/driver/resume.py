@@ -19,11 +19,13 @@ class ResumeError(RuntimeError):
 
 
 def last_complete(ckpt: Path, fresh: bool, roles: tuple[str, ...] = ("",), what: str = "checkpoints",
-                  named: Callable[[str], bool] = lambda tag: True, clear: tuple[Path, ...] = ()) -> str | None:
+                  named: Callable[[str], bool] = lambda tag: True, clear: tuple[Path, ...] = (),
+                  saved_state: tuple[Path, ...] = ()) -> str | None:
     """The newest tag intact under `ckpt / role` for every role and accepted by `named`, or None for a new stage.
 
     `fresh` deletes `ckpt` and the files in `clear` (the stage's log) and returns None. `what` names the stage's
-    checkpoints in the error a folder without a usable tag raises.
+    checkpoints in the error a folder without a usable tag raises; `saved_state` (a driver's state files) counts
+    as a checkpoint left behind, as a tag folder does.
     """
     if fresh:
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -34,7 +36,7 @@ def last_complete(ckpt: Path, fresh: bool, roles: tuple[str, ...] = ("",), what:
     usable = [tag for tag in intact[0] if all(tag in tags for tags in intact[1:]) and named(tag)]
     if usable:
         return usable[0]
-    if any(has_checkpoints(ckpt / role) for role in roles) or any(ckpt.glob("state-*.json")):
+    if any(has_checkpoints(ckpt / role) for role in roles) or saved_state:
         raise ResumeError(f"{ckpt} holds {what} but no step with intact {' and '.join(r or 'weights' for r in roles)}"
                           f" (see the warnings above); rerun with --fresh (or fresh=true) to start this stage over, "
                           f"which deletes them")

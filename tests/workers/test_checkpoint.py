@@ -74,6 +74,10 @@ def test_ppo_resume_point_needs_policy_critic_and_state_together(tmp_path):
     with pytest.raises(ResumeError, match="--fresh"):
         resume_point(ckpt, fresh=False)
     assert resume_point(ckpt, fresh=True) is None and not ckpt.exists()
+    ckpt.mkdir()
+    state_file(ckpt, "step2").write_text(json.dumps({"step": 2, "tag": "step2", "kl_controller": {"coef": 0.1}}))
+    with pytest.raises(ResumeError, match="--fresh"):  # a driver state without its checkpoints: refused too
+        resume_point(ckpt, fresh=False)
 
 
 def test_a_real_deepspeed_checkpoint_cut_short_falls_back(ray_local, tiny_model_dir, tokenizer, tmp_path):
