@@ -22,14 +22,14 @@ from benchmarks.pm import bench_pm
 from benchmarks.ppo import bench_ppo
 from benchmarks.rollout import bench_rollout
 from benchmarks.scaling import bench_rollout_scaling
-from benchmarks.smollm2 import bench_smollm2
 from benchmarks.sync import bench_sync
+from benchmarks.trainer import bench_trainer
 from benchmarks.trl_comparison import bench_trl
 from hh_ray.files import write_text_atomic
 
 BENCHES = {"rollout": bench_rollout, "pm": bench_pm, "sync": bench_sync, "scaling": bench_rollout_scaling,
            "ppo": bench_ppo, "async": bench_async, "packing": bench_packing, "trl": bench_trl,
-           "smollm2": bench_smollm2}
+           "trainer": bench_trainer}
 
 
 def to_markdown(results: dict) -> str:
@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="about 5 minutes on 2 cores")
     ap.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(BENCHES))
+    ap.add_argument("--models", default="", help="models the TRL comparison measures: comma-separated of tiny, "
+                    "small, smollm2-135m (default: all; tiny with --quick)")
     ap.add_argument("--address", default="local", help="Ray cluster to run on ('auto' inside a cluster)")
     ap.add_argument("--gpus-per-actor", type=float, default=0.0,
                     help="GPUs per engine / rank / model actor (0 = CPU). Weight sync over NCCL and the "
@@ -81,17 +83,19 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     local = args.address == "local"
     ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
-             **({"num_cpus": 4, "runtime_env": {"env_vars": {"RAY_AUTH_MODE": "disabled"}}} if local else {}))
+             **({"num_cpus": 6, "runtime_env": {"env_vars": {"RAY_AUTH_MODE": "disabled"}}} if local else {}))
     # a partial run (--only) updates its own keys in an existing results.json and keeps the others
     previous = out / "results.json"
     results: dict = json.loads(previous.read_text()) if previous.is_file() else {}
     results["machine"] = machine()
     with tempfile.TemporaryDirectory() as tmp:
         fx = Fixture(Path(tmp), args.quick, args.gpus_per_actor)
+        fx.sizes = tuple(m for m in args.models.split(",") if m)
         for name in wanted:
             t0 = time.perf_counter()
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-            results[name] = keep_plots(BENCHES[name](fx, args.quick), out)
+            # a subset of a benchmark's figures (--models) replaces those figures and keeps the rest
+            results[name] = results.get(name, {}) | keep_plots(BENCHES[name](fx, args.quick), out)
             results[name] |= {"bench_seconds": time.perf_counter() - t0, "quick": args.quick}
             write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     if "pm" in results:

@@ -111,6 +111,7 @@ class Fixture:
         self.root, self.quick = root, quick
         self.gpu = gpu  # GPUs per actor (0 = CPU); with GPUs, models run in bf16 and sync uses NCCL
         self.device = "cuda" if gpu else "cpu"
+        self.sizes: tuple[str, ...] = ()  # models the TRL comparison measures (empty: its own default)
 
     def ppo_overrides(self) -> list[str]:
         """Config overrides placing every PPO group on `gpu` GPUs per actor (none on CPU)."""

@@ -16,6 +16,7 @@ import torch
 from hh_ray.algo.batch import first_fit
 from hh_ray.algo.ppo import token_logprobs
 from hh_ray.data.tokenize import load_tokenizer, pm_input_ids
+from hh_ray.models.prefix import run_backbone
 
 KINDS = ("causal_lm", "pm", "value")
 PM_STATS = "pm_stats.json"
@@ -102,10 +103,11 @@ class Layout:
     cols: torch.Tensor  # [B, T]
     mask: torch.Tensor  # [B, T]
     tokens: int  # real (non-padding) tokens in `ids`
+    spans: list[tuple[int, int, int]]  # (row, start, length) of each sample's tokens in `ids`
 
     def to(self, device) -> "Layout":
         return Layout(self.ids.to(device), {k: v.to(device) for k, v in self.model_kwargs.items()},
-                      self.rows.to(device), self.cols.to(device), self.mask.to(device), self.tokens)
+                      self.rows.to(device), self.cols.to(device), self.mask.to(device), self.tokens, self.spans)
 
     @property
     def padding_share(self) -> float:
@@ -128,7 +130,8 @@ def layout(prompts: list[list[int]], responses: list[list[int]], pad_id: int, pa
         ids, att = collate(seqs, pad_id)
         cols = (prompt_len + k - 1).clamp(0, ids.shape[1] - 2)
         rows = torch.arange(len(seqs))[:, None].expand(-1, T)
-        return Layout(ids, {"attention_mask": att}, rows, cols, mask, sum(map(len, seqs)))
+        return Layout(ids, {"attention_mask": att}, rows, cols, mask, sum(map(len, seqs)),
+                      [(b, 0, len(s)) for b, s in enumerate(seqs)])
     width = max(pack_to, max(len(s) for s in seqs))
     groups = first_fit([len(s) for s in seqs], width)
     ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
@@ -150,7 +153,8 @@ def layout(prompts: list[list[int]], responses: list[list[int]], pad_id: int, pa
     offsets = torch.tensor(offset_of)[:, None]
     cols = (offsets + prompt_len + k - 1).clamp(0, width - 2)
     rows = torch.tensor(row_of)[:, None].expand(-1, T)
-    return Layout(ids, {"attention_mask": att[:, None], "position_ids": pos}, rows, cols, mask, sum(map(len, seqs)))
+    return Layout(ids, {"attention_mask": att[:, None], "position_ids": pos}, rows, cols, mask, sum(map(len, seqs)),
+                  [(r, o, len(s)) for r, o, s in zip(row_of, offset_of, seqs)])
 
 
 def response_logprobs(
@@ -168,7 +172,9 @@ def response_logprobs(
     # training forward is copies for nothing. The LM head runs only where it predicts a response token: prompts
     # are long and the vocabulary wide, so full-sequence logits would cost several times the rest of the forward.
     base = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
-    hidden = base.get_decoder()(input_ids=lay.ids, use_cache=False, **lay.model_kwargs).last_hidden_state
+    decoder = base.get_decoder()
+    hidden = run_backbone(decoder, decoder, lay.ids, [p + r for p, r in zip(prompts, responses)], lay.spans,
+                          use_cache=False, **lay.model_kwargs).last_hidden_state
     picked = base.get_output_embeddings()(hidden[lay.rows, lay.cols]).float() / temperature  # [B, T, V]
     targets = lay.ids[lay.rows, (lay.cols + 1).clamp_max(lay.ids.shape[1] - 1)]
     logp, ent = token_logprobs(picked, targets, entropy)
@@ -179,7 +185,9 @@ def response_values(model, prompts: list[list[int]], responses: list[list[int]],
     """V(state before response token k) from a per-token value head: ([B, T], mask)."""
     device = next(model.parameters()).device
     lay = layout(prompts, responses, pad_id, pack_to).to(device)
-    values = model(input_ids=lay.ids, use_cache=False, **lay.model_kwargs).logits.squeeze(-1).float()
+    decoder = getattr(model, "module", model).get_decoder()
+    values = run_backbone(model, decoder, lay.ids, [p + r for p, r in zip(prompts, responses)], lay.spans,
+                          use_cache=False, **lay.model_kwargs).logits.squeeze(-1).float()
     return values[lay.rows, lay.cols] * lay.mask, lay.mask
 
 

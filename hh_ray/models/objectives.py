@@ -165,7 +165,9 @@ class PolicyObjective:
         u = max(r.units, 1)
         return {"policy/loss": r.loss, "policy/clipfrac": r.sums["clipped_tokens"] / u,
                 "policy/approx_kl": r.sums["approx_kl"] / u, "policy/entropy": r.sums["entropy"] / u,
-                "policy/grad_norm": r.grad_norm, "policy/lr": r.lr}
+                "policy/grad_norm": r.grad_norm, "policy/lr": r.lr,
+                # samples whose pass started above the frozen layers (hh_ray/models/prefix.py), over all epochs
+                "policy/prefix_reused": r.sums.get("prefix_reused", 0.0)}
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,7 @@ class ValueObjective:
 
     def metrics(self, r: StepResult) -> dict[str, float]:
         return {"critic/loss": r.loss, "critic/clipfrac": r.sums["clipped_tokens"] / max(r.units, 1),
-                "critic/grad_norm": r.grad_norm}
+                "critic/grad_norm": r.grad_norm, "critic/prefix_reused": r.sums.get("prefix_reused", 0.0)}
 
 
 # ---- probes: forward passes without a step, one output per sample ---------------------------------------------

@@ -23,6 +23,7 @@ from hh_ray.files import write_text_atomic
 from hh_ray.models.forward import load_model, resolve_dtype
 from hh_ray.models.lora import add_lora, is_lora, plain_weights
 from hh_ray.models.objectives import StepResult, merge_results, probe_tokens
+from hh_ray.models.prefix import FrozenPrefix, frozen_layers, recording, reusing
 from hh_ray.models.presets import save_atomic
 from hh_ray.workers.checkpoint import checkpoint_problem, latest_tag, missing_checkpoint_files, write_manifest
 from hh_ray.workers.device import check_device, device_from_config, local_rank, ray_gpu_ids, synchronized_clock
@@ -155,6 +156,9 @@ class TrainerWorker(Worker):
         if trainer_cfg.lora.rank:
             model = add_lora(model, trainer_cfg.lora, kind)
         self.lora = is_lora(model)
+        lora = trainer_cfg.lora
+        frozen = frozen_layers(model.config.num_hidden_layers, lora.rank, lora.top_layers, trainer_cfg.zero_stage)
+        self.prefix = FrozenPrefix(frozen) if frozen and kind != "pm" else None  # PM pairs are never probed first
         self.tokenizer = load_tokenizer(model_path)
         self.pad_id = self.tokenizer.pad_token_id
         trainable = [p for p in model.parameters() if p.requires_grad]  # the optimizer holds state for these alone
@@ -173,13 +177,16 @@ class TrainerWorker(Worker):
         scale = self.world * gas / max(total_units, 1)
         lr = self.engine.get_lr()  # the rate this step applies (the scheduler moves it on after the step)
         sums: dict[str, float] = {"loss": 0.0}
+        reused = self.prefix.reused if self.prefix else 0
         for mb in split(batch, gas):
-            loss, stats = objective.loss(self.engine, mb, self.pad_id)
+            with reusing(self.prefix):
+                loss, stats = objective.loss(self.engine, mb, self.pad_id)
             self.engine.backward(loss * scale)
             self.engine.step()
             sums["loss"] += float(loss.detach())
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
+        sums["prefix_reused"] = float(self.prefix.reused - reused) if self.prefix else 0.0
         self.steps += 1
         gn = self.engine.get_global_grad_norm()
         return StepResult(sums, objective.units(batch), float(lr[0]) if lr else self.cfg.lr,
@@ -194,11 +201,12 @@ class TrainerWorker(Worker):
         """
         self.engine.eval()
         out: list = []
-        for mb in split(batch, micro_batches):
-            if batch_size(mb):
-                out += probe(self.engine, mb, self.pad_id)
-            elif self.cfg.zero_stage == 3:
-                probe(self.engine, filler(type(batch), self.pad_id), self.pad_id)
+        with recording(self.prefix):  # what a training step on these samples can start from
+            for mb in split(batch, micro_batches):
+                if batch_size(mb):
+                    out += probe(self.engine, mb, self.pad_id)
+                elif self.cfg.zero_stage == 3:
+                    probe(self.engine, filler(type(batch), self.pad_id), self.pad_id)
         return out
 
     # ---- state ------------------------------------------------------------------------------------------

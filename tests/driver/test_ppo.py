@@ -132,6 +132,9 @@ def test_smollm2_with_lora_in_bf16_end_to_end(ray_local, smollm2_dir, tmp_path, 
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert abs(rows[0]["objective/kl"]) < 0.05  # the policy starts as the reference (bf16 rounding aside)
     assert rows[-1]["objective/kl"] != rows[0]["objective/kl"]
+    # adapters on the top 6 of 30 layers: every training pass starts from the probe's layer-24 states
+    assert all(r["policy/prefix_reused"] == 8 for r in rows), [r["policy/prefix_reused"] for r in rows]
+    assert all(r.get("critic/prefix_reused", 8) == 8 for r in rows)
     # bf16 engine and trainer kernels round differently: ~0.05 nats per token measured here (fp32: < 1e-6)
     assert max(r["rollout/logprob_gap_mean"] for r in rows) < 0.1, [r["rollout/logprob_gap_mean"] for r in rows]
     samples = json.loads((tmp_path / "smollm2" / "ppo" / "samples_after.json").read_text())
