@@ -61,18 +61,8 @@ def main(argv=None) -> int:
         m.config.pad_token_id = tok.pad_token_id
     ref, peft_config = AutoModelForCausalLM.from_pretrained(args.policy, dtype=dtype), None
     if args.lora_rank:
-        from peft import LoraConfig, inject_adapter_in_model
-
-        n = policy.config.num_hidden_layers
-        top = args.lora_top_layers
-        peft_config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=0.0,
-                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                 "down_proj"],
-                                 layers_to_transform=list(range(n - top, n)) if 0 < top < n else None)
         ref = None  # TRL's reference is then the policy with its adapters disabled
-        inject_adapter_in_model(peft_config, value)  # its backbone's layers; the head is no target
-        for name, p in value.named_parameters():  # the adapters and the new value head train
-            p.requires_grad_("lora_" in name or name.startswith("score."))
+        peft_config = adapters_on_value(value, policy.config.num_hidden_layers, args)
 
     class StepClock(TrainerCallback):
         def __init__(self):
@@ -109,6 +99,20 @@ def main(argv=None) -> int:
               "trl": __import__("trl").__version__}
     open(args.out, "w").write(json.dumps(result))
     return 0
+
+
+def adapters_on_value(value, num_layers: int, args):
+    """The LoRA config TRL puts on the policy, injected into the value model too (its head trains whole)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    top = args.lora_top_layers
+    config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=0.0,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                        layers_to_transform=list(range(num_layers - top, num_layers)) if 0 < top < num_layers else None)
+    inject_adapter_in_model(config, value)  # its backbone's layers; the head is no target
+    for name, p in value.named_parameters():  # the adapters and the new value head train
+        p.requires_grad_("lora_" in name or name.startswith("score."))
+    return config
 
 
 if __name__ == "__main__":
