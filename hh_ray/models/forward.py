@@ -103,11 +103,13 @@ class Layout:
     cols: torch.Tensor  # [B, T]
     mask: torch.Tensor  # [B, T]
     tokens: int  # real (non-padding) tokens in `ids`
+    seqs: list[list[int]]  # each sample's tokens, prompt then response
     spans: list[tuple[int, int, int]]  # (row, start, length) of each sample's tokens in `ids`
 
     def to(self, device) -> "Layout":
         return Layout(self.ids.to(device), {k: v.to(device) for k, v in self.model_kwargs.items()},
-                      self.rows.to(device), self.cols.to(device), self.mask.to(device), self.tokens, self.spans)
+                      self.rows.to(device), self.cols.to(device), self.mask.to(device), self.tokens, self.seqs,
+                      self.spans)
 
     @property
     def padding_share(self) -> float:
@@ -130,7 +132,7 @@ def layout(prompts: list[list[int]], responses: list[list[int]], pad_id: int, pa
         ids, att = collate(seqs, pad_id)
         cols = (prompt_len + k - 1).clamp(0, ids.shape[1] - 2)
         rows = torch.arange(len(seqs))[:, None].expand(-1, T)
-        return Layout(ids, {"attention_mask": att}, rows, cols, mask, sum(map(len, seqs)),
+        return Layout(ids, {"attention_mask": att}, rows, cols, mask, sum(map(len, seqs)), seqs,
                       [(b, 0, len(s)) for b, s in enumerate(seqs)])
     width = max(pack_to, max(len(s) for s in seqs))
     groups = first_fit([len(s) for s in seqs], width)
@@ -154,7 +156,7 @@ def layout(prompts: list[list[int]], responses: list[list[int]], pad_id: int, pa
     cols = (offsets + prompt_len + k - 1).clamp(0, width - 2)
     rows = torch.tensor(row_of)[:, None].expand(-1, T)
     return Layout(ids, {"attention_mask": att[:, None], "position_ids": pos}, rows, cols, mask, sum(map(len, seqs)),
-                  [(r, o, len(s)) for r, o, s in zip(row_of, offset_of, seqs)])
+                  seqs, [(r, o, len(s)) for r, o, s in zip(row_of, offset_of, seqs)])
 
 
 def response_logprobs(
@@ -173,8 +175,7 @@ def response_logprobs(
     # are long and the vocabulary wide, so full-sequence logits would cost several times the rest of the forward.
     base = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
     decoder = base.get_decoder()
-    hidden = run_backbone(decoder, decoder, lay.ids, [p + r for p, r in zip(prompts, responses)], lay.spans,
-                          use_cache=False, **lay.model_kwargs).last_hidden_state
+    hidden = run_backbone(decoder, decoder, lay, use_cache=False).last_hidden_state
     picked = base.get_output_embeddings()(hidden[lay.rows, lay.cols]).float() / temperature  # [B, T, V]
     targets = lay.ids[lay.rows, (lay.cols + 1).clamp_max(lay.ids.shape[1] - 1)]
     logp, ent = token_logprobs(picked, targets, entropy)
@@ -186,8 +187,7 @@ def response_values(model, prompts: list[list[int]], responses: list[list[int]],
     device = next(model.parameters()).device
     lay = layout(prompts, responses, pad_id, pack_to).to(device)
     decoder = getattr(model, "module", model).get_decoder()
-    values = run_backbone(model, decoder, lay.ids, [p + r for p, r in zip(prompts, responses)], lay.spans,
-                          use_cache=False, **lay.model_kwargs).logits.squeeze(-1).float()
+    values = run_backbone(model, decoder, lay, use_cache=False).logits.squeeze(-1).float()
     return values[lay.rows, lay.cols] * lay.mask, lay.mask
 
 

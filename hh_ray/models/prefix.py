@@ -12,8 +12,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from hh_ray.models.forward import Layout
 
 
 @dataclass
@@ -70,17 +74,16 @@ def _top_layers_only(decoder, first: int):
         decoder.layers = layers
 
 
-def run_backbone(call, decoder, ids: torch.Tensor, seqs: list[list[int]], spans: list[tuple[int, int, int]],
-                 **kwargs):
-    """`call(input_ids=ids, **kwargs)` (a model or its decoder), recording or reusing frozen-prefix states.
-
-    `spans[i]` = (row, start, length) of sample `seqs[i]` in `ids`; the decoder's `layers` are the model's.
-    """
+def run_backbone(call, decoder, lay: Layout, **kwargs):
+    """`call(input_ids=lay.ids, **lay.model_kwargs, **kwargs)` (a model or its decoder), recording or reusing
+    frozen-prefix states of the layout's samples; the decoder's `layers` are the model's."""
+    ids, spans = lay.ids, lay.spans
+    kwargs |= lay.model_kwargs
     active = _ACTIVE.get()
     if active is None:
         return call(input_ids=ids, **kwargs)
     prefix, record = active
-    keys = [tuple(s) for s in seqs]
+    keys = [tuple(s) for s in lay.seqs]
     if record:
         seen: list[torch.Tensor] = []
         hook = decoder.layers[prefix.first_trained].register_forward_pre_hook(
